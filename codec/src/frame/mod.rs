@@ -52,6 +52,12 @@ macro_rules! frame_types {
                 match name { $($wire => Some(FrameType::$name),)* _ => None }
             }
 
+            /// Name of the body message in package `tern.v1`, e.g. `Publish`.
+            pub fn message_name(self) -> &'static str {
+                let path: &'static str = match self { $(FrameType::$name => stringify!($msg),)* };
+                path.rsplit(':').next().unwrap_or(path).trim()
+            }
+
             /// Who may send it [REQ-FRM-007].
             pub fn direction(self) -> Direction {
                 match self { $(FrameType::$name => Direction::$dir,)* }
