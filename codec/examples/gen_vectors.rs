@@ -273,7 +273,11 @@ fn frame_codec(pool: DescriptorPool) -> Vec<Value> {
     t.invalid("CONNECT without versions", &["REQ-HSK-003"], &raw(0x01, 0, &proto::Connect { versions: vec![], ..connect.clone() }.encode_to_vec()), "INVALID_FIELD");
     t.invalid("CONNECT with an empty device id", &["REQ-TOP-004"], &raw(0x01, 0, &proto::Connect { device_id: String::new(), ..connect.clone() }.encode_to_vec()), "INVALID_FIELD");
     t.invalid("CONNECT device id containing '/'", &["REQ-TOP-004"], &raw(0x01, 0, &proto::Connect { device_id: "a/b".into(), ..connect.clone() }.encode_to_vec()), "INVALID_FIELD");
-    t.invalid("CONNECT token of 513 bytes", &["REQ-HSK-005"], &raw(0x01, 0, &proto::Connect { token: Bytes::from(vec![1u8; 513]), ..connect }.encode_to_vec()), "INVALID_FIELD");
+    t.invalid("CONNECT token of 513 bytes", &["REQ-HSK-005"], &raw(0x01, 0, &proto::Connect { token: Bytes::from(vec![1u8; 513]), ..connect.clone() }.encode_to_vec()), "INVALID_FIELD");
+    t.invalid("CONNECT max_message_size 1395", &["REQ-HSK-007"], &raw(0x01, 0, &proto::Connect { max_message_size: 1395, ..connect.clone() }.encode_to_vec()), "INVALID_FIELD");
+    t.invalid("CONNECT max_message_size 1048577", &["REQ-HSK-007"], &raw(0x01, 0, &proto::Connect { max_message_size: 1_048_577, ..connect.clone() }.encode_to_vec()), "INVALID_FIELD");
+    t.invalid("CONNECT receive_window 1025", &["REQ-HSK-007"], &raw(0x01, 0, &proto::Connect { receive_window: 1025, ..connect.clone() }.encode_to_vec()), "INVALID_FIELD");
+    t.valid("CONNECT at the smallest max_message_size and largest window", &["REQ-HSK-007"], &Frame::Connect(proto::Connect { max_message_size: 1396, receive_window: 1024, ..connect }));
     let deliver = |seq, kind: proto::StreamKind, id| raw(0x08, 0, &proto::Deliver { stream: Some(proto::StreamRef { kind: kind as i32, id }), seq, topic: "user/bob".into(), qos: 1, ..Default::default() }.encode_to_vec());
     t.invalid("DELIVER seq 0", &["REQ-QOS-009"], &deliver(0, proto::StreamKind::Inbox, 0), "INVALID_FIELD");
     t.invalid("DELIVER on an inbox stream with a non-zero id", &["REQ-SYN-007"], &deliver(1, proto::StreamKind::Inbox, 9), "INVALID_FIELD");

@@ -3,7 +3,7 @@
 
 use crate::error::{DecodeError, ReqId};
 use crate::ids::{check_identifier, check_topic, TopicUse};
-use crate::limits::{MAX_FILTERS_PER_SUBSCRIBE, MAX_PACKAGE_COUNT, MAX_TOKEN_LEN};
+use crate::limits::{MAX_FILTERS_PER_SUBSCRIBE, MAX_MESSAGE_SIZE, MAX_PACKAGE_COUNT, MAX_RECEIVE_WINDOW, MAX_TOKEN_LEN, MIN_MESSAGE_SIZE};
 use crate::proto;
 use crate::reason::{class_of, ReasonClass};
 
@@ -45,7 +45,9 @@ pub fn validate(frame: &Frame) -> Result<(), DecodeError> {
             ensure(!c.versions.is_empty(), "connect.versions", "must list at least one version", "REQ-HSK-003")?;
             ensure(c.token.len() <= MAX_TOKEN_LEN, "connect.token", "longer than 512 bytes", "REQ-HSK-005")?;
             check_identifier("connect.device_id", &c.device_id)?;
-            Ok(())
+            let size_ok = c.max_message_size == 0 || (MIN_MESSAGE_SIZE..=MAX_MESSAGE_SIZE).contains(&c.max_message_size);
+            ensure(size_ok, "connect.max_message_size", "must be 0 or 1396..=1048576", "REQ-HSK-007")?;
+            ensure(c.receive_window <= MAX_RECEIVE_WINDOW, "connect.receive_window", "must be at most 1024", "REQ-HSK-007")
         }
         Frame::ConnAck(a) => check_reason("connack.reason", a.reason),
         Frame::Ping(_) | Frame::Pong(_) => Ok(()),
