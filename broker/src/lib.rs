@@ -6,5 +6,6 @@
 #![forbid(unsafe_code)]
 
 /// What `tern serve` prints until the broker exists.
-pub const NOT_YET: &str = "tern: the broker is not implemented yet (see the single-node broker issue); \
+pub const NOT_YET: &str =
+    "tern: the broker is not implemented yet (see the single-node broker issue); \
 the protocol codec is in codec/ and the spec in spec/";

@@ -77,7 +77,13 @@ impl<K> TimerWheel<K> {
         let generation = self.generation;
         let index = self.free.pop().unwrap_or(self.entries.len());
         let slot_pos = self.slots.get(slot).map_or(0, Vec::len);
-        let entry = Some(Entry { key, tick, generation, slot, slot_pos });
+        let entry = Some(Entry {
+            key,
+            tick,
+            generation,
+            slot,
+            slot_pos,
+        });
         if index == self.entries.len() {
             self.entries.push(entry);
         } else if let Some(e) = self.entries.get_mut(index) {

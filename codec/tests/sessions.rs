@@ -1,5 +1,12 @@
 //! Client and broker session machines against each other over a perfect link, and against
 //! hand-written bytes: handshake, publish/ack, deliver/ack, keepalive, resume.
+// Test code: a panic is how it reports a failure.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::time::{Duration, Instant};
 
@@ -8,7 +15,10 @@ use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tern_codec::ids::StreamId;
 use tern_codec::proto;
-use tern_codec::session::{Accept, BrokerConfig, BrokerEvent, BrokerSession, ClientConfig, ClientEvent, ClientSession, LedgerSnapshot};
+use tern_codec::session::{
+    Accept, BrokerConfig, BrokerEvent, BrokerSession, ClientConfig, ClientEvent, ClientSession,
+    LedgerSnapshot,
+};
 use tern_codec::{decode_frame, encode_frame, Frame, ReasonCode};
 
 struct Pair {
@@ -18,13 +28,22 @@ struct Pair {
 }
 
 fn accept_for(user: &str) -> Accept {
-    Accept { user_id: user.into(), session_id: Bytes::from_static(b"s1"), ledger: LedgerSnapshot::default(), inbox_acked_seq: 0, server_time_ms: 1 }
+    Accept {
+        user_id: user.into(),
+        session_id: Bytes::from_static(b"s1"),
+        ledger: LedgerSnapshot::default(),
+        inbox_acked_seq: 0,
+        server_time_ms: 1,
+    }
 }
 
 impl Pair {
     fn new() -> Pair {
         let t0 = Instant::now();
-        let client = ClientSession::new(ClientConfig::new("phone", Bytes::from_static(b"tok")), Box::new(ChaCha8Rng::seed_from_u64(1)));
+        let client = ClientSession::new(
+            ClientConfig::new("phone", Bytes::from_static(b"tok")),
+            Box::new(ChaCha8Rng::seed_from_u64(1)),
+        );
         let broker = BrokerSession::new(t0, BrokerConfig::default());
         Pair { t0, client, broker }
     }
@@ -57,10 +76,19 @@ impl Pair {
     fn connect(&mut self) {
         self.client.connect(self.t0).unwrap();
         let (be, _) = self.pump(self.t0);
-        assert!(matches!(be.as_slice(), [BrokerEvent::Connect(c)] if c.device_id == "phone"), "{be:?}");
+        assert!(
+            matches!(be.as_slice(), [BrokerEvent::Connect(c)] if c.device_id == "phone"),
+            "{be:?}"
+        );
         self.broker.accept(self.t0, accept_for("alice")).unwrap();
         let (_, ce) = self.pump(self.t0);
-        assert_eq!(ce, vec![ClientEvent::Connected { session_present: false, user_id: "alice".into() }]);
+        assert_eq!(
+            ce,
+            vec![ClientEvent::Connected {
+                session_present: false,
+                user_id: "alice".into()
+            }]
+        );
     }
 }
 
@@ -68,13 +96,528 @@ impl Pair {
 fn publish_is_released_once_and_acked_with_the_stored_outcome() {
     let mut p = Pair::new();
     p.connect();
-    let cid = p.client.publish(p.t0, "user/bob", Bytes::from_static(b"hi"), 2).unwrap().unwrap();
+    let cid = p
+        .client
+        .publish(p.t0, "user/bob", Bytes::from_static(b"hi"), 2)
+        .unwrap()
+        .unwrap();
     let (be, _) = p.pump(p.t0);
-    let [BrokerEvent::Publish(pubf)] = be.as_slice() else { panic!("{be:?}") };
+    let [BrokerEvent::Publish(pubf)] = be.as_slice() else {
+        panic!("{be:?}")
+    };
     assert_eq!((pubf.cid, &pubf.payload[..]), (cid.0, &b"hi"[..]));
-    let ack = proto::PubAck { cid: cid.0, reason: 0, msg_id: 99, conversation_id: 5, seq: 1 };
-    p.broker.ack_publish(ack.clone()).unwrap();
+    let ack = proto::PubAck {
+        cid: cid.0,
+        reason: 0,
+        msg_id: 99,
+        conversation_id: 5,
+        seq: 1,
+    };
+    p.broker.ack_publish(ack).unwrap();
     let (_, ce) = p.pump(p.t0);
     assert_eq!(ce, vec![ClientEvent::Acked(ack)]);
     assert_eq!(p.client.unacknowledged(), 0);
+}
+
+/// Decodes every frame in a transmit.
+fn frames(bytes: Option<Bytes>) -> Vec<Frame> {
+    let mut buf = BytesMut::from(bytes.as_deref().unwrap_or_default());
+    let mut out = Vec::new();
+    while let Some(f) = decode_frame(&mut buf).unwrap() {
+        out.push(f);
+    }
+    assert!(buf.is_empty());
+    out
+}
+
+fn raw(frame: &Frame) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    encode_frame(frame, &mut out).unwrap();
+    out.to_vec()
+}
+
+fn connect_frame(versions: Vec<u32>) -> Frame {
+    Frame::Connect(proto::Connect {
+        versions,
+        device_id: "phone".into(),
+        keepalive_secs: 10,
+        ..Default::default()
+    })
+}
+
+fn disconnect_reason(frames: &[Frame]) -> Option<ReasonCode> {
+    frames.iter().find_map(|f| match f {
+        Frame::Disconnect(d) => ReasonCode::from_u32(d.reason),
+        _ => None,
+    })
+}
+
+/// A broker machine that has accepted `phone` (keepalive 10 s) from raw bytes.
+fn accepted_broker(t0: Instant) -> BrokerSession {
+    let mut b = BrokerSession::new(t0, BrokerConfig::default());
+    b.handle_bytes(t0, &raw(&connect_frame(vec![1])));
+    assert!(matches!(b.poll_event(), Some(BrokerEvent::Connect(_))));
+    b.accept(t0, accept_for("alice")).unwrap();
+    let sent = frames(b.poll_transmit());
+    assert!(
+        matches!(sent.as_slice(), [Frame::ConnAck(a)] if a.reason == 0 && a.keepalive_secs == 10)
+    );
+    b
+}
+
+fn publish_bytes(cid: u64) -> Vec<u8> {
+    raw(&Frame::Publish(proto::Publish {
+        cid,
+        qos: 2,
+        topic: "user/bob".into(),
+        payload: Bytes::from(format!("m{cid}")),
+        ..Default::default()
+    }))
+}
+
+fn released_cids(b: &mut BrokerSession) -> Vec<u64> {
+    std::iter::from_fn(|| b.poll_event())
+        .filter_map(|e| match e {
+            BrokerEvent::Publish(p) => Some(p.cid),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn first_frame_must_be_connect() {
+    let t0 = Instant::now();
+    let mut b = BrokerSession::new(t0, BrokerConfig::default());
+    b.handle_bytes(t0, &raw(&Frame::Ping(proto::Ping { nonce: 1 })));
+    assert_eq!(
+        disconnect_reason(&frames(b.poll_transmit())),
+        Some(ReasonCode::ProtocolError)
+    );
+    assert!(matches!(
+        b.poll_event(),
+        Some(BrokerEvent::Closed {
+            reason: Some(ReasonCode::ProtocolError),
+            ..
+        })
+    ));
+}
+
+#[test]
+fn no_common_version_is_refused_in_connack() {
+    let t0 = Instant::now();
+    let mut b = BrokerSession::new(t0, BrokerConfig::default());
+    b.handle_bytes(t0, &raw(&connect_frame(vec![7, 9])));
+    let sent = frames(b.poll_transmit());
+    assert!(
+        matches!(sent.as_slice(), [Frame::ConnAck(a)] if a.reason == ReasonCode::UnsupportedVersion as u32)
+    );
+}
+
+#[test]
+fn frames_before_connack_and_a_second_connect_are_violations() {
+    let t0 = Instant::now();
+    let mut b = BrokerSession::new(t0, BrokerConfig::default());
+    let mut bytes = raw(&connect_frame(vec![1]));
+    bytes.extend(publish_bytes(1));
+    b.handle_bytes(t0, &bytes);
+    assert_eq!(
+        disconnect_reason(&frames(b.poll_transmit())),
+        Some(ReasonCode::ProtocolError)
+    );
+
+    let mut b = accepted_broker(t0);
+    b.handle_bytes(t0, &raw(&connect_frame(vec![1])));
+    assert_eq!(
+        disconnect_reason(&frames(b.poll_transmit())),
+        Some(ReasonCode::ProtocolError)
+    );
+}
+
+#[test]
+fn a_client_only_frame_from_the_broker_side_is_unexpected() {
+    let t0 = Instant::now();
+    let mut b = accepted_broker(t0);
+    let deliver = proto::Deliver {
+        stream: Some(StreamId::Inbox.to_proto()),
+        seq: 1,
+        topic: "user/bob".into(),
+        qos: 1,
+        ..Default::default()
+    };
+    b.handle_bytes(t0, &raw(&Frame::Deliver(deliver)));
+    assert_eq!(
+        disconnect_reason(&frames(b.poll_transmit())),
+        Some(ReasonCode::UnexpectedFrame)
+    );
+}
+
+#[test]
+fn malformed_bytes_close_and_nothing_after_them_is_processed() {
+    let t0 = Instant::now();
+    let mut b = accepted_broker(t0);
+    let mut bytes = vec![0x03, 0x00, 0x00, 0x03, 0x08, 0x81, 0x00]; // non-canonical PING
+    bytes.extend(publish_bytes(1));
+    b.handle_bytes(t0, &bytes);
+    assert_eq!(
+        disconnect_reason(&frames(b.poll_transmit())),
+        Some(ReasonCode::NonCanonicalEncoding)
+    );
+    assert!(released_cids(&mut b).is_empty());
+    b.handle_bytes(t0, &publish_bytes(2));
+    assert!(b.poll_transmit().is_none());
+}
+
+#[test]
+fn ping_is_answered_with_the_same_nonce() {
+    let t0 = Instant::now();
+    let mut b = accepted_broker(t0);
+    b.handle_bytes(t0, &raw(&Frame::Ping(proto::Ping { nonce: 0xDEAD })));
+    assert_eq!(
+        frames(b.poll_transmit()),
+        vec![Frame::Pong(proto::Ping { nonce: 0xDEAD })]
+    );
+}
+
+#[test]
+fn broker_closes_after_one_and_a_half_keepalives_of_silence() {
+    let t0 = Instant::now();
+    let mut b = accepted_broker(t0);
+    let deadline = b.poll_timeout().unwrap();
+    assert_eq!(deadline, t0 + Duration::from_secs(15));
+    b.handle_timeout(deadline - Duration::from_millis(1));
+    assert!(b.poll_transmit().is_none());
+    // Any frame resets the clock.
+    let t1 = t0 + Duration::from_secs(10);
+    b.handle_bytes(t1, &raw(&Frame::Ping(proto::Ping { nonce: 1 })));
+    let _ = b.poll_transmit();
+    assert_eq!(b.poll_timeout(), Some(t1 + Duration::from_secs(15)));
+    b.handle_timeout(t1 + Duration::from_secs(15));
+    assert_eq!(
+        disconnect_reason(&frames(b.poll_transmit())),
+        Some(ReasonCode::KeepaliveTimeout)
+    );
+}
+
+#[test]
+fn client_pings_within_the_interval_with_jitter() {
+    let mut p = Pair::new();
+    p.connect();
+    let ping_at = p.client.poll_timeout().unwrap();
+    let after = ping_at - p.t0;
+    assert!(
+        after >= Duration::from_millis(22_500) && after < Duration::from_secs(30),
+        "{after:?}"
+    );
+    p.client.handle_timeout(ping_at);
+    assert!(matches!(
+        frames(p.client.poll_transmit()).as_slice(),
+        [Frame::Ping(_)]
+    ));
+}
+
+#[test]
+fn retransmitted_publish_gets_the_original_ack_and_is_not_released_again() {
+    let t0 = Instant::now();
+    let mut b = accepted_broker(t0);
+    b.handle_bytes(t0, &publish_bytes(1));
+    assert_eq!(released_cids(&mut b), vec![1]);
+    let ack = proto::PubAck {
+        cid: 1,
+        reason: 0,
+        msg_id: 77,
+        conversation_id: 3,
+        seq: 9,
+    };
+    b.ack_publish(ack).unwrap();
+    assert_eq!(frames(b.poll_transmit()), vec![Frame::PubAck(ack)]);
+    b.handle_bytes(t0, &publish_bytes(1));
+    assert!(released_cids(&mut b).is_empty());
+    assert_eq!(frames(b.poll_transmit()), vec![Frame::PubAck(ack)]);
+}
+
+#[test]
+fn publishes_are_released_in_cid_order_and_the_window_is_enforced() {
+    let t0 = Instant::now();
+    let mut b = accepted_broker(t0);
+    b.handle_bytes(t0, &publish_bytes(3));
+    b.handle_bytes(t0, &publish_bytes(2));
+    assert!(released_cids(&mut b).is_empty(), "held until cid 1 arrives");
+    b.handle_bytes(t0, &publish_bytes(1));
+    assert_eq!(released_cids(&mut b), vec![1, 2, 3]);
+    // Window 32 from cid 4: cid 36 is out.
+    b.handle_bytes(t0, &publish_bytes(36));
+    assert_eq!(
+        disconnect_reason(&frames(b.poll_transmit())),
+        Some(ReasonCode::ReceiveWindowExceeded)
+    );
+}
+
+#[test]
+fn restored_ledger_answers_old_cids_and_skips_decided_ones() {
+    let t0 = Instant::now();
+    let mut b = BrokerSession::new(t0, BrokerConfig::default());
+    b.handle_bytes(t0, &raw(&connect_frame(vec![1])));
+    let _ = b.poll_event();
+    let five = proto::PubAck {
+        cid: 5,
+        reason: 0,
+        msg_id: 5,
+        conversation_id: 1,
+        seq: 5,
+    };
+    let ledger = LedgerSnapshot {
+        contiguous: 3,
+        acks: vec![five],
+    };
+    b.accept(
+        t0,
+        Accept {
+            ledger,
+            ..accept_for("alice")
+        },
+    )
+    .unwrap();
+    let connack = frames(b.poll_transmit());
+    assert!(matches!(connack.as_slice(), [Frame::ConnAck(a)] if a.last_cid == 5));
+    b.handle_bytes(t0, &publish_bytes(5));
+    assert_eq!(frames(b.poll_transmit()), vec![Frame::PubAck(five)]);
+    b.handle_bytes(t0, &publish_bytes(6));
+    assert!(released_cids(&mut b).is_empty(), "6 waits for 4");
+    b.handle_bytes(t0, &publish_bytes(4));
+    assert_eq!(
+        released_cids(&mut b),
+        vec![4, 6],
+        "5 was decided before the restart"
+    );
+}
+
+fn inbox_deliver(seq: u64) -> proto::Deliver {
+    proto::Deliver {
+        stream: Some(StreamId::Inbox.to_proto()),
+        seq,
+        msg_id: seq,
+        topic: "user/alice".into(),
+        qos: 2,
+        payload: Bytes::from(format!("d{seq}")),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn broker_respects_the_client_window_and_retransmits_with_dup() {
+    let t0 = Instant::now();
+    let mut b = BrokerSession::new(t0, BrokerConfig::default());
+    let connect = Frame::Connect(proto::Connect {
+        versions: vec![1],
+        device_id: "phone".into(),
+        receive_window: 2,
+        ..Default::default()
+    });
+    b.handle_bytes(t0, &raw(&connect));
+    let _ = b.poll_event();
+    b.accept(t0, accept_for("alice")).unwrap();
+    let _ = b.poll_transmit();
+    for seq in 1..=4 {
+        b.deliver(t0, inbox_deliver(seq)).unwrap();
+    }
+    let sent: Vec<u64> = frames(b.poll_transmit())
+        .iter()
+        .filter_map(|f| {
+            if let Frame::Deliver(d) = f {
+                Some(d.seq)
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(sent, vec![1, 2]);
+    let ack = Frame::DeliverAck(proto::DeliverAck {
+        stream: Some(StreamId::Inbox.to_proto()),
+        seq: 1,
+    });
+    b.handle_bytes(t0, &raw(&ack));
+    assert!(matches!(
+        b.poll_event(),
+        Some(BrokerEvent::StreamAcked { seq: 1, .. })
+    ));
+    let sent: Vec<u64> = frames(b.poll_transmit())
+        .iter()
+        .filter_map(|f| {
+            if let Frame::Deliver(d) = f {
+                Some(d.seq)
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(sent, vec![3]);
+    let rto = b.poll_timeout().unwrap();
+    assert_eq!(rto, t0 + Duration::from_secs(2));
+    b.handle_timeout(rto);
+    let again: Vec<(u64, bool)> = frames(b.poll_transmit())
+        .iter()
+        .filter_map(|f| {
+            if let Frame::Deliver(d) = f {
+                Some((d.seq, d.dup))
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(again, vec![(2, true), (3, true)]);
+}
+
+#[test]
+fn client_dedups_reorders_and_acks_cumulatively() {
+    let mut p = Pair::new();
+    p.connect();
+    let deliver = |seq| raw(&Frame::Deliver(inbox_deliver(seq)));
+    p.client.handle_bytes(p.t0, &deliver(2));
+    let sent = frames(p.client.poll_transmit());
+    assert!(
+        matches!(sent.as_slice(), [Frame::Sync(s)] if s.after_seq == 0),
+        "gap asks for a SYNC once: {sent:?}"
+    );
+    assert!(p.client.poll_event().is_none());
+    p.client.handle_bytes(p.t0, &deliver(1));
+    p.client.handle_bytes(p.t0, &deliver(1));
+    let got: Vec<u64> = std::iter::from_fn(|| p.client.poll_event())
+        .filter_map(|e| {
+            if let ClientEvent::Message(d) = e {
+                Some(d.seq)
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(got, vec![1, 2]);
+    let acks: Vec<u64> = frames(p.client.poll_transmit())
+        .iter()
+        .filter_map(|f| {
+            if let Frame::DeliverAck(a) = f {
+                Some(a.seq)
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(
+        acks,
+        vec![2, 2],
+        "cumulative, and a duplicate is acknowledged again"
+    );
+}
+
+#[test]
+fn a_client_that_lost_its_state_renumbers_after_last_cid() {
+    let t0 = Instant::now();
+    let mut client = ClientSession::new(
+        ClientConfig::new("phone", Bytes::from_static(b"t")),
+        Box::new(ChaCha8Rng::seed_from_u64(3)),
+    );
+    let cid = client
+        .publish(t0, "user/bob", Bytes::from_static(b"x"), 2)
+        .unwrap();
+    assert_eq!(cid.map(|c| c.0), Some(1));
+    client.connect(t0).unwrap();
+    let _ = client.poll_transmit();
+    let connack = proto::ConnAck {
+        version: 1,
+        keepalive_secs: 30,
+        receive_window: 32,
+        last_cid: 10,
+        session_id: Bytes::from_static(b"s"),
+        ..Default::default()
+    };
+    client.handle_bytes(t0, &raw(&Frame::ConnAck(connack)));
+    let events: Vec<ClientEvent> = std::iter::from_fn(|| client.poll_event()).collect();
+    assert!(
+        events.contains(&ClientEvent::CidsRenumbered { offset: 10 }),
+        "{events:?}"
+    );
+    let sent = frames(client.poll_transmit());
+    assert!(
+        matches!(sent.as_slice(), [Frame::Publish(p)] if p.cid == 11),
+        "{sent:?}"
+    );
+    assert_eq!(client.next_cid().0, 12);
+}
+
+#[test]
+fn resume_resends_unacknowledged_delivers_with_dup() {
+    let t0 = Instant::now();
+    let mut old = accepted_broker(t0);
+    old.deliver(t0, inbox_deliver(1)).unwrap();
+    let _ = old.poll_transmit();
+    old.link_lost(t0);
+    let mut fresh = BrokerSession::new(t0, BrokerConfig::default());
+    let connect = Frame::Connect(proto::Connect {
+        versions: vec![1],
+        device_id: "phone".into(),
+        resume_session_id: Bytes::from_static(b"s1"),
+        ..Default::default()
+    });
+    fresh.handle_bytes(t0, &raw(&connect));
+    assert!(fresh.awaiting_accept());
+    old.resume_from(t0, fresh, accept_for("alice")).unwrap();
+    let sent = frames(old.poll_transmit());
+    assert!(matches!(&sent[0], Frame::ConnAck(a) if a.session_present));
+    assert!(matches!(&sent[1], Frame::Deliver(d) if d.seq == 1 && d.dup));
+}
+
+#[test]
+fn package_members_are_released_whole_in_index_order_or_expire() {
+    let t0 = Instant::now();
+    let mut b = accepted_broker(t0);
+    let member = |cid: u64, index: u32| {
+        raw(&Frame::Publish(proto::Publish {
+            cid,
+            qos: 2,
+            topic: "user/bob".into(),
+            payload: Bytes::from(format!("i{index}")),
+            package: Some(proto::PackageRef {
+                package_id: 1,
+                index,
+                count: 3,
+            }),
+            ..Default::default()
+        }))
+    };
+    // Members sent in reverse index order, with cids in send order.
+    b.handle_bytes(t0, &member(1, 2));
+    b.handle_bytes(t0, &member(2, 1));
+    assert!(b.poll_event().is_none());
+    b.handle_bytes(t0, &member(3, 0));
+    match b.poll_event() {
+        Some(BrokerEvent::Package(members)) => {
+            let order: Vec<u32> = members.iter().map(|m| m.package.unwrap().index).collect();
+            assert_eq!(order, vec![0, 1, 2]);
+        }
+        other => panic!("{other:?}"),
+    }
+    // A second package that never completes.
+    let lone = raw(&Frame::Publish(proto::Publish {
+        cid: 4,
+        qos: 2,
+        topic: "user/bob".into(),
+        package: Some(proto::PackageRef {
+            package_id: 2,
+            index: 0,
+            count: 2,
+        }),
+        ..Default::default()
+    }));
+    b.handle_bytes(t0, &lone);
+    let deadline = b.poll_timeout().unwrap();
+    assert_eq!(
+        deadline,
+        t0 + Duration::from_secs(15),
+        "keepalive comes first"
+    );
+    b.handle_timeout(t0 + Duration::from_secs(30));
+    let expired = std::iter::from_fn(|| b.poll_event())
+        .find(|e| matches!(e, BrokerEvent::PackageExpired { .. }));
+    assert!(
+        matches!(expired, Some(BrokerEvent::PackageExpired { cids, .. }) if cids.len() == 1 && cids[0].0 == 4)
+    );
 }

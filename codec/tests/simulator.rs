@@ -3,17 +3,27 @@
 //! frames, with broker restarts, under a virtual clock. Thousands of seeded runs check that
 //! every QoS 2 message is stored and delivered exactly once and in order, and every package
 //! whole and in index order or reported failed to its sender, never partially.
+// Test code: a panic is how it reports a failure.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tern_codec::decode_frame;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use tern_codec::decode_frame;
 use tern_codec::ids::{Cid, StreamId};
 use tern_codec::proto;
-use tern_codec::session::{backoff, Accept, BrokerConfig, BrokerEvent, BrokerSession, ClientConfig, ClientEvent, ClientSession, LedgerSnapshot};
+use tern_codec::session::{
+    backoff, Accept, BrokerConfig, BrokerEvent, BrokerSession, ClientConfig, ClientEvent,
+    ClientSession, LedgerSnapshot,
+};
 use tern_codec::{Frame, ReasonCode};
 
 const SENDER: usize = 0;
@@ -50,7 +60,10 @@ impl Store {
         while self.ledger.contains_key(&(contiguous + 1)) {
             contiguous += 1;
         }
-        LedgerSnapshot { contiguous, acks: self.ledger.values().cloned().collect() }
+        LedgerSnapshot {
+            contiguous,
+            acks: self.ledger.values().cloned().collect(),
+        }
     }
 
     fn deliver_frame(&self, seq: u64) -> Option<proto::Deliver> {
@@ -133,7 +146,10 @@ fn split_frames(mut bytes: Bytes, out: &mut Vec<Bytes>) {
 
 fn cid_of(payload: &[u8]) -> u64 {
     let text = std::str::from_utf8(payload.get(..20).unwrap_or(payload)).unwrap_or("");
-    text.split(';').next().and_then(|s| s.parse().ok()).unwrap_or(0)
+    text.split(';')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 impl World {
@@ -145,7 +161,10 @@ impl World {
                 let mut cfg = ClientConfig::new(*dev, Bytes::from(dev.to_string()));
                 cfg.receive_window = 8;
                 Peer {
-                    client: ClientSession::new(cfg, Box::new(ChaCha8Rng::seed_from_u64(rng.next_u64()))),
+                    client: ClientSession::new(
+                        cfg,
+                        Box::new(ChaCha8Rng::seed_from_u64(rng.next_u64())),
+                    ),
                     wire: None,
                     parked: None,
                     reconnect_at: Some(0),
@@ -153,7 +172,10 @@ impl World {
                 }
             })
             .collect();
-        let config = BrokerConfig { package_timeout: Duration::from_secs(20), ..BrokerConfig::default() };
+        let config = BrokerConfig {
+            package_timeout: Duration::from_secs(20),
+            ..BrokerConfig::default()
+        };
         World {
             rng,
             t0: Instant::now(),
@@ -207,13 +229,25 @@ impl World {
                 if self.chance(self.faults.drop) {
                     continue;
                 }
-                let copies = if self.chance(self.faults.duplicate) { 2 } else { 1 };
+                let copies = if self.chance(self.faults.duplicate) {
+                    2
+                } else {
+                    1
+                };
                 for _ in 0..copies {
-                    let delay = if self.chance(self.faults.reorder) { 5 + u64::from(self.rng.next_u32() % 200) } else { 5 };
+                    let delay = if self.chance(self.faults.reorder) {
+                        5 + u64::from(self.rng.next_u32() % 200)
+                    } else {
+                        5
+                    };
                     self.order += 1;
                     let entry = (self.now_ms + delay, self.order, f.clone());
                     if let Some(w) = self.peers[i].wire.as_mut() {
-                        if to_broker { w.to_broker.push(entry) } else { w.to_client.push(entry) }
+                        if to_broker {
+                            w.to_broker.push(entry)
+                        } else {
+                            w.to_client.push(entry)
+                        }
                     }
                 }
             }
@@ -247,7 +281,9 @@ impl World {
 
     fn deliver_to_receiver(&mut self, seq: u64) {
         let now = self.now();
-        let Some(d) = self.store.deliver_frame(seq) else { return };
+        let Some(d) = self.store.deliver_frame(seq) else {
+            return;
+        };
         let peer = &mut self.peers[RECEIVER];
         let machine = match (peer.wire.as_mut(), peer.parked.as_mut()) {
             (Some(w), _) if w.broker.is_up() => &mut w.broker,
@@ -264,14 +300,18 @@ impl World {
                 BrokerEvent::Connect(c) => self.pending_connect[i] = Some(c),
                 BrokerEvent::Publish(p) => {
                     let seq = self.store_msg(&p);
-                    machine.ack_publish(self.stored_ack(p.cid, seq)).expect("ack");
+                    machine
+                        .ack_publish(self.stored_ack(p.cid, seq))
+                        .expect("ack");
                     self.deliver_to_receiver(seq);
                 }
                 BrokerEvent::Package(members) => {
                     self.stats.stored_packages += 1;
                     let seqs: Vec<u64> = members.iter().map(|p| self.store_msg(p)).collect();
                     for (p, &seq) in members.iter().zip(&seqs) {
-                        machine.ack_publish(self.stored_ack(p.cid, seq)).expect("ack");
+                        machine
+                            .ack_publish(self.stored_ack(p.cid, seq))
+                            .expect("ack");
                     }
                     for seq in seqs {
                         self.deliver_to_receiver(seq);
@@ -280,20 +320,32 @@ impl World {
                 BrokerEvent::PackageExpired { cids, .. } => {
                     self.stats.expired_packages += 1;
                     for Cid(cid) in cids {
-                        let ack = proto::PubAck { cid, reason: ReasonCode::PackageTimeout as u32, ..Default::default() };
-                        self.store.ledger.insert(cid, ack.clone());
+                        let ack = proto::PubAck {
+                            cid,
+                            reason: ReasonCode::PackageTimeout as u32,
+                            ..Default::default()
+                        };
+                        self.store.ledger.insert(cid, ack);
                         machine.ack_publish(ack).expect("ack");
                     }
                 }
                 BrokerEvent::StreamAcked { seq, .. } => {
                     assert_eq!(i, RECEIVER);
-                    assert!(seq <= self.store.inbox.len() as u64, "acked a seq never stored");
+                    assert!(
+                        seq <= self.store.inbox.len() as u64,
+                        "acked a seq never stored"
+                    );
                     self.store.receiver_cursor = self.store.receiver_cursor.max(seq);
                 }
-                BrokerEvent::Frame(Frame::Sync(s)) => {
+                BrokerEvent::Frame(f) if matches!(*f, Frame::Sync(_)) => {
+                    let Frame::Sync(s) = *f else { continue };
                     self.stats.gaps_synced += 1;
                     // Only the receiver's inbox has messages; the sender's is empty.
-                    let stored = if i == RECEIVER { self.store.inbox.len() as u64 } else { 0 };
+                    let stored = if i == RECEIVER {
+                        self.store.inbox.len() as u64
+                    } else {
+                        0
+                    };
                     let last = stored.min(s.after_seq + u64::from(s.limit));
                     for seq in s.after_seq + 1..=last {
                         if let Some(d) = self.store.deliver_frame(seq) {
@@ -316,13 +368,23 @@ impl World {
     }
 
     fn store_msg(&mut self, p: &proto::Publish) -> u64 {
-        self.store.inbox.push(Stored { cid: p.cid, payload: p.payload.clone(), package: p.package });
+        self.store.inbox.push(Stored {
+            cid: p.cid,
+            payload: p.payload.clone(),
+            package: p.package,
+        });
         self.store.inbox.len() as u64
     }
 
     fn stored_ack(&mut self, cid: u64, seq: u64) -> proto::PubAck {
-        let ack = proto::PubAck { cid, reason: 0, msg_id: seq, conversation_id: 1, seq };
-        self.store.ledger.insert(cid, ack.clone());
+        let ack = proto::PubAck {
+            cid,
+            reason: 0,
+            msg_id: seq,
+            conversation_id: 1,
+            seq,
+        };
+        self.store.ledger.insert(cid, ack);
         ack
     }
 
@@ -347,7 +409,8 @@ impl World {
                 ClientEvent::Acked(ack) => {
                     assert_eq!(i, SENDER);
                     if self.outcomes.insert(ack.cid, ack.reason).is_some() {
-                        self.violations.push(format!("two outcomes for cid {}", ack.cid));
+                        self.violations
+                            .push(format!("two outcomes for cid {}", ack.cid));
                     }
                 }
                 ClientEvent::PackageDone { package_id, reason } => {
@@ -367,8 +430,12 @@ impl World {
 
     fn handle_connect(&mut self, i: usize) {
         let now = self.now();
-        let Some(c) = self.pending_connect[i].take() else { return };
-        let Some(mut w) = self.peers[i].wire.take() else { return };
+        let Some(c) = self.pending_connect[i].take() else {
+            return;
+        };
+        let Some(mut w) = self.peers[i].wire.take() else {
+            return;
+        };
         if !w.broker.awaiting_accept() {
             self.peers[i].wire = Some(w);
             return;
@@ -377,12 +444,24 @@ impl World {
         let accept = Accept {
             user_id: user.into(),
             session_id: Bytes::from(format!("s-{user}")),
-            ledger: if i == SENDER { self.store.snapshot() } else { LedgerSnapshot::default() },
-            inbox_acked_seq: if i == RECEIVER { self.store.receiver_cursor } else { 0 },
+            ledger: if i == SENDER {
+                self.store.snapshot()
+            } else {
+                LedgerSnapshot::default()
+            },
+            inbox_acked_seq: if i == RECEIVER {
+                self.store.receiver_cursor
+            } else {
+                0
+            },
             server_time_ms: self.now_ms,
         };
         let fresh = std::mem::replace(&mut w.broker, BrokerSession::new(now, self.config.clone()));
-        match self.peers[i].parked.take().filter(|_| !c.resume_session_id.is_empty()) {
+        match self.peers[i]
+            .parked
+            .take()
+            .filter(|_| !c.resume_session_id.is_empty())
+        {
             Some(mut old) => {
                 old.resume_from(now, fresh, accept).expect("resume");
                 self.stats.resumes += 1;
@@ -405,18 +484,37 @@ impl World {
     fn step(&mut self) {
         let now = self.now();
         for i in 0..self.peers.len() {
-            if self.peers[i].reconnect_at.is_some_and(|t| t <= self.now_ms) && self.peers[i].wire.is_none() {
+            if self.peers[i].reconnect_at.is_some_and(|t| t <= self.now_ms)
+                && self.peers[i].wire.is_none()
+            {
                 self.peers[i].reconnect_at = None;
-                self.peers[i].wire = Some(Wire { to_broker: vec![], to_client: vec![], broker: BrokerSession::new(now, self.config.clone()) });
+                self.peers[i].wire = Some(Wire {
+                    to_broker: vec![],
+                    to_client: vec![],
+                    broker: BrokerSession::new(now, self.config.clone()),
+                });
                 self.peers[i].client.connect(now).expect("connect");
             }
             // Arrivals, in arrival order.
             if let Some(w) = self.peers[i].wire.as_mut() {
                 let mut up: Vec<_> = Vec::new();
-                w.to_broker.retain(|e| if e.0 <= self.now_ms { up.push(e.clone()); false } else { true });
+                w.to_broker.retain(|e| {
+                    if e.0 <= self.now_ms {
+                        up.push(e.clone());
+                        false
+                    } else {
+                        true
+                    }
+                });
                 up.sort();
                 for (_, _, f) in up {
-                    if std::env::var("TERN_SIM_TRACE").is_ok() { eprintln!("{} c{i}->b {:.300?}", self.now_ms, decode_frame(&mut BytesMut::from(&f[..]))); }
+                    if std::env::var("TERN_SIM_TRACE").is_ok() {
+                        eprintln!(
+                            "{} c{i}->b {:.300?}",
+                            self.now_ms,
+                            decode_frame(&mut BytesMut::from(&f[..]))
+                        );
+                    }
                     w.broker.handle_bytes(now, &f);
                 }
             }
@@ -427,14 +525,31 @@ impl World {
             self.handle_connect(i);
             if let Some(w) = self.peers[i].wire.as_mut() {
                 let mut down: Vec<_> = Vec::new();
-                w.to_client.retain(|e| if e.0 <= self.now_ms { down.push(e.clone()); false } else { true });
+                w.to_client.retain(|e| {
+                    if e.0 <= self.now_ms {
+                        down.push(e.clone());
+                        false
+                    } else {
+                        true
+                    }
+                });
                 down.sort();
                 for (_, _, f) in down {
-                    if std::env::var("TERN_SIM_TRACE").is_ok() { eprintln!("{} b->c{i} {:.300?}", self.now_ms, decode_frame(&mut BytesMut::from(&f[..]))); }
+                    if std::env::var("TERN_SIM_TRACE").is_ok() {
+                        eprintln!(
+                            "{} b->c{i} {:.300?}",
+                            self.now_ms,
+                            decode_frame(&mut BytesMut::from(&f[..]))
+                        );
+                    }
                     self.peers[i].client.handle_bytes(now, &f);
                 }
             }
-            if self.peers[i].client.poll_timeout().is_some_and(|t| t <= now) {
+            if self.peers[i]
+                .client
+                .poll_timeout()
+                .is_some_and(|t| t <= now)
+            {
                 self.peers[i].client.handle_timeout(now);
             }
             if let Some(mut w) = self.peers[i].wire.take() {
@@ -454,7 +569,11 @@ impl World {
             self.transmit(i);
             self.drain_client(i);
             self.transmit(i);
-            let closed = self.peers[i].wire.as_ref().is_some_and(|w| !w.broker.is_up() && !w.broker.awaiting_accept() && w.broker.connect_frame().is_some());
+            let closed = self.peers[i].wire.as_ref().is_some_and(|w| {
+                !w.broker.is_up()
+                    && !w.broker.awaiting_accept()
+                    && w.broker.connect_frame().is_some()
+            });
             if closed {
                 self.cut(i);
             }
@@ -472,7 +591,11 @@ impl World {
     fn advance(&mut self) {
         let mut next = self.now_ms + 500;
         for p in &self.peers {
-            let timers = [p.client.poll_timeout(), p.wire.as_ref().and_then(|w| w.broker.poll_timeout()), p.parked.as_ref().and_then(BrokerSession::poll_timeout)];
+            let timers = [
+                p.client.poll_timeout(),
+                p.wire.as_ref().and_then(|w| w.broker.poll_timeout()),
+                p.parked.as_ref().and_then(BrokerSession::poll_timeout),
+            ];
             for t in timers.into_iter().flatten() {
                 next = next.min(t.saturating_duration_since(self.t0).as_millis() as u64);
             }
@@ -505,14 +628,18 @@ impl World {
             let count = 2 + self.rng.next_u32() % 4;
             let first = client.next_cid().0;
             let payloads: Vec<Bytes> = (0..count).map(|k| body(first + u64::from(k))).collect();
-            let pkg = client.publish_package(now, "user/bob", payloads.clone(), 2).expect("package");
+            let pkg = client
+                .publish_package(now, "user/bob", payloads.clone(), 2)
+                .expect("package");
             for (k, p) in payloads.into_iter().enumerate() {
                 self.published.insert(first + k as u64, p);
                 self.package_of.insert(first + k as u64, pkg.0);
             }
         } else {
             let cid = client.next_cid().0;
-            let got = client.publish(now, "user/bob", body(cid), 2).expect("publish");
+            let got = client
+                .publish(now, "user/bob", body(cid), 2)
+                .expect("publish");
             assert_eq!(got, Some(Cid(cid)));
             self.published.insert(cid, body(cid));
         }
@@ -552,7 +679,19 @@ fn run_world(seed: u64, faults: Faults, amnesia: bool, max_steps: usize) -> Worl
 fn run(seed: u64, faults: Faults) -> Stats {
     let w = run_world(seed, faults, false, 200_000);
     if std::env::var("TERN_SIM_DEBUG").is_ok() {
-        eprintln!("t={} unacked={} inbox={} received={} outcomes={:?} sender={:?} conn={:?}", w.now_ms, w.peers[SENDER].client.unacknowledged(), w.store.inbox.len(), w.received.len(), w.outcomes, w.peers[SENDER].client, w.peers.iter().map(|p| (p.wire.is_some(), p.parked.is_some(), p.reconnect_at)).collect::<Vec<_>>());
+        eprintln!(
+            "t={} unacked={} inbox={} received={} outcomes={:?} sender={:?} conn={:?}",
+            w.now_ms,
+            w.peers[SENDER].client.unacknowledged(),
+            w.store.inbox.len(),
+            w.received.len(),
+            w.outcomes,
+            w.peers[SENDER].client,
+            w.peers
+                .iter()
+                .map(|p| (p.wire.is_some(), p.parked.is_some(), p.reconnect_at))
+                .collect::<Vec<_>>()
+        );
     }
     if let Err(e) = check(&w) {
         panic!("seed {seed}: {e}");
@@ -573,7 +712,10 @@ fn check(w: &World) -> Result<(), String> {
     }
     // Every cid the sender used has exactly one outcome.
     for cid in w.published.keys() {
-        let reason = *w.outcomes.get(cid).ok_or(format!("cid {cid} never acknowledged"))?;
+        let reason = *w
+            .outcomes
+            .get(cid)
+            .ok_or(format!("cid {cid} never acknowledged"))?;
         let ok = reason == 0 || reason == ReasonCode::Duplicate as u32;
         let expired = reason == ReasonCode::PackageTimeout as u32;
         if !(ok || (expired && w.package_of.contains_key(cid))) {
@@ -600,21 +742,35 @@ fn check(w: &World) -> Result<(), String> {
                     }
                 }
                 if w.packages_done.get(&pkg.package_id) != Some(&ReasonCode::Success) {
-                    return Err(format!("stored package {} not reported stored", pkg.package_id));
+                    return Err(format!(
+                        "stored package {} not reported stored",
+                        pkg.package_id
+                    ));
                 }
                 i += pkg.count as usize;
             }
         }
     }
     for (pkg, reason) in &w.packages_done {
-        let partial = w.store.inbox.iter().any(|s| s.package.map(|p| p.package_id) == Some(*pkg));
+        let partial = w
+            .store
+            .inbox
+            .iter()
+            .any(|s| s.package.map(|p| p.package_id) == Some(*pkg));
         if *reason != ReasonCode::Success && partial {
             return Err(format!("failed package {pkg} partly stored"));
         }
     }
-    let stored_ok = w.outcomes.values().filter(|&&r| r == 0 || r == ReasonCode::Duplicate as u32).count();
+    let stored_ok = w
+        .outcomes
+        .values()
+        .filter(|&&r| r == 0 || r == ReasonCode::Duplicate as u32)
+        .count();
     if stored_ok != w.store.inbox.len() {
-        return Err(format!("{stored_ok} acknowledged as stored, {} in the store", w.store.inbox.len()));
+        return Err(format!(
+            "{stored_ok} acknowledged as stored, {} in the store",
+            w.store.inbox.len()
+        ));
     }
     // The receiver got exactly the store, in order, once each, with the sent payloads.
     let got: Vec<u64> = w.received.iter().map(|(cid, _)| *cid).collect();
@@ -630,12 +786,24 @@ fn check(w: &World) -> Result<(), String> {
     Ok(())
 }
 
-const HARSH: Faults = Faults { drop: 30, duplicate: 30, reorder: 80, cut: 4, restart: 1 };
+const HARSH: Faults = Faults {
+    drop: 30,
+    duplicate: 30,
+    reorder: 80,
+    cut: 4,
+    restart: 1,
+};
 
 #[test]
 fn exactly_once_in_order_under_loss_duplication_reordering_and_disconnects() {
-    let runs: u64 = std::env::var("TERN_SIM_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
-    let first: u64 = std::env::var("TERN_SIM_FIRST").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let runs: u64 = std::env::var("TERN_SIM_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let first: u64 = std::env::var("TERN_SIM_FIRST")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let mut total = Stats::default();
     for seed in first..first + runs {
         let s = run(seed, HARSH);
@@ -650,22 +818,60 @@ fn exactly_once_in_order_under_loss_duplication_reordering_and_disconnects() {
     eprintln!("{runs} runs: {total:?}");
     if runs >= 500 {
         let t = total;
-        let all = [t.cuts, t.restarts, t.resumes, t.expired_packages, t.stored_packages, t.fragmented, t.gaps_synced];
-        assert!(all.iter().all(|&n| n > 0), "a fault path was never exercised: {t:?}");
+        let all = [
+            t.cuts,
+            t.restarts,
+            t.resumes,
+            t.expired_packages,
+            t.stored_packages,
+            t.fragmented,
+            t.gaps_synced,
+        ];
+        assert!(
+            all.iter().all(|&n| n > 0),
+            "a fault path was never exercised: {t:?}"
+        );
     }
 }
 
 #[test]
 fn clean_links_deliver_everything_without_retransmission() {
     for seed in 0..50 {
-        let s = run(seed, Faults { drop: 0, duplicate: 0, reorder: 0, cut: 0, restart: 0 });
-        assert_eq!((s.cuts, s.restarts, s.expired_packages), (0, 0, 0), "seed {seed}");
+        let s = run(
+            seed,
+            Faults {
+                drop: 0,
+                duplicate: 0,
+                reorder: 0,
+                cut: 0,
+                restart: 0,
+            },
+        );
+        assert_eq!(
+            (s.cuts, s.restarts, s.expired_packages),
+            (0, 0, 0),
+            "seed {seed}"
+        );
     }
 }
 
 #[test]
 fn frequent_broker_restarts_keep_exactly_once() {
-    let restarts: u64 = (0..300).map(|seed| run(10_000 + seed, Faults { drop: 10, duplicate: 10, reorder: 20, cut: 10, restart: 8 }).restarts).sum();
+    let restarts: u64 = (0..300)
+        .map(|seed| {
+            run(
+                10_000 + seed,
+                Faults {
+                    drop: 10,
+                    duplicate: 10,
+                    reorder: 20,
+                    cut: 10,
+                    restart: 8,
+                },
+            )
+            .restarts
+        })
+        .sum();
     assert!(restarts > 300, "only {restarts} restarts in 300 runs");
 }
 
@@ -673,7 +879,18 @@ fn frequent_broker_restarts_keep_exactly_once() {
 /// restart stores retransmissions twice, and the checks say so.
 #[test]
 fn checks_catch_a_broker_that_forgets_dedup_state() {
-    let faults = Faults { drop: 50, duplicate: 0, reorder: 0, cut: 5, restart: 10 };
-    let caught = (0..200).filter_map(|seed| check(&run_world(seed, faults, true, 20_000)).err()).find(|e| e.contains("twice"));
-    assert!(caught.is_some(), "a broker without durable dedup must be caught");
+    let faults = Faults {
+        drop: 50,
+        duplicate: 0,
+        reorder: 0,
+        cut: 5,
+        restart: 10,
+    };
+    let caught = (0..200)
+        .filter_map(|seed| check(&run_world(seed, faults, true, 20_000)).err())
+        .find(|e| e.contains("twice"));
+    assert!(
+        caught.is_some(),
+        "a broker without durable dedup must be caught"
+    );
 }

@@ -193,7 +193,10 @@ pub fn parse_header(bytes: [u8; HEADER_LEN]) -> Result<Header, DecodeError> {
     if flags != 0 {
         return Err(DecodeError::ReservedBits(flags));
     }
-    Ok(Header { frame_type, body_len })
+    Ok(Header {
+        frame_type,
+        body_len,
+    })
 }
 
 /// Decodes one frame from the front of `buf`, removing its bytes.
@@ -202,7 +205,9 @@ pub fn parse_header(bytes: [u8; HEADER_LEN]) -> Result<Header, DecodeError> {
 /// frame is fully checked: header, canonical body and field rules. FRAGMENT frames come back
 /// as [`Frame::Fragment`]; feed them to a [`crate::fragment::Reassembler`].
 pub fn decode_frame(buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
-    let Some(head) = buf.get(..HEADER_LEN) else { return Ok(None) };
+    let Some(head) = buf.get(..HEADER_LEN) else {
+        return Ok(None);
+    };
     let mut header_bytes = [0u8; HEADER_LEN];
     header_bytes.copy_from_slice(head);
     let header = parse_header(header_bytes)?;
@@ -218,7 +223,8 @@ pub fn decode_frame(buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
 /// Decodes and checks a body of a known type (an unfragmented body or a reassembled one).
 pub fn decode_body(ty: FrameType, body: Bytes) -> Result<Frame, DecodeError> {
     let len = body.len();
-    let frame = Frame::decode_body(ty, body.clone()).map_err(|e| DecodeError::Body(e.to_string()))?;
+    let frame =
+        Frame::decode_body(ty, body.clone()).map_err(|e| DecodeError::Body(e.to_string()))?;
     check_canonical(&frame, &body, len)?;
     validate(&frame)?;
     Ok(frame)
@@ -242,14 +248,20 @@ fn check_canonical(frame: &Frame, body: &[u8], len: usize) -> Result<(), DecodeE
         frame.encode_body(&mut out);
         out == body
     };
-    if same { Ok(()) } else { Err(DecodeError::NonCanonical) }
+    if same {
+        Ok(())
+    } else {
+        Err(DecodeError::NonCanonical)
+    }
 }
 
 /// Appends one whole frame. Fails, writing nothing, when the body does not fit one frame; use
 /// [`crate::fragment::Fragmenter`] for bodies that may be larger.
 pub fn encode_frame(frame: &Frame, dst: &mut BytesMut) -> Result<(), FrameTooLong> {
     let len = frame.body_len();
-    let Ok(len16) = u16::try_from(len) else { return Err(FrameTooLong(len)) };
+    let Ok(len16) = u16::try_from(len) else {
+        return Err(FrameTooLong(len));
+    };
     if len > MAX_BODY_LEN {
         return Err(FrameTooLong(len));
     }

@@ -24,13 +24,16 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::link::{disconnect_reason, wire, Link};
-use crate::delivery::{Arrival, OrderedReceiver, PackageBuffer, PackageInsert, RetransmitQueue, Rto};
+use crate::delivery::{
+    Arrival, OrderedReceiver, PackageBuffer, PackageInsert, RetransmitQueue, Rto,
+};
 use crate::error::{ApiError, PeerError, ProtocolViolation};
 use crate::frame::{Direction, Frame};
 use crate::ids::{Cid, PackageId, StreamId};
 use crate::limits::{
-    CONNECT_TIMEOUT, DEFAULT_KEEPALIVE_SECS, DEFAULT_MESSAGE_SIZE, DEFAULT_RECEIVE_WINDOW, KEEPALIVE_TIMEOUT_TENTHS,
-    MAX_KEEPALIVE_SECS, MAX_PACKAGE_COUNT, MIN_KEEPALIVE_SECS, PACKAGE_TIMEOUT,
+    CONNECT_TIMEOUT, DEFAULT_KEEPALIVE_SECS, DEFAULT_MESSAGE_SIZE, DEFAULT_RECEIVE_WINDOW,
+    KEEPALIVE_TIMEOUT_TENTHS, MAX_KEEPALIVE_SECS, MAX_PACKAGE_COUNT, MIN_KEEPALIVE_SECS,
+    PACKAGE_TIMEOUT,
 };
 use crate::proto;
 use crate::reason::ReasonCode;
@@ -119,7 +122,7 @@ pub enum BrokerEvent {
         seq: u64,
     },
     /// A frame for the driver: SYNC, HISTORY, SUBSCRIBE, UNSUBSCRIBE, READ, REQUEST.
-    Frame(Frame),
+    Frame(Box<Frame>),
     /// The link is over: write what is left, then close the transport.
     Closed {
         /// Why (`None`: the transport closed without DISCONNECT).
@@ -131,9 +134,14 @@ pub enum BrokerEvent {
 
 #[derive(Debug, Clone, Copy)]
 enum State {
-    AwaitConnect { deadline: Instant },
+    AwaitConnect {
+        deadline: Instant,
+    },
     Authenticating,
-    Up { dead_after: Duration, dead_at: Instant },
+    Up {
+        dead_after: Duration,
+        dead_at: Instant,
+    },
     Closed,
 }
 
@@ -169,7 +177,9 @@ impl BrokerSession {
         let window = u64::from(config.receive_window.max(MAX_PACKAGE_COUNT));
         BrokerSession {
             link: Link::new(config.max_message_size as usize, Direction::ToBroker),
-            state: State::AwaitConnect { deadline: now + CONNECT_TIMEOUT },
+            state: State::AwaitConnect {
+                deadline: now + CONNECT_TIMEOUT,
+            },
             events: VecDeque::new(),
             connect: None,
             ledger: Ledger {
@@ -220,7 +230,9 @@ impl BrokerSession {
             return Err(ApiError::NotConnected);
         }
         let mut ready = Vec::new();
-        self.ledger.receiver.skip_to(accept.ledger.contiguous + 1, &mut ready);
+        self.ledger
+            .receiver
+            .skip_to(accept.ledger.contiguous + 1, &mut ready);
         for ack in accept.ledger.acks.iter().cloned() {
             self.ledger.acks.insert(ack.cid, ack);
         }
@@ -230,7 +242,12 @@ impl BrokerSession {
 
     /// Resumes this (older) session on `fresh`'s link: the state here is kept and every
     /// unacknowledged DELIVER is sent again with `dup` [REQ-HSK-011] [REQ-HSK-012].
-    pub fn resume_from(&mut self, now: Instant, fresh: BrokerSession, accept: Accept) -> Result<(), ApiError> {
+    pub fn resume_from(
+        &mut self,
+        now: Instant,
+        fresh: BrokerSession,
+        accept: Accept,
+    ) -> Result<(), ApiError> {
         if !matches!(fresh.state, State::Authenticating) || !self.accepted {
             return Err(ApiError::NotConnected);
         }
@@ -251,7 +268,12 @@ impl BrokerSession {
         Ok(())
     }
 
-    fn finish_accept(&mut self, now: Instant, accept: &Accept, session_present: bool) -> Result<(), ApiError> {
+    fn finish_accept(
+        &mut self,
+        now: Instant,
+        accept: &Accept,
+        session_present: bool,
+    ) -> Result<(), ApiError> {
         let connect = self.connect.as_ref().ok_or(ApiError::NotConnected)?;
         let keepalive = match connect.keepalive_secs {
             0 => self.config.default_keepalive_secs,
@@ -282,18 +304,27 @@ impl BrokerSession {
         };
         self.link.send(&Frame::ConnAck(ack))?;
         let dead_after = Duration::from_secs(u64::from(keepalive)) * KEEPALIVE_TIMEOUT_TENTHS / 10;
-        self.state = State::Up { dead_after, dead_at: now + dead_after };
+        self.state = State::Up {
+            dead_after,
+            dead_at: now + dead_after,
+        };
         self.accepted = true;
         Ok(())
     }
 
     /// Refuses the CONNECT with `reason` and closes [REQ-HSK-005].
     pub fn reject(&mut self, reason: ReasonCode) {
-        let ack = proto::ConnAck { reason: wire(reason), ..Default::default() };
+        let ack = proto::ConnAck {
+            reason: wire(reason),
+            ..Default::default()
+        };
         let _ = self.link.send(&Frame::ConnAck(ack));
         self.link.closed = true;
         self.state = State::Closed;
-        self.events.push_back(BrokerEvent::Closed { reason: Some(reason), by_peer: false });
+        self.events.push_back(BrokerEvent::Closed {
+            reason: Some(reason),
+            by_peer: false,
+        });
     }
 
     /// Closes the link with DISCONNECT(reason) (shutdown, takeover, a ban ...).
@@ -303,7 +334,10 @@ impl BrokerSession {
         }
         self.link.close(reason, detail.to_owned());
         self.state = State::Closed;
-        self.events.push_back(BrokerEvent::Closed { reason: Some(reason), by_peer: false });
+        self.events.push_back(BrokerEvent::Closed {
+            reason: Some(reason),
+            by_peer: false,
+        });
     }
 
     /// The transport closed under us. The session state stays for `resume_from`.
@@ -311,7 +345,10 @@ impl BrokerSession {
         if !matches!(self.state, State::Closed) {
             self.link.closed = true;
             self.state = State::Closed;
-            self.events.push_back(BrokerEvent::Closed { reason: None, by_peer: false });
+            self.events.push_back(BrokerEvent::Closed {
+                reason: None,
+                by_peer: false,
+            });
         }
     }
 
@@ -320,11 +357,17 @@ impl BrokerSession {
     /// same outcome answers every retransmission of that cid [REQ-QOS-005].
     pub fn ack_publish(&mut self, ack: proto::PubAck) -> Result<(), ApiError> {
         if !self.ledger.awaiting.remove(&ack.cid) {
-            return Err(ApiError::WrongDirection("PUBACK for a cid not awaiting an outcome"));
+            return Err(ApiError::WrongDirection(
+                "PUBACK for a cid not awaiting an outcome",
+            ));
         }
-        let floor = self.ledger.receiver.next().saturating_sub(2 * self.ledger.window);
+        let floor = self
+            .ledger
+            .receiver
+            .next()
+            .saturating_sub(2 * self.ledger.window);
         self.ledger.acks = self.ledger.acks.split_off(&floor);
-        self.ledger.acks.insert(ack.cid, ack.clone());
+        self.ledger.acks.insert(ack.cid, ack);
         if matches!(self.state, State::Up { .. }) {
             self.link.send(&Frame::PubAck(ack))?;
         }
@@ -342,8 +385,15 @@ impl BrokerSession {
             }
             return Ok(());
         }
-        let Some(stream) = StreamId::from_proto(d.stream.as_ref()) else { return Ok(()) };
-        if self.streams.get(&stream).is_some_and(|q| q.contains(d.seq)) || self.pending.iter().any(|p| p.seq == d.seq && p.stream == d.stream) {
+        let Some(stream) = StreamId::from_proto(d.stream.as_ref()) else {
+            return Ok(());
+        };
+        if self.streams.get(&stream).is_some_and(|q| q.contains(d.seq))
+            || self
+                .pending
+                .iter()
+                .any(|p| p.seq == d.seq && p.stream == d.stream)
+        {
             return Ok(());
         }
         self.pending.push_back(d);
@@ -364,14 +414,21 @@ impl BrokerSession {
 
     fn flush_pending(&mut self, now: Instant) {
         while self.is_up() && self.inflight < self.client_window {
-            let Some(d) = self.pending.pop_front() else { break };
-            let Some(stream) = StreamId::from_proto(d.stream.as_ref()) else { continue };
+            let Some(d) = self.pending.pop_front() else {
+                break;
+            };
+            let Some(stream) = StreamId::from_proto(d.stream.as_ref()) else {
+                continue;
+            };
             if self.link.send(&Frame::Deliver(d.clone())).is_err() {
                 // Larger than the client accepts: it can never be delivered on this link.
                 continue;
             }
             let rto = self.config.rto;
-            self.streams.entry(stream).or_insert_with(|| RetransmitQueue::new(rto)).push(now, d.seq, d);
+            self.streams
+                .entry(stream)
+                .or_insert_with(|| RetransmitQueue::new(rto))
+                .push(now, d.seq, d);
             self.inflight += 1;
         }
     }
@@ -395,7 +452,14 @@ impl BrokerSession {
                 Err(e) => self.fail(e),
             }
         }
-        if let (true, State::Up { dead_after, dead_at }) = (got_any, &mut self.state) {
+        if let (
+            true,
+            State::Up {
+                dead_after,
+                dead_at,
+            },
+        ) = (got_any, &mut self.state)
+        {
             *dead_at = now + *dead_after;
         }
     }
@@ -403,35 +467,62 @@ impl BrokerSession {
     fn fail(&mut self, e: PeerError) {
         self.link.close(e.reason(), e.to_string());
         self.state = State::Closed;
-        self.events.push_back(BrokerEvent::Closed { reason: Some(e.reason()), by_peer: false });
+        self.events.push_back(BrokerEvent::Closed {
+            reason: Some(e.reason()),
+            by_peer: false,
+        });
     }
 
     fn on_frame(&mut self, now: Instant, frame: Frame) -> Result<(), PeerError> {
         if let Frame::Disconnect(d) = &frame {
             self.link.closed = true;
             self.state = State::Closed;
-            self.events.push_back(BrokerEvent::Closed { reason: Some(disconnect_reason(d)), by_peer: true });
+            self.events.push_back(BrokerEvent::Closed {
+                reason: Some(disconnect_reason(d)),
+                by_peer: true,
+            });
             return Ok(());
         }
         match self.state {
             State::AwaitConnect { .. } => match frame {
                 Frame::Connect(c) => self.on_connect(c),
-                other => Err(violation("REQ-HSK-001", ReasonCode::ProtocolError, &other, "the first frame must be CONNECT")),
+                other => Err(violation(
+                    "REQ-HSK-001",
+                    ReasonCode::ProtocolError,
+                    &other,
+                    "the first frame must be CONNECT",
+                )),
             },
-            State::Authenticating => Err(violation("REQ-HSK-004", ReasonCode::ProtocolError, &frame, "sent before CONNACK")),
+            State::Authenticating => Err(violation(
+                "REQ-HSK-004",
+                ReasonCode::ProtocolError,
+                &frame,
+                "sent before CONNACK",
+            )),
             State::Up { .. } => self.on_live_frame(now, frame),
             State::Closed => Ok(()),
         }
     }
 
     fn on_connect(&mut self, c: proto::Connect) -> Result<(), PeerError> {
-        let common = c.versions.iter().copied().filter(|v| self.config.versions.contains(v)).max();
+        let common = c
+            .versions
+            .iter()
+            .copied()
+            .filter(|v| self.config.versions.contains(v))
+            .max();
         if common.is_none() {
-            let ack = proto::ConnAck { reason: wire(ReasonCode::UnsupportedVersion), ..Default::default() };
+            let ack = proto::ConnAck {
+                reason: wire(ReasonCode::UnsupportedVersion),
+                ..Default::default()
+            };
             let _ = self.link.send(&Frame::ConnAck(ack));
             self.link.closed = true;
             self.state = State::Closed;
-            self.events.push_back(BrokerEvent::Closed { reason: Some(ReasonCode::UnsupportedVersion), by_peer: false });
+            self.events.push_back(BrokerEvent::Closed {
+                reason: Some(ReasonCode::UnsupportedVersion),
+                by_peer: false,
+            });
             return Ok(());
         }
         self.connect = Some(c.clone());
@@ -442,7 +533,12 @@ impl BrokerSession {
 
     fn on_live_frame(&mut self, now: Instant, frame: Frame) -> Result<(), PeerError> {
         match frame {
-            Frame::Connect(_) => Err(violation("REQ-HSK-002", ReasonCode::ProtocolError, &frame, "second CONNECT")),
+            Frame::Connect(_) => Err(violation(
+                "REQ-HSK-002",
+                ReasonCode::ProtocolError,
+                &frame,
+                "second CONNECT",
+            )),
             Frame::Ping(p) => self.link.send(&Frame::Pong(p)).map_err(internal),
             Frame::Pong(_) => Ok(()),
             Frame::Publish(p) => self.on_publish(now, p),
@@ -451,13 +547,14 @@ impl BrokerSession {
                     if let Some(q) = self.streams.get_mut(&stream) {
                         self.inflight -= q.ack_through(a.seq);
                     }
-                    self.events.push_back(BrokerEvent::StreamAcked { stream, seq: a.seq });
+                    self.events
+                        .push_back(BrokerEvent::StreamAcked { stream, seq: a.seq });
                     self.flush_pending(now);
                 }
                 Ok(())
             }
             other => {
-                self.events.push_back(BrokerEvent::Frame(other));
+                self.events.push_back(BrokerEvent::Frame(Box::new(other)));
                 Ok(())
             }
         }
@@ -471,7 +568,7 @@ impl BrokerSession {
         let cid = p.cid;
         if let Some(ack) = self.ledger.acks.get(&cid) {
             // A retransmission of a decided cid gets the original outcome [REQ-QOS-005].
-            let ack = ack.clone();
+            let ack = *ack;
             return self.link.send(&Frame::PubAck(ack)).map_err(internal);
         }
         if self.ledger.awaiting.contains(&cid) {
@@ -482,7 +579,11 @@ impl BrokerSession {
             Arrival::Duplicate => {
                 if cid < self.ledger.receiver.next() {
                     // Decided so long ago its record is gone: the client broke the window.
-                    let ack = proto::PubAck { cid, reason: wire(ReasonCode::Duplicate), ..Default::default() };
+                    let ack = proto::PubAck {
+                        cid,
+                        reason: wire(ReasonCode::Duplicate),
+                        ..Default::default()
+                    };
                     self.link.send(&Frame::PubAck(ack)).map_err(internal)?;
                 }
                 return Ok(());
@@ -491,7 +592,10 @@ impl BrokerSession {
                 return Err(ProtocolViolation::new(
                     "REQ-QOS-006",
                     ReasonCode::ReceiveWindowExceeded,
-                    format!("cid {cid} beyond window from {}", self.ledger.receiver.next()),
+                    format!(
+                        "cid {cid} beyond window from {}",
+                        self.ledger.receiver.next()
+                    ),
                 )
                 .into());
             }
@@ -513,9 +617,14 @@ impl BrokerSession {
         let cid = Cid(p.cid);
         match self.ledger.packages.insert(now, &pkg, p)? {
             PackageInsert::Pending => {}
-            PackageInsert::Complete(members) => self.events.push_back(BrokerEvent::Package(members)),
+            PackageInsert::Complete(members) => {
+                self.events.push_back(BrokerEvent::Package(members))
+            }
             PackageInsert::Expired => {
-                self.events.push_back(BrokerEvent::PackageExpired { package_id: PackageId(pkg.package_id), cids: vec![cid] });
+                self.events.push_back(BrokerEvent::PackageExpired {
+                    package_id: PackageId(pkg.package_id),
+                    cids: vec![cid],
+                });
             }
         }
         Ok(())
@@ -525,14 +634,25 @@ impl BrokerSession {
     pub fn handle_timeout(&mut self, now: Instant) {
         for (package_id, members) in self.ledger.packages.handle_timeout(now) {
             let cids = members.iter().map(|m| Cid(m.cid)).collect();
-            self.events.push_back(BrokerEvent::PackageExpired { package_id, cids });
+            self.events
+                .push_back(BrokerEvent::PackageExpired { package_id, cids });
         }
         match self.state {
             State::AwaitConnect { deadline } if now >= deadline => {
-                self.fail(ProtocolViolation::new("REQ-HSK-001", ReasonCode::ConnectTimeout, "no CONNECT").into());
+                self.fail(
+                    ProtocolViolation::new("REQ-HSK-001", ReasonCode::ConnectTimeout, "no CONNECT")
+                        .into(),
+                );
             }
             State::Up { dead_at, .. } if now >= dead_at => {
-                self.fail(ProtocolViolation::new("REQ-KAL-002", ReasonCode::KeepaliveTimeout, "client silent").into());
+                self.fail(
+                    ProtocolViolation::new(
+                        "REQ-KAL-002",
+                        ReasonCode::KeepaliveTimeout,
+                        "client silent",
+                    )
+                    .into(),
+                );
             }
             State::Up { .. } => {
                 let mut due = Vec::new();
@@ -554,7 +674,11 @@ impl BrokerSession {
         let state = match self.state {
             State::AwaitConnect { deadline } => Some(deadline),
             State::Up { dead_at, .. } => {
-                let retransmit = self.streams.values().filter_map(RetransmitQueue::next_deadline).min();
+                let retransmit = self
+                    .streams
+                    .values()
+                    .filter_map(RetransmitQueue::next_deadline)
+                    .min();
                 Some(retransmit.map_or(dead_at, |r| r.min(dead_at)))
             }
             State::Authenticating | State::Closed => None,

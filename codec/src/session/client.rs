@@ -24,13 +24,16 @@ use bytes::Bytes;
 use rand_core::RngCore;
 
 use super::link::{disconnect_reason, wire, Link};
-use crate::delivery::{Arrival, OrderedReceiver, PackageBuffer, PackageInsert, RetransmitQueue, Rto};
+use crate::delivery::{
+    Arrival, OrderedReceiver, PackageBuffer, PackageInsert, RetransmitQueue, Rto,
+};
 use crate::error::{ApiError, PeerError, ProtocolViolation};
 use crate::frame::{Direction, Frame};
 use crate::ids::{check_topic, Cid, PackageId, StreamId, TopicUse};
 use crate::limits::{
-    CONNECT_TIMEOUT, DEFAULT_KEEPALIVE_SECS, DEFAULT_MESSAGE_SIZE, DEFAULT_RECEIVE_WINDOW, DEFAULT_SYNC_LIMIT,
-    KEEPALIVE_TIMEOUT_TENTHS, MAX_PACKAGE_COUNT, PACKAGE_TIMEOUT, SAFETY_SYNC_INTERVAL,
+    CONNECT_TIMEOUT, DEFAULT_KEEPALIVE_SECS, DEFAULT_MESSAGE_SIZE, DEFAULT_RECEIVE_WINDOW,
+    DEFAULT_SYNC_LIMIT, KEEPALIVE_TIMEOUT_TENTHS, MAX_PACKAGE_COUNT, PACKAGE_TIMEOUT,
+    SAFETY_SYNC_INTERVAL,
 };
 use crate::proto;
 use crate::reason::ReasonCode;
@@ -117,7 +120,7 @@ pub enum ClientEvent {
     },
     /// Any other frame for the application: SYNC_DONE, HISTORY_PAGE, SUBACK, UNSUBACK,
     /// RESPONSE, RECEIPT, PRESENCE, NOTIFY.
-    Frame(Frame),
+    Frame(Box<Frame>),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -174,7 +177,10 @@ pub struct ClientSession {
 
 impl std::fmt::Debug for ClientSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientSession").field("state", &self.state).field("next_cid", &self.next_cid).finish_non_exhaustive()
+        f.debug_struct("ClientSession")
+            .field("state", &self.state)
+            .field("next_cid", &self.next_cid)
+            .finish_non_exhaustive()
     }
 }
 
@@ -185,7 +191,16 @@ impl ClientSession {
         let streams = config
             .sync_points
             .iter()
-            .map(|&(s, seq)| (s, StreamState { receiver: OrderedReceiver::new(seq + 1, window), sync_outstanding: false, ack_due: false }))
+            .map(|&(s, seq)| {
+                (
+                    s,
+                    StreamState {
+                        receiver: OrderedReceiver::new(seq + 1, window),
+                        sync_outstanding: false,
+                        ack_due: false,
+                    },
+                )
+            })
             .collect();
         ClientSession {
             next_cid: config.first_cid.max(1),
@@ -226,7 +241,9 @@ impl ClientSession {
 
     /// Highest seq released to the application on a stream (its sync point).
     pub fn sync_point(&self, stream: StreamId) -> u64 {
-        self.streams.get(&stream).map_or(0, |s| s.receiver.released())
+        self.streams
+            .get(&stream)
+            .map_or(0, |s| s.receiver.released())
     }
 
     /// Reconnect backoff bounds from the last CONNACK, in milliseconds.
@@ -251,7 +268,9 @@ impl ClientSession {
         };
         link.send(&Frame::Connect(connect))?;
         self.link = Some(link);
-        self.state = State::Connecting { deadline: now + CONNECT_TIMEOUT };
+        self.state = State::Connecting {
+            deadline: now + CONNECT_TIMEOUT,
+        };
         Ok(())
     }
 
@@ -272,41 +291,82 @@ impl ClientSession {
         }
     }
 
-    fn go_down(&mut self, reason: Option<ReasonCode>, by_peer: bool, retry_after: Option<Duration>) {
+    fn go_down(
+        &mut self,
+        reason: Option<ReasonCode>,
+        by_peer: bool,
+        retry_after: Option<Duration>,
+    ) {
         self.state = State::Down;
         for s in self.streams.values_mut() {
             s.sync_outstanding = false;
         }
-        self.events.push_back(ClientEvent::Disconnected { reason, by_peer, retry_after });
+        self.events.push_back(ClientEvent::Disconnected {
+            reason,
+            by_peer,
+            retry_after,
+        });
     }
 
     /// Publishes one message; returns its cid (`None` for QoS 0). QoS 1/2 messages are kept
     /// and sent, or resent, until acknowledged, across reconnects.
-    pub fn publish(&mut self, now: Instant, topic: &str, payload: Bytes, qos: u32) -> Result<Option<Cid>, ApiError> {
+    pub fn publish(
+        &mut self,
+        now: Instant,
+        topic: &str,
+        payload: Bytes,
+        qos: u32,
+    ) -> Result<Option<Cid>, ApiError> {
         self.publish_inner(now, topic, payload, qos, None)
     }
 
     /// Publishes a package: the members are stored whole and in order, or not at all
     /// [REQ-PKG-003]. Returns the package id; [`ClientEvent::PackageDone`] reports the outcome.
-    pub fn publish_package(&mut self, now: Instant, topic: &str, payloads: Vec<Bytes>, qos: u32) -> Result<PackageId, ApiError> {
+    pub fn publish_package(
+        &mut self,
+        now: Instant,
+        topic: &str,
+        payloads: Vec<Bytes>,
+        qos: u32,
+    ) -> Result<PackageId, ApiError> {
         let count = payloads.len();
         if count == 0 || count > MAX_PACKAGE_COUNT as usize || qos == 0 || qos > 2 {
-            return Err(ApiError::PackageSize { got: count, max: MAX_PACKAGE_COUNT as usize });
+            return Err(ApiError::PackageSize {
+                got: count,
+                max: MAX_PACKAGE_COUNT as usize,
+            });
         }
         check_topic("publish.topic", topic, TopicUse::Name)?;
         let package_id = self.next_package_id;
         self.next_package_id += 1;
         let count32 = u32::try_from(count).unwrap_or(MAX_PACKAGE_COUNT);
-        self.packages.insert(package_id, PackageProgress { outstanding: count32, failure: None });
+        self.packages.insert(
+            package_id,
+            PackageProgress {
+                outstanding: count32,
+                failure: None,
+            },
+        );
         for (index, payload) in payloads.into_iter().enumerate() {
             let index = u32::try_from(index).unwrap_or(0);
-            let pkg = proto::PackageRef { package_id, index, count: count32 };
+            let pkg = proto::PackageRef {
+                package_id,
+                index,
+                count: count32,
+            };
             self.publish_inner(now, topic, payload, qos, Some(pkg))?;
         }
         Ok(PackageId(package_id))
     }
 
-    fn publish_inner(&mut self, now: Instant, topic: &str, payload: Bytes, qos: u32, package: Option<proto::PackageRef>) -> Result<Option<Cid>, ApiError> {
+    fn publish_inner(
+        &mut self,
+        now: Instant,
+        topic: &str,
+        payload: Bytes,
+        qos: u32,
+        package: Option<proto::PackageRef>,
+    ) -> Result<Option<Cid>, ApiError> {
         check_topic("publish.topic", topic, TopicUse::Name)?;
         if qos > 2 {
             return Err(ApiError::WrongDirection("qos above 2"));
@@ -323,10 +383,17 @@ impl ClientSession {
         // Room for the cid that is filled in below (a varint of at most 10 bytes).
         let size = prost::Message::encoded_len(&publish) + 11;
         if size > self.peer_max_message_size {
-            return Err(ApiError::MessageTooLarge { size, max: self.peer_max_message_size });
+            return Err(ApiError::MessageTooLarge {
+                size,
+                max: self.peer_max_message_size,
+            });
         }
         if qos == 0 {
-            let link = self.link.as_mut().filter(|_| matches!(self.state, State::Up(_))).ok_or(ApiError::NotConnected)?;
+            let link = self
+                .link
+                .as_mut()
+                .filter(|_| matches!(self.state, State::Up(_)))
+                .ok_or(ApiError::NotConnected)?;
             link.send(&Frame::Publish(publish))?;
             self.sent(now);
             return Ok(None);
@@ -357,7 +424,11 @@ impl ClientSession {
             self.next_request_id = self.next_request_id.wrapping_add(1).max(1);
         }
         crate::frame::validate(&frame)?;
-        let link = self.link.as_mut().filter(|_| matches!(self.state, State::Up(_))).ok_or(ApiError::NotConnected)?;
+        let link = self
+            .link
+            .as_mut()
+            .filter(|_| matches!(self.state, State::Up(_)))
+            .ok_or(ApiError::NotConnected)?;
         link.send(&frame)?;
         self.sent(now);
         Ok(used)
@@ -365,7 +436,9 @@ impl ClientSession {
 
     /// Feeds received bytes.
     pub fn handle_bytes(&mut self, now: Instant, bytes: &[u8]) {
-        let Some(link) = self.link.as_mut() else { return };
+        let Some(link) = self.link.as_mut() else {
+            return;
+        };
         link.extend(bytes);
         loop {
             let next = match self.link.as_mut() {
@@ -407,7 +480,8 @@ impl ClientSession {
             if let Some(link) = self.link.as_mut() {
                 link.closed = true;
             }
-            let retry = (d.retry_after_ms > 0).then(|| Duration::from_millis(u64::from(d.retry_after_ms)));
+            let retry =
+                (d.retry_after_ms > 0).then(|| Duration::from_millis(u64::from(d.retry_after_ms)));
             self.go_down(Some(disconnect_reason(d)), true, retry);
             return Ok(());
         }
@@ -431,7 +505,12 @@ impl ClientSession {
             return Ok(());
         }
         if ack.version != 1 {
-            return Err(ProtocolViolation::new("REQ-HSK-003", ReasonCode::UnsupportedVersion, "broker chose a version not offered").into());
+            return Err(ProtocolViolation::new(
+                "REQ-HSK-003",
+                ReasonCode::UnsupportedVersion,
+                "broker chose a version not offered",
+            )
+            .into());
         }
         let keepalive = Duration::from_secs(u64::from(ack.keepalive_secs.max(1)));
         // A per-connection random phase in [0.75, 1.0) of the interval spreads heartbeat tides.
@@ -446,8 +525,12 @@ impl ClientSession {
         });
         self.session_id = ack.session_id.clone();
         self.broker_window = u64::from(ack.receive_window.max(1));
-        self.backoff = (ack.backoff_min_ms.max(100), ack.backoff_max_ms.max(ack.backoff_min_ms.max(100)));
-        self.peer_max_message_size = ack.max_message_size.max(crate::limits::MIN_MESSAGE_SIZE) as usize;
+        self.backoff = (
+            ack.backoff_min_ms.max(100),
+            ack.backoff_max_ms.max(ack.backoff_min_ms.max(100)),
+        );
+        self.peer_max_message_size =
+            ack.max_message_size.max(crate::limits::MIN_MESSAGE_SIZE) as usize;
         if let Some(link) = self.link.as_mut() {
             link.peer_max_message_size = self.peer_max_message_size;
         }
@@ -455,15 +538,23 @@ impl ClientSession {
             self.renumber(ack.last_cid + 1);
         }
         let window = u64::from(self.config.receive_window.max(1));
-        let inbox = self.streams.entry(StreamId::Inbox).or_insert_with(|| StreamState {
-            receiver: OrderedReceiver::new(1, window),
-            sync_outstanding: false,
-            ack_due: false,
-        });
+        let inbox = self
+            .streams
+            .entry(StreamId::Inbox)
+            .or_insert_with(|| StreamState {
+                receiver: OrderedReceiver::new(1, window),
+                sync_outstanding: false,
+                ack_due: false,
+            });
         let mut released = Vec::new();
-        inbox.receiver.skip_to(ack.inbox_acked_seq + 1, &mut released);
+        inbox
+            .receiver
+            .skip_to(ack.inbox_acked_seq + 1, &mut released);
         self.release(now, StreamId::Inbox, released)?;
-        self.events.push_back(ClientEvent::Connected { session_present: ack.session_present, user_id: ack.user_id });
+        self.events.push_back(ClientEvent::Connected {
+            session_present: ack.session_present,
+            user_id: ack.user_id,
+        });
         // Whatever is unacknowledged goes again, in cid order [REQ-HSK-012].
         let resend = self.inflight.all(now);
         if let Some(link) = self.link.as_mut() {
@@ -479,7 +570,11 @@ impl ClientSession {
     /// The broker already stored cids up to `first - 1` that were not ours: shift every
     /// unacknowledged message so none collides.
     fn renumber(&mut self, first: u64) {
-        let lowest = self.inflight.lowest().or_else(|| self.unsent.front().map(|p| p.cid)).unwrap_or(self.next_cid);
+        let lowest = self
+            .inflight
+            .lowest()
+            .or_else(|| self.unsent.front().map(|p| p.cid))
+            .unwrap_or(self.next_cid);
         let offset = first.saturating_sub(lowest);
         for (key, p) in self.inflight.iter_mut() {
             *key += offset;
@@ -489,7 +584,8 @@ impl ClientSession {
             p.cid += offset;
         }
         self.next_cid += offset;
-        self.events.push_back(ClientEvent::CidsRenumbered { offset });
+        self.events
+            .push_back(ClientEvent::CidsRenumbered { offset });
     }
 
     fn on_live_frame(&mut self, now: Instant, frame: Frame) -> Result<(), PeerError> {
@@ -514,7 +610,8 @@ impl ClientSession {
                         self.request_sync(now, stream)?;
                     }
                 }
-                self.events.push_back(ClientEvent::Frame(Frame::Notify(n)));
+                self.events
+                    .push_back(ClientEvent::Frame(Box::new(Frame::Notify(n))));
             }
             Frame::SyncDone(done) => {
                 if let Some(stream) = StreamId::from_proto(done.stream.as_ref()) {
@@ -525,23 +622,28 @@ impl ClientSession {
                         self.request_sync(now, stream)?;
                     }
                 }
-                self.events.push_back(ClientEvent::Frame(Frame::SyncDone(done)));
+                self.events
+                    .push_back(ClientEvent::Frame(Box::new(Frame::SyncDone(done))));
             }
             Frame::ConnAck(_) => return Err(unexpected(&frame, "REQ-HSK-002")),
-            other => self.events.push_back(ClientEvent::Frame(other)),
+            other => self.events.push_back(ClientEvent::Frame(Box::new(other))),
         }
         Ok(())
     }
 
     fn on_puback(&mut self, now: Instant, ack: proto::PubAck) {
         // An ack for a cid not outstanding is a late duplicate: ignored [REQ-QOS-015].
-        let Some(publish) = self.inflight.ack(ack.cid) else { return };
+        let Some(publish) = self.inflight.ack(ack.cid) else {
+            return;
+        };
         let reason = ReasonCode::from_u32(ack.reason).unwrap_or(ReasonCode::ProtocolError);
         self.events.push_back(ClientEvent::Acked(ack));
         if let Some(pkg) = publish.package {
             if let Some(progress) = self.packages.get_mut(&pkg.package_id) {
                 progress.outstanding = progress.outstanding.saturating_sub(1);
-                if !matches!(reason, ReasonCode::Success | ReasonCode::Duplicate) && progress.failure.is_none() {
+                if !matches!(reason, ReasonCode::Success | ReasonCode::Duplicate)
+                    && progress.failure.is_none()
+                {
                     progress.failure = Some(reason);
                 }
                 if progress.outstanding == 0 {
@@ -558,7 +660,9 @@ impl ClientSession {
     }
 
     fn on_deliver(&mut self, now: Instant, d: proto::Deliver) -> Result<(), PeerError> {
-        let Some(stream) = StreamId::from_proto(d.stream.as_ref()) else { return Ok(()) };
+        let Some(stream) = StreamId::from_proto(d.stream.as_ref()) else {
+            return Ok(());
+        };
         if d.qos == 0 {
             // QoS 0 (rooms): newest wins, nothing is acknowledged or repaired [REQ-QOS-016].
             let high = self.qos0_high.entry(stream).or_insert(0);
@@ -590,7 +694,12 @@ impl ClientSession {
         self.release(now, stream, released)
     }
 
-    fn release(&mut self, now: Instant, stream: StreamId, released: Vec<(u64, proto::Deliver)>) -> Result<(), PeerError> {
+    fn release(
+        &mut self,
+        now: Instant,
+        stream: StreamId,
+        released: Vec<(u64, proto::Deliver)>,
+    ) -> Result<(), PeerError> {
         if let (false, Some(s)) = (released.is_empty(), self.streams.get_mut(&stream)) {
             s.ack_due = true;
         }
@@ -600,8 +709,14 @@ impl ClientSession {
                 continue;
             };
             // Members arrive consecutively (REQ-PKG-006); the buffer checks and holds them.
-            match self.package_rx.insert(now, &pkg, d).map_err(PeerError::from)? {
-                PackageInsert::Complete(members) => self.events.push_back(ClientEvent::Package(members)),
+            match self
+                .package_rx
+                .insert(now, &pkg, d)
+                .map_err(PeerError::from)?
+            {
+                PackageInsert::Complete(members) => {
+                    self.events.push_back(ClientEvent::Package(members))
+                }
                 PackageInsert::Pending | PackageInsert::Expired => {}
             }
         }
@@ -609,14 +724,23 @@ impl ClientSession {
     }
 
     fn request_sync(&mut self, now: Instant, stream: StreamId) -> Result<(), PeerError> {
-        let Some(s) = self.streams.get_mut(&stream) else { return Ok(()) };
+        let Some(s) = self.streams.get_mut(&stream) else {
+            return Ok(());
+        };
         if s.sync_outstanding {
             return Ok(());
         }
         s.sync_outstanding = true;
         let after_seq = s.receiver.released();
-        let sync = proto::Sync { request_id: 0, stream: Some(stream.to_proto()), after_seq, limit: DEFAULT_SYNC_LIMIT };
-        self.send(now, Frame::Sync(sync)).map(|_| ()).map_err(api_to_peer)
+        let sync = proto::Sync {
+            request_id: 0,
+            stream: Some(stream.to_proto()),
+            after_seq,
+            limit: DEFAULT_SYNC_LIMIT,
+        };
+        self.send(now, Frame::Sync(sync))
+            .map(|_| ())
+            .map_err(api_to_peer)
     }
 
     fn flush_acks(&mut self, now: Instant) {
@@ -631,7 +755,10 @@ impl ClientSession {
             .collect();
         for (stream, seq) in due {
             // Cumulative: everything through the released point [REQ-QOS-010].
-            let ack = proto::DeliverAck { stream: Some(stream.to_proto()), seq };
+            let ack = proto::DeliverAck {
+                stream: Some(stream.to_proto()),
+                seq,
+            };
             if self.link_send(&Frame::DeliverAck(ack)).is_ok() {
                 self.sent(now);
             }
@@ -648,11 +775,17 @@ impl ClientSession {
             if front.cid >= lowest + self.broker_window {
                 break;
             }
-            let Some(p) = self.unsent.pop_front() else { break };
+            let Some(p) = self.unsent.pop_front() else {
+                break;
+            };
             if self.link_send(&Frame::Publish(p.clone())).is_err() {
                 // Only a message above the broker's (lowered) limit cannot be sent: refuse it
                 // locally rather than block everything behind it.
-                let ack = proto::PubAck { cid: p.cid, reason: wire(ReasonCode::MessageTooLarge), ..Default::default() };
+                let ack = proto::PubAck {
+                    cid: p.cid,
+                    reason: wire(ReasonCode::MessageTooLarge),
+                    ..Default::default()
+                };
                 self.inflight.push(now, p.cid, p);
                 self.on_puback(now, ack);
                 return;
@@ -681,13 +814,27 @@ impl ClientSession {
             State::Down => {}
             State::Connecting { deadline } => {
                 if now >= deadline {
-                    self.fail(ProtocolViolation::new("REQ-HSK-006", ReasonCode::ConnectTimeout, "no CONNACK").into());
+                    self.fail(
+                        ProtocolViolation::new(
+                            "REQ-HSK-006",
+                            ReasonCode::ConnectTimeout,
+                            "no CONNACK",
+                        )
+                        .into(),
+                    );
                 }
             }
             State::Up(live) => {
                 if now >= live.dead_at {
                     // Nothing heard for 1.5 intervals: the link is dead, even if TCP says not [REQ-KAL-005].
-                    self.fail(ProtocolViolation::new("REQ-KAL-005", ReasonCode::KeepaliveTimeout, "broker silent").into());
+                    self.fail(
+                        ProtocolViolation::new(
+                            "REQ-KAL-005",
+                            ReasonCode::KeepaliveTimeout,
+                            "broker silent",
+                        )
+                        .into(),
+                    );
                     return;
                 }
                 for p in self.inflight.due(now) {
@@ -750,7 +897,12 @@ fn fill(slot: &mut u32, id: u32) -> u32 {
 }
 
 fn unexpected(frame: &Frame, req: &'static str) -> PeerError {
-    ProtocolViolation::new(req, ReasonCode::UnexpectedFrame, format!("{} not allowed now", frame.frame_type().name())).into()
+    ProtocolViolation::new(
+        req,
+        ReasonCode::UnexpectedFrame,
+        format!("{} not allowed now", frame.frame_type().name()),
+    )
+    .into()
 }
 
 fn api_to_peer(e: ApiError) -> PeerError {
@@ -762,6 +914,8 @@ fn api_to_peer(e: ApiError) -> PeerError {
 /// [REQ-KAL-006].
 pub fn backoff(attempt: u32, min_ms: u32, max_ms: u32, rng: &mut dyn RngCore) -> Duration {
     let min = u64::from(min_ms.max(1));
-    let cap = u64::from(max_ms).max(min).min(min.saturating_mul(1u64 << attempt.min(20)));
+    let cap = u64::from(max_ms)
+        .max(min)
+        .min(min.saturating_mul(1u64 << attempt.min(20)));
     Duration::from_millis(min + rng.next_u64() % (cap - min + 1))
 }

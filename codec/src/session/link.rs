@@ -4,7 +4,7 @@
 use bytes::{Bytes, BytesMut};
 
 use crate::error::{ApiError, PeerError, ProtocolViolation};
-use crate::fragment::{FrameReader, Fragmenter};
+use crate::fragment::{Fragmenter, FrameReader};
 use crate::frame::{Direction, Frame};
 use crate::limits::MIN_MESSAGE_SIZE;
 use crate::proto;
@@ -47,13 +47,18 @@ impl Link {
         if self.closed {
             return Ok(None);
         }
-        let Some(frame) = self.reader.next_frame()? else { return Ok(None) };
+        let Some(frame) = self.reader.next_frame()? else {
+            return Ok(None);
+        };
         let dir = frame.frame_type().direction();
         if dir != Direction::Both && dir != self.receives {
             return Err(ProtocolViolation::new(
                 "REQ-FRM-007",
                 ReasonCode::UnexpectedFrame,
-                format!("{} may not be sent in this direction", frame.frame_type().name()),
+                format!(
+                    "{} may not be sent in this direction",
+                    frame.frame_type().name()
+                ),
             )
             .into());
         }
@@ -65,7 +70,9 @@ impl Link {
         if self.closed {
             return Err(ApiError::NotConnected);
         }
-        self.writer.encode(frame, self.peer_max_message_size, &mut self.out).map(|_| ())
+        self.writer
+            .encode(frame, self.peer_max_message_size, &mut self.out)
+            .map(|_| ())
     }
 
     /// Queues DISCONNECT and stops the link [REQ-HSK-014].
@@ -73,7 +80,12 @@ impl Link {
         if self.closed {
             return;
         }
-        let d = proto::Disconnect { reason: u32::from(reason as u8), detail, retry_after_ms: 0, server_reference: String::new() };
+        let d = proto::Disconnect {
+            reason: u32::from(reason as u8),
+            detail,
+            retry_after_ms: 0,
+            server_reference: String::new(),
+        };
         // A DISCONNECT with a short detail always fits one frame.
         let _ = self.send(&Frame::Disconnect(d));
         self.closed = true;
