@@ -1,0 +1,177 @@
+//! Codec benchmark: decode and encode throughput per core, bytes per second, and heap
+//! allocations per frame; plus the broker session machine's cost per PUBLISH.
+//!
+//! `cargo bench -p tern-codec --bench codec` prints a Markdown table for BENCHMARKS.md. Each
+//! figure is the median of 7 runs; allocations are counted exactly with an instrumented
+//! allocator (they do not vary between runs).
+// Benchmark code: a panic is a broken benchmark, not a user-facing error.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::alloc::System;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
+use tern_codec::ids::StreamId;
+use tern_codec::proto;
+use tern_codec::session::{Accept, BrokerConfig, BrokerEvent, BrokerSession, LedgerSnapshot};
+use tern_codec::{decode_frame, encode_frame, Frame};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+const FRAMES: usize = 20_000;
+const RUNS: usize = 7;
+
+fn publish(payload: usize, cid: u64) -> Frame {
+    Frame::Publish(proto::Publish { cid, qos: 2, topic: "user/bob".into(), payload: Bytes::from(vec![0x61; payload]), ..Default::default() })
+}
+
+fn deliver(payload: usize, seq: u64) -> Frame {
+    Frame::Deliver(proto::Deliver {
+        stream: Some(StreamId::Inbox.to_proto()),
+        seq,
+        msg_id: 0x0123_4567_89AB_CDEF + seq,
+        conversation_id: 7,
+        conversation_seq: seq,
+        topic: "user/bob".into(),
+        sender_user: "alice".into(),
+        sender_device: "phone".into(),
+        qos: 2,
+        payload: Bytes::from(vec![0x62; payload]),
+        server_time_ms: 1_767_225_600_000,
+        ..Default::default()
+    })
+}
+
+fn ack(seq: u64) -> Frame {
+    Frame::DeliverAck(proto::DeliverAck { stream: Some(StreamId::Inbox.to_proto()), seq })
+}
+
+struct Figure {
+    frames_per_sec: f64,
+    bytes_per_sec: f64,
+    allocs_per_frame: f64,
+    bytes_per_frame: usize,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn bench_decode(make: &dyn Fn(u64) -> Frame) -> Figure {
+    let mut wire = BytesMut::new();
+    for i in 0..FRAMES as u64 {
+        encode_frame(&make(i + 1), &mut wire).unwrap();
+    }
+    let wire = wire.freeze();
+    let mut rates = Vec::new();
+    let mut allocs = 0;
+    for _ in 0..RUNS {
+        let mut buf = BytesMut::from(&wire[..]);
+        let region = Region::new(GLOBAL);
+        let start = Instant::now();
+        let mut n = 0;
+        while let Some(f) = decode_frame(&mut buf).unwrap() {
+            black_box(&f);
+            n += 1;
+        }
+        let took = start.elapsed();
+        allocs = region.change().allocations;
+        assert_eq!(n, FRAMES);
+        rates.push(n as f64 / took.as_secs_f64());
+    }
+    let fps = median(rates);
+    let per = wire.len() / FRAMES;
+    Figure { frames_per_sec: fps, bytes_per_sec: fps * per as f64, allocs_per_frame: allocs as f64 / FRAMES as f64, bytes_per_frame: per }
+}
+
+fn bench_encode(make: &dyn Fn(u64) -> Frame) -> Figure {
+    let frames: Vec<Frame> = (0..FRAMES as u64).map(|i| make(i + 1)).collect();
+    let mut out = BytesMut::with_capacity(FRAMES * 1400);
+    let mut rates = Vec::new();
+    let mut allocs = 0;
+    for _ in 0..RUNS {
+        out.clear();
+        let region = Region::new(GLOBAL);
+        let start = Instant::now();
+        for f in &frames {
+            encode_frame(f, &mut out).unwrap();
+        }
+        let took = start.elapsed();
+        allocs = region.change().allocations;
+        black_box(&out);
+        rates.push(FRAMES as f64 / took.as_secs_f64());
+    }
+    let fps = median(rates);
+    let per = out.len() / FRAMES;
+    Figure { frames_per_sec: fps, bytes_per_sec: fps * per as f64, allocs_per_frame: allocs as f64 / FRAMES as f64, bytes_per_frame: per }
+}
+
+/// PUBLISH in → dedup/order → event → ack_publish → PUBACK out, through the broker machine.
+fn bench_broker_session() -> (f64, f64) {
+    let t0 = Instant::now();
+    let mut wire = BytesMut::new();
+    for cid in 1..=FRAMES as u64 {
+        encode_frame(&publish(64, cid), &mut wire).unwrap();
+    }
+    let mut rates = Vec::new();
+    let mut allocs = 0;
+    for _ in 0..RUNS {
+        let mut b = BrokerSession::new(t0, BrokerConfig { receive_window: 1024, ..BrokerConfig::default() });
+        let mut connect = BytesMut::new();
+        encode_frame(&Frame::Connect(proto::Connect { versions: vec![1], device_id: "bench".into(), ..Default::default() }), &mut connect).unwrap();
+        b.handle_bytes(t0, &connect);
+        let _ = b.poll_event();
+        b.accept(t0, Accept { user_id: "u".into(), session_id: Bytes::from_static(b"s"), ledger: LedgerSnapshot::default(), inbox_acked_seq: 0, server_time_ms: 0 }).unwrap();
+        let _ = b.poll_transmit();
+        let region = Region::new(GLOBAL);
+        let start = Instant::now();
+        // Feed in 1400-byte reads, as a socket would deliver them.
+        for chunk in wire.chunks(1400) {
+            b.handle_bytes(t0, chunk);
+            while let Some(ev) = b.poll_event() {
+                if let BrokerEvent::Publish(p) = ev {
+                    b.ack_publish(proto::PubAck { cid: p.cid, reason: 0, msg_id: p.cid, conversation_id: 1, seq: p.cid }).unwrap();
+                }
+            }
+            black_box(b.poll_transmit());
+        }
+        let took = start.elapsed();
+        allocs = region.change().allocations;
+        rates.push(FRAMES as f64 / took.as_secs_f64());
+    }
+    (median(rates), allocs as f64 / FRAMES as f64)
+}
+
+fn main() {
+    // `cargo test --benches` runs this in test mode: keep that quick and quiet.
+    if std::env::args().any(|a| a == "--test" || a == "--list") {
+        return;
+    }
+    println!("| operation | frame | bytes/frame | frames/s (median of {RUNS}) | MB/s | heap allocs/frame |");
+    println!("|---|---|---:|---:|---:|---:|");
+    let cases: Vec<(&str, Box<dyn Fn(u64) -> Frame>)> = vec![
+        ("PUBLISH 64 B payload", Box::new(|i| publish(64, i))),
+        ("PUBLISH 512 B payload", Box::new(|i| publish(512, i))),
+        ("DELIVER 64 B payload", Box::new(|i| deliver(64, i))),
+        ("DELIVER 512 B payload", Box::new(|i| deliver(512, i))),
+        ("DELIVER_ACK", Box::new(ack)),
+    ];
+    for (name, make) in &cases {
+        for (op, fig) in [("decode", bench_decode(make.as_ref())), ("encode", bench_encode(make.as_ref()))] {
+            println!(
+                "| {op} | {name} | {} | {:.0} | {:.1} | {:.2} |",
+                fig.bytes_per_frame,
+                fig.frames_per_sec,
+                fig.bytes_per_sec / 1e6,
+                fig.allocs_per_frame
+            );
+        }
+    }
+    let (rate, allocs) = bench_broker_session();
+    println!("| broker session: PUBLISH → PUBACK | PUBLISH 64 B payload | — | {rate:.0} | — | {allocs:.2} |");
+    let _ = Duration::ZERO;
+}
