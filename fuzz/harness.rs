@@ -10,7 +10,9 @@ use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tern_codec::fragment::FrameReader;
 use tern_codec::proto;
-use tern_codec::session::{Accept, BrokerConfig, BrokerEvent, BrokerSession, ClientConfig, ClientSession, LedgerSnapshot};
+use tern_codec::session::{
+    Accept, BrokerConfig, BrokerEvent, BrokerSession, ClientConfig, ClientSession, LedgerSnapshot,
+};
 use tern_codec::{decode_frame, encode_frame, Frame};
 
 /// Decodes frames from the input; every accepted frame re-encodes to exactly the bytes it came
@@ -53,7 +55,11 @@ pub(crate) fn broker_session(data: &[u8]) {
     let t0 = Instant::now();
     let mut b = BrokerSession::new(t0, BrokerConfig::default());
     let mut connect = BytesMut::new();
-    let c = proto::Connect { versions: vec![1], device_id: "fuzz".into(), ..Default::default() };
+    let c = proto::Connect {
+        versions: vec![1],
+        device_id: "fuzz".into(),
+        ..Default::default()
+    };
     encode_frame(&Frame::Connect(c), &mut connect).expect("fits");
     b.handle_bytes(t0, &connect);
     let mut now = t0;
@@ -68,24 +74,56 @@ pub(crate) fn broker_session(data: &[u8]) {
             match ev {
                 // The link may already have failed after the CONNECT (a frame sent too early).
                 BrokerEvent::Connect(_) if b.awaiting_accept() => {
-                    let accept = Accept { user_id: "u".into(), session_id: Bytes::from_static(b"s"), ledger: LedgerSnapshot::default(), inbox_acked_seq: 0, server_time_ms: 0 };
+                    let accept = Accept {
+                        user_id: "u".into(),
+                        session_id: Bytes::from_static(b"s"),
+                        ledger: LedgerSnapshot::default(),
+                        inbox_acked_seq: 0,
+                        server_time_ms: 0,
+                    };
                     b.accept(now, accept).expect("awaiting accept");
                 }
                 BrokerEvent::Publish(p) if p.qos > 0 => {
                     seq += 1;
-                    b.ack_publish(proto::PubAck { cid: p.cid, reason: 0, msg_id: seq, conversation_id: 1, seq }).expect("awaiting");
-                    let d = proto::Deliver { stream: Some(tern_codec::ids::StreamId::Inbox.to_proto()), seq, topic: p.topic, qos: p.qos, payload: p.payload, ..Default::default() };
+                    b.ack_publish(proto::PubAck {
+                        cid: p.cid,
+                        reason: 0,
+                        msg_id: seq,
+                        conversation_id: 1,
+                        seq,
+                    })
+                    .expect("awaiting");
+                    let d = proto::Deliver {
+                        stream: Some(tern_codec::ids::StreamId::Inbox.to_proto()),
+                        seq,
+                        topic: p.topic,
+                        qos: p.qos,
+                        payload: p.payload,
+                        ..Default::default()
+                    };
                     let _ = b.deliver(now, d);
                 }
                 BrokerEvent::Package(members) => {
                     for p in members {
                         seq += 1;
-                        b.ack_publish(proto::PubAck { cid: p.cid, reason: 0, msg_id: seq, conversation_id: 1, seq }).expect("awaiting");
+                        b.ack_publish(proto::PubAck {
+                            cid: p.cid,
+                            reason: 0,
+                            msg_id: seq,
+                            conversation_id: 1,
+                            seq,
+                        })
+                        .expect("awaiting");
                     }
                 }
                 BrokerEvent::PackageExpired { cids, .. } => {
                     for cid in cids {
-                        b.ack_publish(proto::PubAck { cid: cid.0, reason: 0xD3, ..Default::default() }).expect("awaiting");
+                        b.ack_publish(proto::PubAck {
+                            cid: cid.0,
+                            reason: 0xD3,
+                            ..Default::default()
+                        })
+                        .expect("awaiting");
                     }
                 }
                 _ => {}

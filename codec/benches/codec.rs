@@ -5,7 +5,12 @@
 //! figure is the median of 7 runs; allocations are counted exactly with an instrumented
 //! allocator (they do not vary between runs).
 // Benchmark code: a panic is a broken benchmark, not a user-facing error.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::alloc::System;
 use std::hint::black_box;
@@ -25,7 +30,13 @@ const FRAMES: usize = 20_000;
 const RUNS: usize = 7;
 
 fn publish(payload: usize, cid: u64) -> Frame {
-    Frame::Publish(proto::Publish { cid, qos: 2, topic: "user/bob".into(), payload: Bytes::from(vec![0x61; payload]), ..Default::default() })
+    Frame::Publish(proto::Publish {
+        cid,
+        qos: 2,
+        topic: "user/bob".into(),
+        payload: Bytes::from(vec![0x61; payload]),
+        ..Default::default()
+    })
 }
 
 fn deliver(payload: usize, seq: u64) -> Frame {
@@ -46,7 +57,10 @@ fn deliver(payload: usize, seq: u64) -> Frame {
 }
 
 fn ack(seq: u64) -> Frame {
-    Frame::DeliverAck(proto::DeliverAck { stream: Some(StreamId::Inbox.to_proto()), seq })
+    Frame::DeliverAck(proto::DeliverAck {
+        stream: Some(StreamId::Inbox.to_proto()),
+        seq,
+    })
 }
 
 struct Figure {
@@ -85,7 +99,12 @@ fn bench_decode(make: &dyn Fn(u64) -> Frame) -> Figure {
     }
     let fps = median(rates);
     let per = wire.len() / FRAMES;
-    Figure { frames_per_sec: fps, bytes_per_sec: fps * per as f64, allocs_per_frame: allocs as f64 / FRAMES as f64, bytes_per_frame: per }
+    Figure {
+        frames_per_sec: fps,
+        bytes_per_sec: fps * per as f64,
+        allocs_per_frame: allocs as f64 / FRAMES as f64,
+        bytes_per_frame: per,
+    }
 }
 
 fn bench_encode(make: &dyn Fn(u64) -> Frame) -> Figure {
@@ -107,7 +126,12 @@ fn bench_encode(make: &dyn Fn(u64) -> Frame) -> Figure {
     }
     let fps = median(rates);
     let per = out.len() / FRAMES;
-    Figure { frames_per_sec: fps, bytes_per_sec: fps * per as f64, allocs_per_frame: allocs as f64 / FRAMES as f64, bytes_per_frame: per }
+    Figure {
+        frames_per_sec: fps,
+        bytes_per_sec: fps * per as f64,
+        allocs_per_frame: allocs as f64 / FRAMES as f64,
+        bytes_per_frame: per,
+    }
 }
 
 /// PUBLISH in → dedup/order → event → ack_publish → PUBACK out, through the broker machine.
@@ -120,12 +144,36 @@ fn bench_broker_session() -> (f64, f64) {
     let mut rates = Vec::new();
     let mut allocs = 0;
     for _ in 0..RUNS {
-        let mut b = BrokerSession::new(t0, BrokerConfig { receive_window: 1024, ..BrokerConfig::default() });
+        let mut b = BrokerSession::new(
+            t0,
+            BrokerConfig {
+                receive_window: 1024,
+                ..BrokerConfig::default()
+            },
+        );
         let mut connect = BytesMut::new();
-        encode_frame(&Frame::Connect(proto::Connect { versions: vec![1], device_id: "bench".into(), ..Default::default() }), &mut connect).unwrap();
+        encode_frame(
+            &Frame::Connect(proto::Connect {
+                versions: vec![1],
+                device_id: "bench".into(),
+                ..Default::default()
+            }),
+            &mut connect,
+        )
+        .unwrap();
         b.handle_bytes(t0, &connect);
         let _ = b.poll_event();
-        b.accept(t0, Accept { user_id: "u".into(), session_id: Bytes::from_static(b"s"), ledger: LedgerSnapshot::default(), inbox_acked_seq: 0, server_time_ms: 0 }).unwrap();
+        b.accept(
+            t0,
+            Accept {
+                user_id: "u".into(),
+                session_id: Bytes::from_static(b"s"),
+                ledger: LedgerSnapshot::default(),
+                inbox_acked_seq: 0,
+                server_time_ms: 0,
+            },
+        )
+        .unwrap();
         let _ = b.poll_transmit();
         let region = Region::new(GLOBAL);
         let start = Instant::now();
@@ -134,7 +182,14 @@ fn bench_broker_session() -> (f64, f64) {
             b.handle_bytes(t0, chunk);
             while let Some(ev) = b.poll_event() {
                 if let BrokerEvent::Publish(p) = ev {
-                    b.ack_publish(proto::PubAck { cid: p.cid, reason: 0, msg_id: p.cid, conversation_id: 1, seq: p.cid }).unwrap();
+                    b.ack_publish(proto::PubAck {
+                        cid: p.cid,
+                        reason: 0,
+                        msg_id: p.cid,
+                        conversation_id: 1,
+                        seq: p.cid,
+                    })
+                    .unwrap();
                 }
             }
             black_box(b.poll_transmit());
@@ -161,7 +216,10 @@ fn main() {
         ("DELIVER_ACK", Box::new(ack)),
     ];
     for (name, make) in &cases {
-        for (op, fig) in [("decode", bench_decode(make.as_ref())), ("encode", bench_encode(make.as_ref()))] {
+        for (op, fig) in [
+            ("decode", bench_decode(make.as_ref())),
+            ("encode", bench_encode(make.as_ref())),
+        ] {
             println!(
                 "| {op} | {name} | {} | {:.0} | {:.1} | {:.2} |",
                 fig.bytes_per_frame,

@@ -144,6 +144,7 @@ fn every_frame_type() -> Vec<(&'static str, Frame)> {
         content_type: "text/plain".into(),
         server_time_ms: 1_767_225_600_000,
         dup: false,
+        payload_omitted: false,
     };
     vec![
         (

@@ -621,3 +621,56 @@ fn package_members_are_released_whole_in_index_order_or_expire() {
         matches!(expired, Some(BrokerEvent::PackageExpired { cids, .. }) if cids.len() == 1 && cids[0].0 == 4)
     );
 }
+
+#[test]
+fn a_deliver_larger_than_the_client_accepts_keeps_its_seq_without_payload() {
+    let t0 = Instant::now();
+    let mut b = BrokerSession::new(t0, BrokerConfig::default());
+    let connect = Frame::Connect(proto::Connect {
+        versions: vec![1],
+        device_id: "sensor".into(),
+        max_message_size: 1396,
+        ..Default::default()
+    });
+    b.handle_bytes(t0, &raw(&connect));
+    let _ = b.poll_event();
+    b.accept(t0, accept_for("alice")).unwrap();
+    let _ = b.poll_transmit();
+    let mut big = inbox_deliver(1);
+    big.payload = Bytes::from(vec![7u8; 5000]);
+    b.deliver(t0, big).unwrap();
+    b.deliver(t0, inbox_deliver(2)).unwrap();
+    let sent = frames(b.poll_transmit());
+    assert!(
+        matches!(&sent[0], Frame::Deliver(d) if d.seq == 1 && d.payload_omitted && d.payload.is_empty()),
+        "{sent:?}"
+    );
+    assert!(
+        matches!(&sent[1], Frame::Deliver(d) if d.seq == 2 && !d.payload_omitted && &d.payload[..] == b"d2")
+    );
+}
+
+#[test]
+fn package_members_that_disagree_on_topic_are_invalid() {
+    let t0 = Instant::now();
+    let mut b = accepted_broker(t0);
+    for (cid, index, topic) in [(1, 0, "user/bob"), (2, 1, "user/carol")] {
+        let p = proto::Publish {
+            cid,
+            qos: 2,
+            topic: topic.into(),
+            package: Some(proto::PackageRef {
+                package_id: 1,
+                index,
+                count: 2,
+            }),
+            ..Default::default()
+        };
+        b.handle_bytes(t0, &raw(&Frame::Publish(p)));
+    }
+    assert_eq!(
+        disconnect_reason(&frames(b.poll_transmit())),
+        Some(ReasonCode::PackageInvalid)
+    );
+    assert!(!std::iter::from_fn(|| b.poll_event()).any(|e| matches!(e, BrokerEvent::Package(_))));
+}

@@ -151,6 +151,11 @@ impl<T: Clone> RetransmitQueue<T> {
             .collect()
     }
 
+    /// Removes and returns every outstanding item, in key order.
+    pub fn take_all(&mut self) -> Vec<T> {
+        self.items.drain(..).map(|e| e.item).collect()
+    }
+
     /// Outstanding items, in key order.
     pub fn iter(&self) -> impl Iterator<Item = (u64, &T)> {
         self.items.iter().map(|i| (i.key, &i.item))

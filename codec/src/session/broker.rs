@@ -18,7 +18,7 @@
 //! [`BrokerSession::ack_publish`] when a message is durable, and [`BrokerSession::deliver`]
 //! to push one.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -168,6 +168,7 @@ pub struct BrokerSession {
     streams: HashMap<StreamId, RetransmitQueue<proto::Deliver>>,
     inflight: usize,
     pending: VecDeque<proto::Deliver>,
+    pending_keys: HashSet<(StreamId, u64)>,
     accepted: bool,
 }
 
@@ -193,6 +194,7 @@ impl BrokerSession {
             streams: HashMap::new(),
             inflight: 0,
             pending: VecDeque::new(),
+            pending_keys: HashSet::new(),
             accepted: false,
             config,
         }
@@ -388,12 +390,8 @@ impl BrokerSession {
         let Some(stream) = StreamId::from_proto(d.stream.as_ref()) else {
             return Ok(());
         };
-        if self.streams.get(&stream).is_some_and(|q| q.contains(d.seq))
-            || self
-                .pending
-                .iter()
-                .any(|p| p.seq == d.seq && p.stream == d.stream)
-        {
+        let in_flight = self.streams.get(&stream).is_some_and(|q| q.contains(d.seq));
+        if in_flight || !self.pending_keys.insert((stream, d.seq)) {
             return Ok(());
         }
         self.pending.push_back(d);
@@ -414,16 +412,21 @@ impl BrokerSession {
 
     fn flush_pending(&mut self, now: Instant) {
         while self.is_up() && self.inflight < self.client_window {
-            let Some(d) = self.pending.pop_front() else {
+            let Some(mut d) = self.pending.pop_front() else {
                 break;
             };
             let Some(stream) = StreamId::from_proto(d.stream.as_ref()) else {
                 continue;
             };
-            if self.link.send(&Frame::Deliver(d.clone())).is_err() {
-                // Larger than the client accepts: it can never be delivered on this link.
-                continue;
+            self.pending_keys.remove(&(stream, d.seq));
+            if Frame::Deliver(d.clone()).body_len() > self.link.peer_max_message_size {
+                // Too large for this device: it keeps its seq, without the payload [REQ-QOS-018].
+                d.payload = Bytes::new();
+                d.payload_omitted = true;
             }
+            // Sized to the peer's limit above, so only a closed link can refuse it; the
+            // DELIVER stays in flight and goes again on resume.
+            self.link.send_control(&Frame::Deliver(d.clone()));
             let rto = self.config.rto;
             self.streams
                 .entry(stream)
@@ -539,7 +542,10 @@ impl BrokerSession {
                 &frame,
                 "second CONNECT",
             )),
-            Frame::Ping(p) => self.link.send(&Frame::Pong(p)).map_err(internal),
+            Frame::Ping(p) => {
+                self.link.send_control(&Frame::Pong(p));
+                Ok(())
+            }
             Frame::Pong(_) => Ok(()),
             Frame::Publish(p) => self.on_publish(now, p),
             Frame::DeliverAck(a) => {
@@ -569,7 +575,8 @@ impl BrokerSession {
         if let Some(ack) = self.ledger.acks.get(&cid) {
             // A retransmission of a decided cid gets the original outcome [REQ-QOS-005].
             let ack = *ack;
-            return self.link.send(&Frame::PubAck(ack)).map_err(internal);
+            self.link.send_control(&Frame::PubAck(ack));
+            return Ok(());
         }
         if self.ledger.awaiting.contains(&cid) {
             return Ok(());
@@ -584,7 +591,7 @@ impl BrokerSession {
                         reason: wire(ReasonCode::Duplicate),
                         ..Default::default()
                     };
-                    self.link.send(&Frame::PubAck(ack)).map_err(internal)?;
+                    self.link.send_control(&Frame::PubAck(ack));
                 }
                 return Ok(());
             }
@@ -618,7 +625,17 @@ impl BrokerSession {
         match self.ledger.packages.insert(now, &pkg, p)? {
             PackageInsert::Pending => {}
             PackageInsert::Complete(members) => {
-                self.events.push_back(BrokerEvent::Package(members))
+                let first = members.first().map(|m| (&m.topic, m.qos));
+                if members.iter().any(|m| Some((&m.topic, m.qos)) != first) {
+                    let why = "package members differ in topic or qos";
+                    return Err(ProtocolViolation::new(
+                        "REQ-PKG-002",
+                        ReasonCode::PackageInvalid,
+                        why,
+                    )
+                    .into());
+                }
+                self.events.push_back(BrokerEvent::Package(members));
             }
             PackageInsert::Expired => {
                 self.events.push_back(BrokerEvent::PackageExpired {
@@ -721,8 +738,4 @@ impl Ledger {
 
 fn violation(req: &'static str, reason: ReasonCode, frame: &Frame, why: &str) -> PeerError {
     ProtocolViolation::new(req, reason, format!("{}: {why}", frame.frame_type().name())).into()
-}
-
-fn internal(e: ApiError) -> PeerError {
-    ProtocolViolation::new("REQ-FRG-003", ReasonCode::MessageTooLarge, e.to_string()).into()
 }

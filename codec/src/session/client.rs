@@ -555,14 +555,11 @@ impl ClientSession {
             session_present: ack.session_present,
             user_id: ack.user_id,
         });
-        // Whatever is unacknowledged goes again, in cid order [REQ-HSK-012].
-        let resend = self.inflight.all(now);
-        if let Some(link) = self.link.as_mut() {
-            for p in resend {
-                link.send(&Frame::Publish(p)).map_err(api_to_peer)?;
-            }
+        // Whatever is unacknowledged goes again, in cid order, within the new window
+        // [REQ-HSK-012].
+        for p in self.inflight.take_all().into_iter().rev() {
+            self.unsent.push_front(p);
         }
-        self.sent(now);
         self.flush_unsent(now);
         Ok(())
     }
@@ -591,7 +588,9 @@ impl ClientSession {
     fn on_live_frame(&mut self, now: Instant, frame: Frame) -> Result<(), PeerError> {
         match frame {
             Frame::Ping(p) => {
-                self.link_send(&Frame::Pong(p))?;
+                if let Some(link) = self.link.as_mut() {
+                    link.send_control(&Frame::Pong(p));
+                }
                 self.sent(now);
             }
             Frame::Pong(_) => {}
@@ -738,9 +737,10 @@ impl ClientSession {
             after_seq,
             limit: DEFAULT_SYNC_LIMIT,
         };
-        self.send(now, Frame::Sync(sync))
-            .map(|_| ())
-            .map_err(api_to_peer)
+        // SYNC is a small control frame; it can only fail on a closed link, where the sync
+        // point is sent again after the next CONNACK anyway.
+        let _ = self.send(now, Frame::Sync(sync));
+        Ok(())
     }
 
     fn flush_acks(&mut self, now: Instant) {
@@ -795,10 +795,10 @@ impl ClientSession {
         }
     }
 
-    fn link_send(&mut self, frame: &Frame) -> Result<(), PeerError> {
+    fn link_send(&mut self, frame: &Frame) -> Result<(), ApiError> {
         match self.link.as_mut() {
-            Some(link) => link.send(frame).map_err(api_to_peer),
-            None => Ok(()),
+            Some(link) => link.send(frame),
+            None => Err(ApiError::NotConnected),
         }
     }
 
@@ -903,10 +903,6 @@ fn unexpected(frame: &Frame, req: &'static str) -> PeerError {
         format!("{} not allowed now", frame.frame_type().name()),
     )
     .into()
-}
-
-fn api_to_peer(e: ApiError) -> PeerError {
-    ProtocolViolation::new("REQ-FRG-003", ReasonCode::MessageTooLarge, e.to_string()).into()
 }
 
 /// Reconnect delay after `attempt` failures: uniform in `[min, min(max, min * 2^attempt)]`

@@ -75,6 +75,13 @@ impl Link {
             .map(|_| ())
     }
 
+    /// Queues a small control frame (PING, PONG, PUBACK, DELIVER_ACK, SYNC, CONNACK ...).
+    /// These are a few dozen bytes, far below any peer limit, so the only possible failure is
+    /// a closed link, after which nothing is sent by design: there is nothing to report.
+    pub(crate) fn send_control(&mut self, frame: &Frame) {
+        let _ = self.send(frame);
+    }
+
     /// Queues DISCONNECT and stops the link [REQ-HSK-014].
     pub(crate) fn close(&mut self, reason: ReasonCode, detail: String) {
         if self.closed {
@@ -86,8 +93,7 @@ impl Link {
             retry_after_ms: 0,
             server_reference: String::new(),
         };
-        // A DISCONNECT with a short detail always fits one frame.
-        let _ = self.send(&Frame::Disconnect(d));
+        self.send_control(&Frame::Disconnect(d));
         self.closed = true;
     }
 
