@@ -75,7 +75,10 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn bench_decode(make: &dyn Fn(u64) -> Frame) -> Figure {
+/// Builds the i-th frame of a benchmark stream.
+type MakeFrame = fn(u64) -> Frame;
+
+fn bench_decode(make: &MakeFrame) -> Figure {
     let mut wire = BytesMut::new();
     for i in 0..FRAMES as u64 {
         encode_frame(&make(i + 1), &mut wire).unwrap();
@@ -107,7 +110,7 @@ fn bench_decode(make: &dyn Fn(u64) -> Frame) -> Figure {
     }
 }
 
-fn bench_encode(make: &dyn Fn(u64) -> Frame) -> Figure {
+fn bench_encode(make: &MakeFrame) -> Figure {
     let frames: Vec<Frame> = (0..FRAMES as u64).map(|i| make(i + 1)).collect();
     let mut out = BytesMut::with_capacity(FRAMES * 1400);
     let mut rates = Vec::new();
@@ -208,17 +211,17 @@ fn main() {
     }
     println!("| operation | frame | bytes/frame | frames/s (median of {RUNS}) | MB/s | heap allocs/frame |");
     println!("|---|---|---:|---:|---:|---:|");
-    let cases: Vec<(&str, Box<dyn Fn(u64) -> Frame>)> = vec![
-        ("PUBLISH 64 B payload", Box::new(|i| publish(64, i))),
-        ("PUBLISH 512 B payload", Box::new(|i| publish(512, i))),
-        ("DELIVER 64 B payload", Box::new(|i| deliver(64, i))),
-        ("DELIVER 512 B payload", Box::new(|i| deliver(512, i))),
-        ("DELIVER_ACK", Box::new(ack)),
+    let cases: Vec<(&str, MakeFrame)> = vec![
+        ("PUBLISH 64 B payload", |i| publish(64, i)),
+        ("PUBLISH 512 B payload", |i| publish(512, i)),
+        ("DELIVER 64 B payload", |i| deliver(64, i)),
+        ("DELIVER 512 B payload", |i| deliver(512, i)),
+        ("DELIVER_ACK", ack),
     ];
     for (name, make) in &cases {
         for (op, fig) in [
-            ("decode", bench_decode(make.as_ref())),
-            ("encode", bench_encode(make.as_ref())),
+            ("decode", bench_decode(make)),
+            ("encode", bench_encode(make)),
         ] {
             println!(
                 "| {op} | {name} | {} | {:.0} | {:.1} | {:.2} |",
@@ -231,5 +234,36 @@ fn main() {
     }
     let (rate, allocs) = bench_broker_session();
     println!("| broker session: PUBLISH → PUBACK | PUBLISH 64 B payload | — | {rate:.0} | — | {allocs:.2} |");
-    let _ = Duration::ZERO;
+    let (insert, fire) = bench_timer_wheel();
+    println!();
+    println!("| timing wheel, 1,000,000 timers over 60 s (100 ms ticks, 4096 slots) | ops/s (median of {RUNS}) |");
+    println!("|---|---:|");
+    println!("| insert | {insert:.0} |");
+    println!("| advance and fire (per timer) | {fire:.0} |");
+}
+
+/// Inserts a million deadlines spread over a minute, then advances through them.
+fn bench_timer_wheel() -> (f64, f64) {
+    use tern_codec::timer::TimerWheel;
+    const N: u64 = 1_000_000;
+    let (mut inserts, mut fires) = (Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        let t0 = Instant::now();
+        let mut wheel = TimerWheel::new(t0, Duration::from_millis(100), 4096);
+        let start = Instant::now();
+        for i in 0..N {
+            // A cheap spread of deadlines over 60 s.
+            let at = t0 + Duration::from_millis(i.wrapping_mul(2_654_435_761) % 60_000);
+            black_box(wheel.insert(at, i));
+        }
+        inserts.push(N as f64 / start.elapsed().as_secs_f64());
+        let start = Instant::now();
+        let mut out = Vec::with_capacity(N as usize);
+        for step in 1..=600u64 {
+            wheel.advance(t0 + Duration::from_millis(step * 100), &mut out);
+        }
+        assert_eq!(out.len() as u64, N);
+        fires.push(N as f64 / start.elapsed().as_secs_f64());
+    }
+    (median(inserts), median(fires))
 }
