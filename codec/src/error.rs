@@ -148,4 +148,13 @@ pub enum ApiError {
     /// The frame type cannot be sent by this role.
     #[error("frame type {0} cannot be sent by this role")]
     WrongDirection(&'static str),
+    /// `connect` was called while a link is still open.
+    #[error("a link is already open")]
+    LinkOpen,
+    /// QoS must be 0, 1 or 2 (and 1 or 2 in a package).
+    #[error("invalid qos {0}")]
+    InvalidQos(u32),
+    /// `ack_publish` named a cid that is not waiting for an outcome.
+    #[error("cid {0} is not waiting for an outcome")]
+    NotAwaitingOutcome(u64),
 }

@@ -359,9 +359,7 @@ impl BrokerSession {
     /// same outcome answers every retransmission of that cid [REQ-QOS-005].
     pub fn ack_publish(&mut self, ack: proto::PubAck) -> Result<(), ApiError> {
         if !self.ledger.awaiting.remove(&ack.cid) {
-            return Err(ApiError::WrongDirection(
-                "PUBACK for a cid not awaiting an outcome",
-            ));
+            return Err(ApiError::NotAwaitingOutcome(ack.cid));
         }
         let floor = self
             .ledger

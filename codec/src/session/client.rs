@@ -254,7 +254,7 @@ impl ClientSession {
     /// Starts a new link: queues CONNECT (resuming the previous session if there was one).
     pub fn connect(&mut self, now: Instant) -> Result<(), ApiError> {
         if !matches!(self.state, State::Down) {
-            return Err(ApiError::WrongDirection("CONNECT while a link is open"));
+            return Err(ApiError::LinkOpen);
         }
         let mut link = Link::new(self.config.max_message_size as usize, Direction::ToClient);
         let connect = proto::Connect {
@@ -330,7 +330,10 @@ impl ClientSession {
         qos: u32,
     ) -> Result<PackageId, ApiError> {
         let count = payloads.len();
-        if count == 0 || count > MAX_PACKAGE_COUNT as usize || qos == 0 || qos > 2 {
+        if qos == 0 || qos > 2 {
+            return Err(ApiError::InvalidQos(qos));
+        }
+        if count == 0 || count > MAX_PACKAGE_COUNT as usize {
             return Err(ApiError::PackageSize {
                 got: count,
                 max: MAX_PACKAGE_COUNT as usize,
@@ -369,7 +372,7 @@ impl ClientSession {
     ) -> Result<Option<Cid>, ApiError> {
         check_topic("publish.topic", topic, TopicUse::Name)?;
         if qos > 2 {
-            return Err(ApiError::WrongDirection("qos above 2"));
+            return Err(ApiError::InvalidQos(qos));
         }
         let mut publish = proto::Publish {
             cid: 0,
