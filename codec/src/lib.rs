@@ -13,6 +13,32 @@
 //! - [`timer`]: a hashed timing wheel for scheduling millions of session deadlines in O(1).
 //! - [`reason`], [`error`], [`limits`], [`ids`]: the registry, error classes, limits and
 //!   identifier rules shared by all of the above.
+//!
+//! # Example
+//!
+//! Encoding and decoding one frame (PING, nonce 7: the first vector of
+//! `spec/vectors/frames/frame_codec_test.json` for PING):
+//!
+//! ```
+//! use bytes::BytesMut;
+//! use tern_codec::{decode_frame, encode_frame, proto, Frame, ReasonCode};
+//!
+//! let mut wire = BytesMut::new();
+//! encode_frame(&Frame::Ping(proto::Ping { nonce: 7 }), &mut wire).unwrap();
+//! assert_eq!(&wire[..], &[0x03, 0x00, 0x00, 0x02, 0x08, 0x07]);
+//!
+//! // Incomplete input is not an error: nothing is consumed until the frame is whole.
+//! let mut partial = BytesMut::from(&wire[..3]);
+//! assert_eq!(decode_frame(&mut partial), Ok(None));
+//!
+//! assert_eq!(decode_frame(&mut wire), Ok(Some(Frame::Ping(proto::Ping { nonce: 7 }))));
+//!
+//! // A header announcing a 1401-byte frame is refused before the body is read.
+//! let mut oversize = BytesMut::from(&[0x06, 0x00, 0x05, 0x75][..]);
+//! let err = decode_frame(&mut oversize).unwrap_err();
+//! assert_eq!(err.reason(), ReasonCode::FrameTooLarge);
+//! assert_eq!(err.requirement().0, "REQ-FRM-002");
+//! ```
 #![forbid(unsafe_code)]
 
 pub mod delivery;
