@@ -84,15 +84,7 @@ pub(crate) fn broker_session(data: &[u8]) {
                     b.accept(now, accept).expect("awaiting accept");
                 }
                 BrokerEvent::Publish(p) if p.qos > 0 => {
-                    seq += 1;
-                    b.ack_publish(proto::PubAck {
-                        cid: p.cid,
-                        reason: 0,
-                        msg_id: seq,
-                        conversation_id: 1,
-                        seq,
-                    })
-                    .expect("awaiting");
+                    seq = store(&mut b, p.cid, seq);
                     let d = proto::Deliver {
                         stream: Some(tern_codec::ids::StreamId::Inbox.to_proto()),
                         seq,
@@ -105,15 +97,7 @@ pub(crate) fn broker_session(data: &[u8]) {
                 }
                 BrokerEvent::Package(members) => {
                     for p in members {
-                        seq += 1;
-                        b.ack_publish(proto::PubAck {
-                            cid: p.cid,
-                            reason: 0,
-                            msg_id: seq,
-                            conversation_id: 1,
-                            seq,
-                        })
-                        .expect("awaiting");
+                        seq = store(&mut b, p.cid, seq);
                     }
                 }
                 BrokerEvent::PackageExpired { cids, .. } => {
@@ -131,6 +115,20 @@ pub(crate) fn broker_session(data: &[u8]) {
         }
         let _ = b.poll_transmit();
     }
+}
+
+/// The driver's part of storing a message: the next seq, recorded as the cid's outcome.
+fn store(b: &mut BrokerSession, cid: u64, last_seq: u64) -> u64 {
+    let seq = last_seq + 1;
+    let ack = proto::PubAck {
+        cid,
+        reason: 0,
+        msg_id: seq,
+        conversation_id: 1,
+        seq,
+    };
+    b.ack_publish(ack).expect("the machine released this cid");
+    seq
 }
 
 /// A client session that connects and then gets the input as broker bytes, with a publish and

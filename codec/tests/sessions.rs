@@ -403,20 +403,26 @@ fn inbox_deliver(seq: u64) -> proto::Deliver {
     }
 }
 
+/// A broker machine that has accepted `connect` (sent as raw bytes); CONNACK is discarded.
+fn broker_accepting(t0: Instant, connect: proto::Connect) -> BrokerSession {
+    let mut b = BrokerSession::new(t0, BrokerConfig::default());
+    b.handle_bytes(t0, &raw(&Frame::Connect(connect)));
+    assert!(matches!(b.poll_event(), Some(BrokerEvent::Connect(_))));
+    b.accept(t0, accept_for("alice")).unwrap();
+    let _ = b.poll_transmit();
+    b
+}
+
 #[test]
 fn broker_respects_the_client_window_and_retransmits_with_dup() {
     let t0 = Instant::now();
-    let mut b = BrokerSession::new(t0, BrokerConfig::default());
-    let connect = Frame::Connect(proto::Connect {
+    let connect = proto::Connect {
         versions: vec![1],
         device_id: "phone".into(),
         receive_window: 2,
         ..Default::default()
-    });
-    b.handle_bytes(t0, &raw(&connect));
-    let _ = b.poll_event();
-    b.accept(t0, accept_for("alice")).unwrap();
-    let _ = b.poll_transmit();
+    };
+    let mut b = broker_accepting(t0, connect);
     for seq in 1..=4 {
         b.deliver(t0, inbox_deliver(seq)).unwrap();
     }
@@ -625,17 +631,13 @@ fn package_members_are_released_whole_in_index_order_or_expire() {
 #[test]
 fn a_deliver_larger_than_the_client_accepts_keeps_its_seq_without_payload() {
     let t0 = Instant::now();
-    let mut b = BrokerSession::new(t0, BrokerConfig::default());
-    let connect = Frame::Connect(proto::Connect {
+    let connect = proto::Connect {
         versions: vec![1],
         device_id: "sensor".into(),
         max_message_size: 1396,
         ..Default::default()
-    });
-    b.handle_bytes(t0, &raw(&connect));
-    let _ = b.poll_event();
-    b.accept(t0, accept_for("alice")).unwrap();
-    let _ = b.poll_transmit();
+    };
+    let mut b = broker_accepting(t0, connect);
     let mut big = inbox_deliver(1);
     big.payload = Bytes::from(vec![7u8; 5000]);
     b.deliver(t0, big).unwrap();
