@@ -509,7 +509,7 @@ impl ClientSession {
         }
         if ack.version != 1 {
             return Err(ProtocolViolation::new(
-                "REQ-HSK-003",
+                "REQ-HSK-016",
                 ReasonCode::UnsupportedVersion,
                 "broker chose a version not offered",
             )
