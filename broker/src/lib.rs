@@ -1,11 +1,38 @@
-//! `tern-broker`: the Tern broker.
+//! `tern-broker`: the Tern broker, its tokio client library and the `tern` command.
 //!
-//! This crate is a placeholder until the single-node broker issue lands: it builds the `tern`
-//! binary, which says so and exits. The broker will drive `tern-codec`'s
-//! [`BrokerSession`](tern_codec::session::BrokerSession) machines over tokio sockets.
+//! The broker only moves bytes, timers and channels; every protocol rule lives in
+//! `tern-codec`'s sans-IO machines, which it drives.
+//!
+//! # Layout
+//! - [`server`]: listener, shared state, the router from users to live connections.
+//! - `connection`: one task per connection, driving a `BrokerSession`.
+//! - [`store`]: the embedded sled store (messages, inboxes, sync points, dedup ledger).
+//! - [`token`]: HMAC-SHA256 auth tokens.
+//! - [`client`]: the tokio client library (`tern send`/`tern listen` and the tests use it).
 #![forbid(unsafe_code)]
 
-/// What `tern serve` prints until the broker exists.
-pub const NOT_YET: &str =
-    "tern: the broker is not implemented yet (see the single-node broker issue); \
-the protocol codec is in codec/ and the spec in spec/";
+pub mod client;
+mod connection;
+pub mod server;
+pub mod store;
+pub mod token;
+
+pub use server::{Broker, BrokerOptions};
+
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Sleeps until `deadline`, or forever when there is none (a `select!` branch that never fires).
+pub(crate) async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,417 @@
+//! One connection: a task that moves bytes between the socket and the codec's
+//! [`BrokerSession`], and carries out what the session asks for (authenticate, store, deliver).
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tern_codec::ids::{check_identifier, Cid, StreamId};
+use tern_codec::limits::{DEFAULT_SYNC_LIMIT, MAX_HISTORY_LIMIT, MAX_SYNC_LIMIT};
+use tern_codec::proto;
+use tern_codec::session::{Accept, BrokerEvent, BrokerSession};
+use tern_codec::{Frame, ReasonCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use crate::server::{Live, Parked, Shared, ToConnection};
+use crate::store::NewMessage;
+
+/// Most inbox messages pushed at connect; beyond them the client is told by NOTIFY and pulls.
+const CONNECT_PUSH: usize = 256;
+
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+fn wire(reason: ReasonCode) -> u32 {
+    u32::from(reason as u8)
+}
+
+/// Who this connection is, once CONNECT is accepted.
+struct Identity {
+    user: String,
+    device: String,
+    session_id: Vec<u8>,
+}
+
+struct Conn {
+    shared: Arc<Shared>,
+    conn_id: u64,
+    machine: BrokerSession,
+    me: Option<Identity>,
+    tx: mpsc::UnboundedSender<ToConnection>,
+}
+
+/// Drives one accepted TCP connection to its end.
+pub(crate) async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+    let count = shared.connections.fetch_add(1, Ordering::AcqRel) + 1;
+    let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!("conn", id = conn_id, %peer);
+    // Small frames must leave at once (Nagle off), as the seeds' weak-network advice says.
+    let _ = stream.set_nodelay(true);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut conn = Conn { machine: BrokerSession::new(now(), shared.options.session.clone()), shared: shared.clone(), conn_id, me: None, tx };
+    if count as usize > shared.options.max_connections {
+        conn.machine.close(ReasonCode::ServerBusy, "too many connections");
+    }
+    async {
+        conn.serve(stream, rx).await;
+        conn.finish();
+    }
+    .instrument(span)
+    .await;
+    if shared.connections.fetch_sub(1, Ordering::AcqRel) == 1 {
+        shared.idle.notify_waiters();
+    }
+}
+
+impl Conn {
+    async fn serve(&mut self, stream: TcpStream, mut rx: mpsc::UnboundedReceiver<ToConnection>) {
+        let (mut rd, mut wr) = stream.into_split();
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut shutdown = self.shared.shutdown.clone();
+        loop {
+            let over = self.process_events().await;
+            if let Some(bytes) = self.machine.poll_transmit() {
+                if wr.write_all(&bytes).await.is_err() {
+                    self.machine.link_lost(now());
+                    continue;
+                }
+            }
+            if over {
+                let _ = wr.shutdown().await;
+                return;
+            }
+            let deadline = self.machine.poll_timeout().map(tokio::time::Instant::from_std);
+            tokio::select! {
+                // Cancel-safe: a read that loses the race has consumed nothing.
+                read = rd.read(&mut buf) => match read {
+                    Ok(0) | Err(_) => self.machine.link_lost(now()),
+                    Ok(n) => self.machine.handle_bytes(now(), buf.get(..n).unwrap_or_default()),
+                },
+                // Cancel-safe: mpsc::recv keeps unreceived messages in the channel.
+                Some(cmd) = rx.recv() => match cmd {
+                    ToConnection::Deliver(d) => { let _ = self.machine.deliver(now(), *d); }
+                    ToConnection::Close(reason) => self.machine.close(reason, ""),
+                },
+                // Cancel-safe: a sleep can be dropped and recreated.
+                _ = crate::sleep_until(deadline) => self.machine.handle_timeout(now()),
+                // Cancel-safe: watch::changed only observes.
+                _ = shutdown.changed() => self.machine.close(ReasonCode::ServerShuttingDown, "shutting down"),
+            }
+        }
+    }
+
+    /// Handles the machine's events; returns true when the connection is over.
+    async fn process_events(&mut self) -> bool {
+        while let Some(event) = self.machine.poll_event() {
+            match event {
+                BrokerEvent::Connect(c) => self.on_connect(c),
+                BrokerEvent::Publish(p) => self.on_publish(vec![p]).await,
+                BrokerEvent::Package(members) => self.on_publish(members).await,
+                BrokerEvent::PackageExpired { cids, .. } => self.refuse(&cids, ReasonCode::PackageTimeout).await,
+                BrokerEvent::StreamAcked { stream: StreamId::Inbox, seq } => {
+                    if let Some(me) = &self.me {
+                        let latest = self.shared.store.inbox_latest(&me.user).unwrap_or(0);
+                        if let Err(e) = self.shared.store.advance_cursor(&me.user, &me.device, seq.min(latest)) {
+                            tracing::error!(error = %e, "cursor update failed");
+                        }
+                    }
+                }
+                BrokerEvent::StreamAcked { .. } => {}
+                BrokerEvent::Frame(frame) => self.on_frame(*frame),
+                BrokerEvent::Closed { reason, by_peer } => {
+                    tracing::debug!(?reason, by_peer, "closed");
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    fn on_connect(&mut self, c: proto::Connect) {
+        let claims = match self.shared.tokens.verify(&c.token, &c.device_id, crate::unix_now()) {
+            Ok(claims) => claims,
+            Err(reason) => {
+                tracing::info!(device = %c.device_id, %reason, "CONNECT refused");
+                self.machine.reject(reason);
+                return;
+            }
+        };
+        let (user, device) = (claims.user, claims.device);
+        let ledger = match self.shared.store.ledger(&user, &device) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "ledger read failed");
+                self.machine.reject(ReasonCode::StoreUnavailable);
+                return;
+            }
+        };
+        let cursor = self.shared.store.cursor(&user, &device).unwrap_or(0);
+        let mut session_id = [0u8; 16];
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut session_id);
+        let mut accept = Accept { user_id: user.clone(), session_id: Bytes::copy_from_slice(&session_id), ledger, inbox_acked_seq: cursor, server_time_ms: crate::unix_now_ms() };
+        let (resumed, previous) = {
+            let mut router = self.shared.router();
+            // Takeover: the same device connected again while still live (REQ-HSK-013).
+            if let Some(old) = router.live.get_mut(&user).and_then(|d| d.remove(&device)) {
+                let _ = old.tx.send(ToConnection::Close(ReasonCode::SessionTakenOver));
+            }
+            router.live.entry(user.clone()).or_default().insert(device.clone(), Live { conn_id: self.conn_id, tx: self.tx.clone() });
+            let parked = router.parked.remove(&(user.clone(), device.clone()));
+            let grace = self.shared.options.resume_grace;
+            let resumable = parked.filter(|p| !c.resume_session_id.is_empty() && p.session_id == c.resume_session_id.as_ref() && p.parked_at.elapsed() < grace);
+            (resumable.is_some(), resumable)
+        };
+        if let Some(mut old) = previous {
+            accept.session_id = Bytes::from(old.session_id.clone());
+            let fresh = std::mem::replace(&mut self.machine, BrokerSession::new(now(), self.shared.options.session.clone()));
+            match old.machine.resume_from(now(), fresh, accept.clone()) {
+                Ok(()) => self.machine = old.machine,
+                Err(e) => tracing::error!(error = %e, "resume failed"),
+            }
+        } else if let Err(e) = self.machine.accept(now(), accept.clone()) {
+            tracing::warn!(error = %e, "accept failed (link gone)");
+            return;
+        }
+        tracing::info!(%user, %device, resumed, "session open");
+        self.me = Some(Identity { user: user.clone(), device, session_id: accept.session_id.to_vec() });
+        if !resumed {
+            self.push_backlog(&user, cursor);
+        }
+    }
+
+    /// Offline messages: push the first part of the backlog, announce the rest (REQ-SYN-009).
+    fn push_backlog(&mut self, user: &str, cursor: u64) {
+        let store = &self.shared.store;
+        let latest = store.inbox_latest(user).unwrap_or(0);
+        match store.inbox_after(user, cursor, CONNECT_PUSH) {
+            Ok(batch) => {
+                for d in batch {
+                    let _ = self.machine.deliver(now(), d);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "backlog read failed"),
+        }
+        if latest > cursor + CONNECT_PUSH as u64 {
+            let notify = proto::Notify { stream: Some(StreamId::Inbox.to_proto()), latest_seq: latest, acked_seq: cursor };
+            let _ = self.machine.send(&Frame::Notify(notify));
+        }
+    }
+
+    /// Stores QoS 1/2 messages (one, or a whole package atomically), acknowledges them after
+    /// the commit is durable, and pushes them to every device of every recipient.
+    async fn on_publish(&mut self, messages: Vec<proto::Publish>) {
+        let Some(me) = &self.me else { return };
+        let (user, device) = (me.user.clone(), me.device.clone());
+        if messages.iter().all(|p| p.qos == 0) {
+            // QoS 0 has no store and no ack; there is no ephemeral route yet, so it is dropped.
+            return;
+        }
+        let mut batch = Vec::with_capacity(messages.len());
+        let mut refused = Vec::new();
+        for p in messages {
+            match self.route(&user, &p.topic) {
+                Ok((conversation_id, inboxes)) => batch.push(NewMessage {
+                    cid: p.cid,
+                    conversation_id,
+                    inboxes,
+                    message: proto::Deliver {
+                        topic: p.topic,
+                        sender_user: user.clone(),
+                        sender_device: device.clone(),
+                        qos: p.qos,
+                        payload: p.payload,
+                        package: p.package,
+                        content_type: p.content_type,
+                        ..Default::default()
+                    },
+                }),
+                Err(reason) => refused.push((Cid(p.cid), reason)),
+            }
+        }
+        if !refused.is_empty() {
+            // One member of a package refused refuses the whole package: nothing partial.
+            let reason = refused.first().map_or(ReasonCode::NotFound, |r| r.1);
+            let all: Vec<(Cid, ReasonCode)> = batch.iter().map(|m| (Cid(m.cid), reason)).chain(refused).collect();
+            for (cid, reason) in all {
+                self.refuse(&[cid], reason).await;
+            }
+            return;
+        }
+        let committed = match self.shared.store.commit(&user, &device, &batch, crate::unix_now_ms()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "commit failed");
+                // Nothing stored and nothing recorded: the client retransmits later.
+                self.machine.close(ReasonCode::StoreUnavailable, "store unavailable");
+                return;
+            }
+        };
+        if let Err(e) = self.shared.store.flush().await {
+            tracing::error!(error = %e, "flush failed");
+            self.machine.close(ReasonCode::StoreUnavailable, "store unavailable");
+            return;
+        }
+        for c in committed {
+            let _ = self.machine.ack_publish(c.ack);
+            for (to, d) in c.deliveries {
+                if to == user {
+                    // This device gets its own copy through its own machine, in order.
+                    let _ = self.machine.deliver(now(), d.clone());
+                    self.shared.router().push(&to, Some(self.conn_id), &d, now());
+                } else {
+                    self.shared.router().push(&to, None, &d, now());
+                }
+            }
+        }
+    }
+
+    /// Resolves a topic to a conversation and the inboxes it writes to (spec 5.2).
+    fn route(&self, user: &str, topic: &str) -> Result<(u64, Vec<String>), ReasonCode> {
+        let Some(peer) = topic.strip_prefix("user/") else {
+            // Groups, rooms, conversations by id and device telemetry are not routed yet.
+            return Err(ReasonCode::NotFound);
+        };
+        check_identifier("topic", peer).map_err(|_| ReasonCode::NotFound)?;
+        let conv = self.shared.store.conversation_for_pair(user, peer).map_err(|_| ReasonCode::StoreUnavailable)?;
+        let mut inboxes = vec![peer.to_owned()];
+        if peer != user {
+            inboxes.push(user.to_owned());
+        }
+        Ok((conv, inboxes))
+    }
+
+    /// Records and sends an outcome that stored nothing.
+    async fn refuse(&mut self, cids: &[Cid], reason: ReasonCode) {
+        let Some(me) = &self.me else { return };
+        for &Cid(cid) in cids {
+            let ack = proto::PubAck { cid, reason: wire(reason), ..Default::default() };
+            if let Err(e) = self.shared.store.record_outcome(&me.user, &me.device, &ack) {
+                tracing::error!(error = %e, "outcome not recorded");
+                continue;
+            }
+            let _ = self.machine.ack_publish(ack);
+        }
+        let _ = self.shared.store.flush().await;
+    }
+
+    fn on_frame(&mut self, frame: Frame) {
+        let Some(me) = &self.me else { return };
+        let user = me.user.clone();
+        match frame {
+            Frame::Sync(s) => self.on_sync(&user, s),
+            Frame::HistoryRequest(h) => {
+                let limit = match h.limit {
+                    0 => tern_codec::limits::DEFAULT_HISTORY_LIMIT,
+                    l => l.min(MAX_HISTORY_LIMIT),
+                } as usize;
+                let mut page = proto::HistoryPage { request_id: h.request_id, conversation_id: h.conversation_id, ..Default::default() };
+                match self.shared.store.is_member(h.conversation_id, &user) {
+                    Ok(true) => match self.shared.store.history(h.conversation_id, h.before_seq, limit) {
+                        Ok((entries, next)) => {
+                            page.entries = entries;
+                            page.next_before_seq = next;
+                        }
+                        Err(_) => page.reason = wire(ReasonCode::StoreUnavailable),
+                    },
+                    Ok(false) => page.reason = wire(ReasonCode::NotAuthorized),
+                    Err(_) => page.reason = wire(ReasonCode::StoreUnavailable),
+                }
+                let _ = self.machine.send(&Frame::HistoryPage(page));
+            }
+            Frame::Request(r) => self.on_request(&user, r),
+            Frame::Subscribe(s) => {
+                // Rooms and device telemetry are not routed yet: every filter is refused.
+                let reasons = s.filters.iter().map(|_| wire(ReasonCode::NotAuthorized)).collect();
+                let _ = self.machine.send(&Frame::SubAck(proto::SubAck { request_id: s.request_id, reasons }));
+            }
+            Frame::Unsubscribe(s) => {
+                let reasons = s.filters.iter().map(|_| wire(ReasonCode::NotFound)).collect();
+                let _ = self.machine.send(&Frame::UnsubAck(proto::SubAck { request_id: s.request_id, reasons }));
+            }
+            _ => {}
+        }
+    }
+
+    fn on_sync(&mut self, user: &str, s: proto::Sync) {
+        let limit = match s.limit {
+            0 => DEFAULT_SYNC_LIMIT,
+            l => l.min(MAX_SYNC_LIMIT),
+        } as usize;
+        let mut done = proto::SyncDone { request_id: s.request_id, stream: s.stream, last_seq: s.after_seq, ..Default::default() };
+        match StreamId::from_proto(s.stream.as_ref()) {
+            Some(StreamId::Inbox) => {
+                let latest = self.shared.store.inbox_latest(user).unwrap_or(0);
+                match self.shared.store.inbox_after(user, s.after_seq, limit) {
+                    Ok(batch) => {
+                        for d in batch {
+                            done.last_seq = done.last_seq.max(d.seq);
+                            let _ = self.machine.deliver(now(), d);
+                        }
+                        done.more = done.last_seq < latest;
+                    }
+                    Err(_) => done.reason = wire(ReasonCode::StoreUnavailable),
+                }
+            }
+            // No conversation is in read fan-out yet, so no conversation stream is readable.
+            _ => done.reason = wire(ReasonCode::NotAuthorized),
+        }
+        let _ = self.machine.send(&Frame::SyncDone(done));
+    }
+
+    fn on_request(&mut self, user: &str, r: proto::Request) {
+        use proto::request::Op;
+        let mut resp = proto::Response { request_id: r.request_id, ..Default::default() };
+        match r.op {
+            Some(Op::OpenConversation(o)) => {
+                if check_identifier("peer_user", &o.peer_user).is_err() {
+                    resp.reason = wire(ReasonCode::InvalidRequest);
+                } else {
+                    match self.shared.store.conversation_for_pair(user, &o.peer_user) {
+                        Ok(id) => {
+                            resp.result = Some(proto::response::Result::Conversation(proto::ConversationInfo {
+                                conversation_id: id,
+                                topic: format!("user/{}", o.peer_user),
+                                latest_seq: 0,
+                            }))
+                        }
+                        Err(_) => resp.reason = wire(ReasonCode::StoreUnavailable),
+                    }
+                }
+            }
+            // Groups, unread counts, presence, rooms and the key directory are not built yet.
+            _ => resp.reason = wire(ReasonCode::InvalidRequest),
+        }
+        let _ = self.machine.send(&Frame::Response(resp));
+    }
+
+    /// The connection is over: drop the live entry (if still ours) and park the session for
+    /// resume.
+    fn finish(&mut self) {
+        let Some(me) = self.me.take() else { return };
+        let mut router = self.shared.router();
+        let ours = router.live.get(&me.user).and_then(|d| d.get(&me.device)).is_some_and(|l| l.conn_id == self.conn_id);
+        // After a takeover the live entry belongs to the new connection: leave it alone.
+        if ours {
+            if let Some(devices) = router.live.get_mut(&me.user) {
+                devices.remove(&me.device);
+                if devices.is_empty() {
+                    router.live.remove(&me.user);
+                }
+            }
+            let machine = std::mem::replace(&mut self.machine, BrokerSession::new(now(), self.shared.options.session.clone()));
+            // Sessions past their grace period can no longer be resumed: drop them.
+            let grace = self.shared.options.resume_grace;
+            router.parked.retain(|_, p| p.parked_at.elapsed() < grace);
+            if machine.has_session() {
+                let parked = Parked { session_id: me.session_id, machine, parked_at: tokio::time::Instant::now() };
+                router.parked.insert((me.user.clone(), me.device.clone()), parked);
+            }
+        }
+        tracing::info!(user = %me.user, device = %me.device, "session closed");
+    }
+}

@@ -1,0 +1,202 @@
+//! The broker: listener, shared state, and the router from users to their live connections.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tern_codec::proto;
+use tern_codec::session::{BrokerConfig, BrokerSession};
+use tern_codec::ReasonCode;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinHandle;
+
+use crate::store::Store;
+use crate::token::TokenKey;
+
+/// What `tern serve` needs.
+#[derive(Debug, Clone)]
+pub struct BrokerOptions {
+    /// Native protocol listener (port 0 picks one).
+    pub listen: SocketAddr,
+    /// Where the store lives.
+    pub data_dir: PathBuf,
+    /// Session limits.
+    pub session: BrokerConfig,
+    /// How long a dropped session stays resumable.
+    pub resume_grace: Duration,
+    /// Most simultaneous connections; more are refused with SERVER_BUSY.
+    pub max_connections: usize,
+}
+
+impl BrokerOptions {
+    /// Defaults: listen on `listen`, store in `data_dir`.
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
+        BrokerOptions { listen, data_dir, session: BrokerConfig::default(), resume_grace: Duration::from_secs(120), max_connections: 19_000 }
+    }
+}
+
+/// A message for a connection task.
+#[derive(Debug)]
+pub(crate) enum ToConnection {
+    /// Push this DELIVER.
+    Deliver(Box<proto::Deliver>),
+    /// Close with this reason (takeover, shutdown).
+    Close(ReasonCode),
+}
+
+/// A live connection of one device.
+#[derive(Debug)]
+pub(crate) struct Live {
+    pub(crate) conn_id: u64,
+    pub(crate) tx: mpsc::UnboundedSender<ToConnection>,
+}
+
+/// A session whose link dropped, kept for resume until its grace period ends.
+pub(crate) struct Parked {
+    pub(crate) session_id: Vec<u8>,
+    pub(crate) machine: BrokerSession,
+    pub(crate) parked_at: tokio::time::Instant,
+}
+
+/// Users' live connections and parked sessions.
+#[derive(Default)]
+pub(crate) struct Router {
+    pub(crate) live: HashMap<String, HashMap<String, Live>>,
+    pub(crate) parked: HashMap<(String, String), Parked>,
+}
+
+impl Router {
+    /// Sends a DELIVER to every live device of `user` but the connection `except` (a parked
+    /// session's machine queues it for its resume).
+    pub(crate) fn push(&mut self, user: &str, except: Option<u64>, d: &proto::Deliver, now: std::time::Instant) {
+        if let Some(devices) = self.live.get(user) {
+            for live in devices.values().filter(|l| Some(l.conn_id) != except) {
+                let _ = live.tx.send(ToConnection::Deliver(Box::new(d.clone())));
+            }
+        }
+        for ((u, _), parked) in &mut self.parked {
+            if u == user {
+                let _ = parked.machine.deliver(now, d.clone());
+            }
+        }
+    }
+}
+
+/// State shared by every connection task.
+pub(crate) struct Shared {
+    pub(crate) store: Store,
+    pub(crate) tokens: TokenKey,
+    pub(crate) options: BrokerOptions,
+    router: Mutex<Router>,
+    pub(crate) next_conn_id: AtomicU64,
+    pub(crate) connections: AtomicU64,
+    /// Signalled when the last connection task ends.
+    pub(crate) idle: Notify,
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+impl Shared {
+    /// The router; a poisoned lock (a panicked task) is still usable: its data is plain maps.
+    pub(crate) fn router(&self) -> MutexGuard<'_, Router> {
+        self.router.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A running broker.
+pub struct Broker {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    accept_task: JoinHandle<()>,
+}
+
+impl Broker {
+    /// Opens the store, binds the listener and starts accepting.
+    pub async fn start(options: BrokerOptions) -> anyhow::Result<Broker> {
+        std::fs::create_dir_all(&options.data_dir)?;
+        let store = Store::open(&options.data_dir)?;
+        let tokens = TokenKey::new(&crate::token::load_or_create_secret(&options.data_dir)?);
+        let listener = TcpListener::bind(options.listen).await?;
+        let addr = listener.local_addr()?;
+        let (stop, shutdown) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            store,
+            tokens,
+            options,
+            router: Mutex::new(Router::default()),
+            next_conn_id: AtomicU64::new(1),
+            connections: AtomicU64::new(0),
+            idle: Notify::new(),
+            shutdown,
+        });
+        let accept_task = tokio::spawn(accept_loop(listener, shared.clone()));
+        tracing::info!(%addr, "listening (native protocol)");
+        Ok(Broker { addr, shared, stop, accept_task })
+    }
+
+    /// The bound native-protocol address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Mints a token for `user` on `device` valid for `ttl`.
+    pub fn issue_token(&self, user: &str, device: &str, ttl: Duration) -> Result<String, String> {
+        self.shared.tokens.issue(user, device, crate::unix_now() + ttl.as_secs())
+    }
+
+    /// Connections open right now.
+    pub fn connections(&self) -> u64 {
+        self.shared.connections.load(Ordering::Relaxed)
+    }
+
+    /// Graceful shutdown: stop accepting, tell every client SERVER_SHUTTING_DOWN, wait for the
+    /// connection tasks to finish their commits, flush the store.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        self.accept_task.abort();
+        let _ = self.accept_task.await;
+        {
+            let router = self.shared.router();
+            for devices in router.live.values() {
+                for live in devices.values() {
+                    let _ = live.tx.send(ToConnection::Close(ReasonCode::ServerShuttingDown));
+                }
+            }
+        }
+        // Each connection task drops its count when it ends and the last one signals `idle`.
+        loop {
+            let idle = self.shared.idle.notified();
+            if self.shared.connections.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            idle.await;
+        }
+        self.shared.store.flush().await?;
+        Ok(())
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if *shared.shutdown.borrow() {
+            break;
+        }
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            crate::connection::run(shared, stream, peer).await;
+        });
+    }
+}

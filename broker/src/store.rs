@@ -1,0 +1,302 @@
+//! The embedded store (sled): conversations, messages, inboxes, sync points and the upstream
+//! dedup ledger.
+//!
+//! Everything lives in one sled tree under prefixed big-endian keys, so one transaction can
+//! commit a message (or a whole package) together with its inbox entries and the sender's
+//! cid outcomes: a crash leaves either all of it or none. Durability comes from
+//! [`Store::flush`], which the broker awaits before acknowledging; concurrent commits share one
+//! flush (group commit).
+//!
+//! Keys:
+//! - `g/msg_id` → last msg_id; `g/next_conv` → last conversation id
+//! - `r/pair/{a}\0{b}` → conversation id of the 1:1 pair (a < b); `r/conv/{id}` → members
+//! - `c/{conv}/last` → last conversation seq; `c/{conv}/m/{seq}` → message (`proto::Deliver`)
+//! - `u/{user}/last` → last inbox seq; `u/{user}/i/{seq}` → (conversation, conversation seq)
+//! - `d/{user}/{device}/cursor` → inbox sync point; `d/{user}/{device}/floor` → contiguous cid;
+//!   `d/{user}/{device}/cid/{cid}` → the cid's PUBACK
+
+use std::path::Path;
+
+use prost::Message;
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use tern_codec::ids::StreamId;
+use tern_codec::proto;
+use tern_codec::session::LedgerSnapshot;
+
+/// How many decided cids per device are kept beyond the contiguous floor (at least twice the
+/// largest receive window, REQ-QOS-005).
+const LEDGER_KEEP: u64 = 2 * 1024;
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled reported an error.
+    #[error("store: {0}")]
+    Sled(#[from] sled::Error),
+    /// A stored record does not decode.
+    #[error("store: corrupt record under {0}")]
+    Corrupt(String),
+}
+
+impl From<TransactionError<StoreError>> for StoreError {
+    fn from(e: TransactionError<StoreError>) -> Self {
+        match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StoreError::Sled(e),
+        }
+    }
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+/// One message to commit: where it goes and who receives it in their inbox.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// The sender's cid.
+    pub cid: u64,
+    /// Conversation it belongs to.
+    pub conversation_id: u64,
+    /// Users whose inbox receives it (recipients and the sender, for their other devices).
+    pub inboxes: Vec<String>,
+    /// The message as it will be delivered (stream and seq are filled per inbox).
+    pub message: proto::Deliver,
+}
+
+/// The outcome of committing one message.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    /// The sender's PUBACK.
+    pub ack: proto::PubAck,
+    /// `(user, DELIVER on their inbox stream)` for every inbox it went to.
+    pub deliveries: Vec<(String, proto::Deliver)>,
+}
+
+/// The broker's embedded store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: sled::Db,
+    tree: sled::Tree,
+}
+
+fn be(n: u64) -> [u8; 8] {
+    n.to_be_bytes()
+}
+
+fn key(parts: &[&[u8]]) -> Vec<u8> {
+    parts.concat()
+}
+
+fn read_u64(v: Option<sled::IVec>) -> u64 {
+    v.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok()).map_or(0, u64::from_be_bytes)
+}
+
+/// Increments the counter at `k` inside a transaction, returning the new value.
+fn bump(tx: &TransactionalTree, k: &[u8]) -> TxResult<u64> {
+    let next = read_u64(tx.get(k)?) + 1;
+    tx.insert(k, &be(next))?;
+    Ok(next)
+}
+
+fn device_key(user: &str, device: &str, rest: &[u8]) -> Vec<u8> {
+    key(&[b"d/", user.as_bytes(), b"/", device.as_bytes(), b"/", rest])
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let db = sled::Config::new().path(dir.join("sled")).open()?;
+        let tree = db.open_tree("tern")?;
+        Ok(Store { db, tree })
+    }
+
+    /// Waits until everything committed so far is on disk.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// The conversation of a 1:1 pair, created on first use (REQ-GRP-001).
+    pub fn conversation_for_pair(&self, a: &str, b: &str) -> Result<u64, StoreError> {
+        let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+        let pair = key(&[b"r/pair/", lo.as_bytes(), b"\0", hi.as_bytes()]);
+        let members = key(&[lo.as_bytes(), b"\0", hi.as_bytes()]);
+        let id = self.tree.transaction(|tx| {
+            if let Some(v) = tx.get(&pair)? {
+                return Ok(read_u64(Some(v)));
+            }
+            let id = bump(tx, b"g/next_conv")?;
+            tx.insert(pair.as_slice(), &be(id))?;
+            tx.insert(key(&[b"r/conv/", &be(id)]), members.as_slice())?;
+            Ok(id)
+        })?;
+        Ok(id)
+    }
+
+    /// Whether `user` is a member of the conversation.
+    pub fn is_member(&self, conversation_id: u64, user: &str) -> Result<bool, StoreError> {
+        let Some(members) = self.tree.get(key(&[b"r/conv/", &be(conversation_id)]))? else { return Ok(false) };
+        Ok(members.split(|&b| b == 0).any(|m| m == user.as_bytes()))
+    }
+
+    /// Commits messages atomically (a package commits whole or not at all, REQ-PKG-003): each
+    /// gets the next conversation seq and msg_id, an entry in every listed inbox, and its
+    /// sender cid outcome.
+    pub fn commit(&self, sender: &str, device: &str, messages: &[NewMessage], now_ms: u64) -> Result<Vec<Committed>, StoreError> {
+        let out = self.tree.transaction(|tx| {
+            let mut out = Vec::with_capacity(messages.len());
+            for m in messages {
+                let conv = m.conversation_id;
+                let seq = bump(tx, &key(&[b"c/", &be(conv), b"/last"]))?;
+                let msg_id = bump(tx, b"g/msg_id")?;
+                let mut stored = m.message.clone();
+                stored.conversation_id = conv;
+                stored.conversation_seq = seq;
+                stored.msg_id = msg_id;
+                stored.server_time_ms = now_ms;
+                stored.stream = None;
+                stored.seq = seq;
+                tx.insert(key(&[b"c/", &be(conv), b"/m/", &be(seq)]), stored.encode_to_vec())?;
+                let mut deliveries = Vec::with_capacity(m.inboxes.len());
+                for user in &m.inboxes {
+                    let inbox_seq = bump(tx, &key(&[b"u/", user.as_bytes(), b"/last"]))?;
+                    tx.insert(key(&[b"u/", user.as_bytes(), b"/i/", &be(inbox_seq)]), key(&[&be(conv), &be(seq)]))?;
+                    let mut d = stored.clone();
+                    d.stream = Some(StreamId::Inbox.to_proto());
+                    d.seq = inbox_seq;
+                    deliveries.push((user.clone(), d));
+                }
+                let ack = proto::PubAck { cid: m.cid, reason: 0, msg_id, conversation_id: conv, seq };
+                record_outcome_tx(tx, sender, device, &ack)?;
+                out.push(Committed { ack, deliveries });
+            }
+            Ok(out)
+        })?;
+        Ok(out)
+    }
+
+    /// Records an outcome that stored nothing (refused, package timeout) for dedup.
+    pub fn record_outcome(&self, user: &str, device: &str, ack: &proto::PubAck) -> Result<(), StoreError> {
+        self.tree.transaction(|tx| record_outcome_tx(tx, user, device, ack))?;
+        Ok(())
+    }
+
+    /// The device's upstream ledger, to restore a session's dedup state.
+    pub fn ledger(&self, user: &str, device: &str) -> Result<LedgerSnapshot, StoreError> {
+        let contiguous = read_u64(self.tree.get(device_key(user, device, b"floor"))?);
+        let mut acks = Vec::new();
+        for item in self.tree.scan_prefix(device_key(user, device, b"cid/")) {
+            let (k, v) = item?;
+            acks.push(proto::PubAck::decode(v.as_ref()).map_err(|_| StoreError::Corrupt(String::from_utf8_lossy(&k).into_owned()))?);
+        }
+        Ok(LedgerSnapshot { contiguous, acks })
+    }
+
+    /// Highest seq of a user's inbox.
+    pub fn inbox_latest(&self, user: &str) -> Result<u64, StoreError> {
+        Ok(read_u64(self.tree.get(key(&[b"u/", user.as_bytes(), b"/last"]))?))
+    }
+
+    /// Up to `limit` inbox messages after `after`, as DELIVERs on the inbox stream.
+    pub fn inbox_after(&self, user: &str, after: u64, limit: usize) -> Result<Vec<proto::Deliver>, StoreError> {
+        let prefix = key(&[b"u/", user.as_bytes(), b"/i/"]);
+        let start = key(&[&prefix, &be(after.saturating_add(1))]);
+        let mut out = Vec::new();
+        for item in self.tree.range(start..).take(limit) {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let seq = k.get(prefix.len()..).and_then(|s| <[u8; 8]>::try_from(s).ok()).map(u64::from_be_bytes);
+            let (conv, conv_seq) = match (v.get(..8), v.get(8..16)) {
+                (Some(c), Some(s)) => (read_u64(Some(c.into())), read_u64(Some(s.into()))),
+                _ => return Err(StoreError::Corrupt(String::from_utf8_lossy(&k).into_owned())),
+            };
+            let (Some(seq), Some(mut d)) = (seq, self.message(conv, conv_seq)?) else {
+                return Err(StoreError::Corrupt(String::from_utf8_lossy(&k).into_owned()));
+            };
+            d.stream = Some(StreamId::Inbox.to_proto());
+            d.seq = seq;
+            out.push(d);
+        }
+        Ok(out)
+    }
+
+    fn message(&self, conv: u64, seq: u64) -> Result<Option<proto::Deliver>, StoreError> {
+        let k = key(&[b"c/", &be(conv), b"/m/", &be(seq)]);
+        match self.tree.get(&k)? {
+            None => Ok(None),
+            Some(v) => proto::Deliver::decode(v.as_ref()).map(Some).map_err(|_| StoreError::Corrupt(String::from_utf8_lossy(&k).into_owned())),
+        }
+    }
+
+    /// A page of a conversation's history, newest first (REQ-SYN-004): entries with seq below
+    /// `before` (0: from the newest), and the `next_before_seq` to ask for next.
+    pub fn history(&self, conv: u64, before: u64, limit: usize) -> Result<(Vec<proto::HistoryEntry>, u64), StoreError> {
+        let prefix = key(&[b"c/", &be(conv), b"/m/"]);
+        let end = if before == 0 { key(&[&prefix, &be(u64::MAX)]) } else { key(&[&prefix, &be(before)]) };
+        let mut entries = Vec::new();
+        for item in self.tree.range(prefix.clone()..end).rev().take(limit) {
+            let (k, v) = item?;
+            let d = proto::Deliver::decode(v.as_ref()).map_err(|_| StoreError::Corrupt(String::from_utf8_lossy(&k).into_owned()))?;
+            entries.push(proto::HistoryEntry {
+                seq: d.conversation_seq,
+                msg_id: d.msg_id,
+                sender_user: d.sender_user,
+                sender_device: d.sender_device,
+                payload: d.payload,
+                content_type: d.content_type,
+                server_time_ms: d.server_time_ms,
+            });
+        }
+        let next = entries.last().map_or(0, |e| if e.seq > 1 { e.seq } else { 0 });
+        Ok((entries, next))
+    }
+
+    /// The device's inbox sync point; a device seen for the first time starts at the inbox's
+    /// latest seq (spec 8.1).
+    pub fn cursor(&self, user: &str, device: &str) -> Result<u64, StoreError> {
+        let k = device_key(user, device, b"cursor");
+        if let Some(v) = self.tree.get(&k)? {
+            return Ok(read_u64(Some(v)));
+        }
+        let latest = self.inbox_latest(user)?;
+        let _ = self.tree.compare_and_swap(&k, None as Option<&[u8]>, Some(&be(latest)[..]))?;
+        Ok(read_u64(self.tree.get(&k)?))
+    }
+
+    /// Advances the device's inbox sync point (never backwards).
+    pub fn advance_cursor(&self, user: &str, device: &str, seq: u64) -> Result<(), StoreError> {
+        let k = device_key(user, device, b"cursor");
+        self.tree.fetch_and_update(&k, |old| {
+            let cur = old.and_then(|v| <[u8; 8]>::try_from(v).ok()).map_or(0, u64::from_be_bytes);
+            Some(be(cur.max(seq)).to_vec())
+        })?;
+        Ok(())
+    }
+
+    /// Raw payload size of the store on disk, for metrics.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+/// Records a cid outcome and advances the device's contiguous floor, pruning outcomes that
+/// fell more than [`LEDGER_KEEP`] behind it.
+fn record_outcome_tx(tx: &TransactionalTree, user: &str, device: &str, ack: &proto::PubAck) -> TxResult<()> {
+    let cid_key = device_key(user, device, &key(&[b"cid/", &be(ack.cid)]));
+    if tx.get(&cid_key)?.is_some() {
+        // Decided before: the first outcome stands (REQ-QOS-005).
+        return Ok(());
+    }
+    tx.insert(cid_key, ack.encode_to_vec())?;
+    let floor_key = device_key(user, device, b"floor");
+    let mut floor = read_u64(tx.get(&floor_key)?);
+    while tx.get(device_key(user, device, &key(&[b"cid/", &be(floor + 1)])))?.is_some() {
+        floor += 1;
+        if floor > LEDGER_KEEP {
+            tx.remove(device_key(user, device, &key(&[b"cid/", &be(floor - LEDGER_KEEP)])))?;
+        }
+    }
+    tx.insert(floor_key, &be(floor))?;
+    Ok(())
+}
