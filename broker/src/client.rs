@@ -55,7 +55,7 @@ pub enum ClientError {
     #[error("broker refused the connection: {0}")]
     Refused(ReasonCode),
     /// The broker could not be reached.
-    #[error("cannot connect: {0}")]
+    #[error("cannot connect")]
     Io(#[from] std::io::Error),
     /// The broker refused the message; nothing was stored.
     #[error("message refused: {0}")]
