@@ -43,8 +43,15 @@ pub struct ClientOptions {
 impl ClientOptions {
     /// Options for `device` with `token` at `addr`.
     pub fn new(addr: SocketAddr, device: &str, token: &str) -> Self {
-        let seed = crate::unix_now_ms() ^ device.bytes().fold(0u64, |h, b| h.rotate_left(5) ^ u64::from(b));
-        ClientOptions { addr, session: ClientConfig::new(device, Bytes::copy_from_slice(token.as_bytes())), seed }
+        let seed = crate::unix_now_ms()
+            ^ device
+                .bytes()
+                .fold(0u64, |h, b| h.rotate_left(5) ^ u64::from(b));
+        ClientOptions {
+            addr,
+            session: ClientConfig::new(device, Bytes::copy_from_slice(token.as_bytes())),
+            seed,
+        }
     }
 }
 
@@ -85,8 +92,16 @@ pub enum Incoming {
 }
 
 enum Command {
-    Publish { topic: String, payload: Bytes, qos: u32, reply: oneshot::Sender<Result<proto::PubAck, ClientError>> },
-    Send { frame: Box<Frame>, reply: oneshot::Sender<Result<u32, ClientError>> },
+    Publish {
+        topic: String,
+        payload: Bytes,
+        qos: u32,
+        reply: oneshot::Sender<Result<proto::PubAck, ClientError>>,
+    },
+    Send {
+        frame: Box<Frame>,
+        reply: oneshot::Sender<Result<u32, ClientError>>,
+    },
     DropLink,
     Close(oneshot::Sender<()>),
 }
@@ -110,21 +125,39 @@ impl Client {
         let (ready_tx, ready_rx) = oneshot::channel();
         let task = tokio::spawn(Driver::new(opts, incoming_tx).run(command_rx, ready_tx));
         match ready_rx.await {
-            Ok(Ok(())) => Ok(Client { commands, incoming, task }),
+            Ok(Ok(())) => Ok(Client {
+                commands,
+                incoming,
+                task,
+            }),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(ClientError::Closed),
         }
     }
 
     /// Publishes at QoS 2 and waits until the broker has stored it (exactly once, durably).
-    pub async fn publish(&self, topic: &str, payload: impl Into<Bytes>) -> Result<proto::PubAck, ClientError> {
+    pub async fn publish(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+    ) -> Result<proto::PubAck, ClientError> {
         self.publish_qos(topic, payload, 2).await
     }
 
     /// Publishes at the given QoS; for QoS 1/2 waits for the PUBACK.
-    pub async fn publish_qos(&self, topic: &str, payload: impl Into<Bytes>, qos: u32) -> Result<proto::PubAck, ClientError> {
+    pub async fn publish_qos(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        qos: u32,
+    ) -> Result<proto::PubAck, ClientError> {
         let (reply, rx) = oneshot::channel();
-        let cmd = Command::Publish { topic: topic.to_owned(), payload: payload.into(), qos, reply };
+        let cmd = Command::Publish {
+            topic: topic.to_owned(),
+            payload: payload.into(),
+            qos,
+            reply,
+        };
         self.commands.send(cmd).map_err(|_| ClientError::Closed)?;
         rx.await.map_err(|_| ClientError::Closed)?
     }
@@ -132,7 +165,12 @@ impl Client {
     /// Sends another client frame (SYNC, HISTORY, REQUEST, ...); returns its request id.
     pub async fn send(&self, frame: Frame) -> Result<u32, ClientError> {
         let (reply, rx) = oneshot::channel();
-        self.commands.send(Command::Send { frame: Box::new(frame), reply }).map_err(|_| ClientError::Closed)?;
+        self.commands
+            .send(Command::Send {
+                frame: Box::new(frame),
+                reply,
+            })
+            .map_err(|_| ClientError::Closed)?;
         rx.await.map_err(|_| ClientError::Closed)?
     }
 
@@ -176,12 +214,26 @@ enum LinkEnd {
 
 impl Driver {
     fn new(opts: ClientOptions, incoming: mpsc::UnboundedSender<Incoming>) -> Driver {
-        let session = ClientSession::new(opts.session.clone(), Box::new(ChaCha8Rng::seed_from_u64(opts.seed)));
+        let session = ClientSession::new(
+            opts.session.clone(),
+            Box::new(ChaCha8Rng::seed_from_u64(opts.seed)),
+        );
         let rng = ChaCha8Rng::seed_from_u64(opts.seed.rotate_left(17));
-        Driver { opts, session, rng, incoming, acks: HashMap::new(), ready: None }
+        Driver {
+            opts,
+            session,
+            rng,
+            incoming,
+            acks: HashMap::new(),
+            ready: None,
+        }
     }
 
-    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>, ready: oneshot::Sender<Result<(), ClientError>>) {
+    async fn run(
+        mut self,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        ready: oneshot::Sender<Result<(), ClientError>>,
+    ) {
         self.ready = Some(ready);
         let mut attempt = 0u32;
         loop {
@@ -218,7 +270,11 @@ impl Driver {
     }
 
     /// Runs one TCP connection until it ends.
-    async fn link(&mut self, stream: TcpStream, commands: &mut mpsc::UnboundedReceiver<Command>) -> LinkEnd {
+    async fn link(
+        &mut self,
+        stream: TcpStream,
+        commands: &mut mpsc::UnboundedReceiver<Command>,
+    ) -> LinkEnd {
         let _ = stream.set_nodelay(true);
         let (mut rd, mut wr) = stream.into_split();
         if self.session.connect(now()).is_err() {
@@ -238,7 +294,10 @@ impl Driver {
                 let _ = wr.shutdown().await;
                 return end;
             }
-            let deadline = self.session.poll_timeout().map(tokio::time::Instant::from_std);
+            let deadline = self
+                .session
+                .poll_timeout()
+                .map(tokio::time::Instant::from_std);
             tokio::select! {
                 // Cancel-safe: a read that loses the race has consumed nothing.
                 read = rd.read(&mut buf) => match read {
@@ -260,7 +319,12 @@ impl Driver {
     /// Applies an application command; `Err` when the client is closing.
     fn command(&mut self, cmd: Command) -> Result<(), ()> {
         match cmd {
-            Command::Publish { topic, payload, qos, reply } => match self.session.publish(now(), &topic, payload, qos) {
+            Command::Publish {
+                topic,
+                payload,
+                qos,
+                reply,
+            } => match self.session.publish(now(), &topic, payload, qos) {
                 Ok(Some(cid)) => {
                     self.acks.insert(cid.0, reply);
                 }
@@ -288,17 +352,27 @@ impl Driver {
     fn drain_events(&mut self) -> Option<LinkEnd> {
         while let Some(event) = self.session.poll_event() {
             match event {
-                ClientEvent::Connected { session_present, .. } => {
+                ClientEvent::Connected {
+                    session_present, ..
+                } => {
                     if let Some(ready) = self.ready.take() {
                         let _ = ready.send(Ok(()));
                     }
                     let _ = self.incoming.send(Incoming::Connected { session_present });
                 }
-                ClientEvent::Disconnected { reason, by_peer, retry_after } => {
+                ClientEvent::Disconnected {
+                    reason,
+                    by_peer,
+                    retry_after,
+                } => {
                     tracing::debug!(?reason, by_peer, "link ended");
                     let fatal = reason.is_some_and(|r| r.class() == ReasonClass::Auth) && by_peer;
-                    if let (true, Some(ready)) = (fatal || self.ready.is_some() && by_peer, self.ready.take()) {
-                        let _ = ready.send(Err(ClientError::Refused(reason.unwrap_or(ReasonCode::ProtocolError))));
+                    if let (true, Some(ready)) =
+                        (fatal || self.ready.is_some() && by_peer, self.ready.take())
+                    {
+                        let _ = ready.send(Err(ClientError::Refused(
+                            reason.unwrap_or(ReasonCode::ProtocolError),
+                        )));
                         return Some(LinkEnd::Stop);
                     }
                     if fatal || reason == Some(ReasonCode::NormalDisconnect) {
@@ -308,8 +382,18 @@ impl Driver {
                 }
                 ClientEvent::Acked(ack) => {
                     if let Some(reply) = self.acks.remove(&ack.cid) {
-                        let ok = matches!(ReasonCode::from_u32(ack.reason), Some(ReasonCode::Success | ReasonCode::Duplicate));
-                        let result = if ok { Ok(ack) } else { Err(ClientError::Rejected(ReasonCode::from_u32(ack.reason).unwrap_or(ReasonCode::ProtocolError))) };
+                        let ok = matches!(
+                            ReasonCode::from_u32(ack.reason),
+                            Some(ReasonCode::Success | ReasonCode::Duplicate)
+                        );
+                        let result = if ok {
+                            Ok(ack)
+                        } else {
+                            Err(ClientError::Rejected(
+                                ReasonCode::from_u32(ack.reason)
+                                    .unwrap_or(ReasonCode::ProtocolError),
+                            ))
+                        };
                         let _ = reply.send(result);
                     }
                 }

@@ -53,9 +53,16 @@ pub(crate) async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr
     // Small frames must leave at once (Nagle off), as the seeds' weak-network advice says.
     let _ = stream.set_nodelay(true);
     let (tx, rx) = mpsc::unbounded_channel();
-    let mut conn = Conn { machine: BrokerSession::new(now(), shared.options.session.clone()), shared: shared.clone(), conn_id, me: None, tx };
+    let mut conn = Conn {
+        machine: BrokerSession::new(now(), shared.options.session.clone()),
+        shared: shared.clone(),
+        conn_id,
+        me: None,
+        tx,
+    };
     if count as usize > shared.options.max_connections {
-        conn.machine.close(ReasonCode::ServerBusy, "too many connections");
+        conn.machine
+            .close(ReasonCode::ServerBusy, "too many connections");
     }
     async {
         conn.serve(stream, rx).await;
@@ -85,7 +92,10 @@ impl Conn {
                 let _ = wr.shutdown().await;
                 return;
             }
-            let deadline = self.machine.poll_timeout().map(tokio::time::Instant::from_std);
+            let deadline = self
+                .machine
+                .poll_timeout()
+                .map(tokio::time::Instant::from_std);
             tokio::select! {
                 // Cancel-safe: a read that loses the race has consumed nothing.
                 read = rd.read(&mut buf) => match read {
@@ -112,11 +122,20 @@ impl Conn {
                 BrokerEvent::Connect(c) => self.on_connect(c),
                 BrokerEvent::Publish(p) => self.on_publish(vec![p]).await,
                 BrokerEvent::Package(members) => self.on_publish(members).await,
-                BrokerEvent::PackageExpired { cids, .. } => self.refuse(&cids, ReasonCode::PackageTimeout).await,
-                BrokerEvent::StreamAcked { stream: StreamId::Inbox, seq } => {
+                BrokerEvent::PackageExpired { cids, .. } => {
+                    self.refuse(&cids, ReasonCode::PackageTimeout).await
+                }
+                BrokerEvent::StreamAcked {
+                    stream: StreamId::Inbox,
+                    seq,
+                } => {
                     if let Some(me) = &self.me {
                         let latest = self.shared.store.inbox_latest(&me.user).unwrap_or(0);
-                        if let Err(e) = self.shared.store.advance_cursor(&me.user, &me.device, seq.min(latest)) {
+                        if let Err(e) =
+                            self.shared
+                                .store
+                                .advance_cursor(&me.user, &me.device, seq.min(latest))
+                        {
                             tracing::error!(error = %e, "cursor update failed");
                         }
                     }
@@ -133,7 +152,11 @@ impl Conn {
     }
 
     fn on_connect(&mut self, c: proto::Connect) {
-        let claims = match self.shared.tokens.verify(&c.token, &c.device_id, crate::unix_now()) {
+        let claims = match self
+            .shared
+            .tokens
+            .verify(&c.token, &c.device_id, crate::unix_now())
+        {
             Ok(claims) => claims,
             Err(reason) => {
                 tracing::info!(device = %c.device_id, %reason, "CONNECT refused");
@@ -153,22 +176,43 @@ impl Conn {
         let cursor = self.shared.store.cursor(&user, &device).unwrap_or(0);
         let mut session_id = [0u8; 16];
         let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut session_id);
-        let mut accept = Accept { user_id: user.clone(), session_id: Bytes::copy_from_slice(&session_id), ledger, inbox_acked_seq: cursor, server_time_ms: crate::unix_now_ms() };
+        let mut accept = Accept {
+            user_id: user.clone(),
+            session_id: Bytes::copy_from_slice(&session_id),
+            ledger,
+            inbox_acked_seq: cursor,
+            server_time_ms: crate::unix_now_ms(),
+        };
         let (resumed, previous) = {
             let mut router = self.shared.router();
             // Takeover: the same device connected again while still live (REQ-HSK-013).
             if let Some(old) = router.live.get_mut(&user).and_then(|d| d.remove(&device)) {
-                let _ = old.tx.send(ToConnection::Close(ReasonCode::SessionTakenOver));
+                let _ = old
+                    .tx
+                    .send(ToConnection::Close(ReasonCode::SessionTakenOver));
             }
-            router.live.entry(user.clone()).or_default().insert(device.clone(), Live { conn_id: self.conn_id, tx: self.tx.clone() });
+            router.live.entry(user.clone()).or_default().insert(
+                device.clone(),
+                Live {
+                    conn_id: self.conn_id,
+                    tx: self.tx.clone(),
+                },
+            );
             let parked = router.parked.remove(&(user.clone(), device.clone()));
             let grace = self.shared.options.resume_grace;
-            let resumable = parked.filter(|p| !c.resume_session_id.is_empty() && p.session_id == c.resume_session_id.as_ref() && p.parked_at.elapsed() < grace);
+            let resumable = parked.filter(|p| {
+                !c.resume_session_id.is_empty()
+                    && p.session_id == c.resume_session_id.as_ref()
+                    && p.parked_at.elapsed() < grace
+            });
             (resumable.is_some(), resumable)
         };
         if let Some(mut old) = previous {
             accept.session_id = Bytes::from(old.session_id.clone());
-            let fresh = std::mem::replace(&mut self.machine, BrokerSession::new(now(), self.shared.options.session.clone()));
+            let fresh = std::mem::replace(
+                &mut self.machine,
+                BrokerSession::new(now(), self.shared.options.session.clone()),
+            );
             match old.machine.resume_from(now(), fresh, accept.clone()) {
                 Ok(()) => self.machine = old.machine,
                 Err(e) => tracing::error!(error = %e, "resume failed"),
@@ -178,7 +222,11 @@ impl Conn {
             return;
         }
         tracing::info!(%user, %device, resumed, "session open");
-        self.me = Some(Identity { user: user.clone(), device, session_id: accept.session_id.to_vec() });
+        self.me = Some(Identity {
+            user: user.clone(),
+            device,
+            session_id: accept.session_id.to_vec(),
+        });
         if !resumed {
             self.push_backlog(&user, cursor);
         }
@@ -197,7 +245,11 @@ impl Conn {
             Err(e) => tracing::error!(error = %e, "backlog read failed"),
         }
         if latest > cursor + CONNECT_PUSH as u64 {
-            let notify = proto::Notify { stream: Some(StreamId::Inbox.to_proto()), latest_seq: latest, acked_seq: cursor };
+            let notify = proto::Notify {
+                stream: Some(StreamId::Inbox.to_proto()),
+                latest_seq: latest,
+                acked_seq: cursor,
+            };
             let _ = self.machine.send(&Frame::Notify(notify));
         }
     }
@@ -236,24 +288,34 @@ impl Conn {
         if !refused.is_empty() {
             // One member of a package refused refuses the whole package: nothing partial.
             let reason = refused.first().map_or(ReasonCode::NotFound, |r| r.1);
-            let all: Vec<(Cid, ReasonCode)> = batch.iter().map(|m| (Cid(m.cid), reason)).chain(refused).collect();
+            let all: Vec<(Cid, ReasonCode)> = batch
+                .iter()
+                .map(|m| (Cid(m.cid), reason))
+                .chain(refused)
+                .collect();
             for (cid, reason) in all {
                 self.refuse(&[cid], reason).await;
             }
             return;
         }
-        let committed = match self.shared.store.commit(&user, &device, &batch, crate::unix_now_ms()) {
+        let committed = match self
+            .shared
+            .store
+            .commit(&user, &device, &batch, crate::unix_now_ms())
+        {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "commit failed");
                 // Nothing stored and nothing recorded: the client retransmits later.
-                self.machine.close(ReasonCode::StoreUnavailable, "store unavailable");
+                self.machine
+                    .close(ReasonCode::StoreUnavailable, "store unavailable");
                 return;
             }
         };
         if let Err(e) = self.shared.store.flush().await {
             tracing::error!(error = %e, "flush failed");
-            self.machine.close(ReasonCode::StoreUnavailable, "store unavailable");
+            self.machine
+                .close(ReasonCode::StoreUnavailable, "store unavailable");
             return;
         }
         for c in committed {
@@ -262,7 +324,9 @@ impl Conn {
                 if to == user {
                     // This device gets its own copy through its own machine, in order.
                     let _ = self.machine.deliver(now(), d.clone());
-                    self.shared.router().push(&to, Some(self.conn_id), &d, now());
+                    self.shared
+                        .router()
+                        .push(&to, Some(self.conn_id), &d, now());
                 } else {
                     self.shared.router().push(&to, None, &d, now());
                 }
@@ -277,7 +341,11 @@ impl Conn {
             return Err(ReasonCode::NotFound);
         };
         check_identifier("topic", peer).map_err(|_| ReasonCode::NotFound)?;
-        let conv = self.shared.store.conversation_for_pair(user, peer).map_err(|_| ReasonCode::StoreUnavailable)?;
+        let conv = self
+            .shared
+            .store
+            .conversation_for_pair(user, peer)
+            .map_err(|_| ReasonCode::StoreUnavailable)?;
         let mut inboxes = vec![peer.to_owned()];
         if peer != user {
             inboxes.push(user.to_owned());
@@ -289,7 +357,11 @@ impl Conn {
     async fn refuse(&mut self, cids: &[Cid], reason: ReasonCode) {
         let Some(me) = &self.me else { return };
         for &Cid(cid) in cids {
-            let ack = proto::PubAck { cid, reason: wire(reason), ..Default::default() };
+            let ack = proto::PubAck {
+                cid,
+                reason: wire(reason),
+                ..Default::default()
+            };
             if let Err(e) = self.shared.store.record_outcome(&me.user, &me.device, &ack) {
                 tracing::error!(error = %e, "outcome not recorded");
                 continue;
@@ -309,15 +381,25 @@ impl Conn {
                     0 => tern_codec::limits::DEFAULT_HISTORY_LIMIT,
                     l => l.min(MAX_HISTORY_LIMIT),
                 } as usize;
-                let mut page = proto::HistoryPage { request_id: h.request_id, conversation_id: h.conversation_id, ..Default::default() };
+                let mut page = proto::HistoryPage {
+                    request_id: h.request_id,
+                    conversation_id: h.conversation_id,
+                    ..Default::default()
+                };
                 match self.shared.store.is_member(h.conversation_id, &user) {
-                    Ok(true) => match self.shared.store.history(h.conversation_id, h.before_seq, limit) {
-                        Ok((entries, next)) => {
-                            page.entries = entries;
-                            page.next_before_seq = next;
+                    Ok(true) => {
+                        match self
+                            .shared
+                            .store
+                            .history(h.conversation_id, h.before_seq, limit)
+                        {
+                            Ok((entries, next)) => {
+                                page.entries = entries;
+                                page.next_before_seq = next;
+                            }
+                            Err(_) => page.reason = wire(ReasonCode::StoreUnavailable),
                         }
-                        Err(_) => page.reason = wire(ReasonCode::StoreUnavailable),
-                    },
+                    }
                     Ok(false) => page.reason = wire(ReasonCode::NotAuthorized),
                     Err(_) => page.reason = wire(ReasonCode::StoreUnavailable),
                 }
@@ -326,12 +408,26 @@ impl Conn {
             Frame::Request(r) => self.on_request(&user, r),
             Frame::Subscribe(s) => {
                 // Rooms and device telemetry are not routed yet: every filter is refused.
-                let reasons = s.filters.iter().map(|_| wire(ReasonCode::NotAuthorized)).collect();
-                let _ = self.machine.send(&Frame::SubAck(proto::SubAck { request_id: s.request_id, reasons }));
+                let reasons = s
+                    .filters
+                    .iter()
+                    .map(|_| wire(ReasonCode::NotAuthorized))
+                    .collect();
+                let _ = self.machine.send(&Frame::SubAck(proto::SubAck {
+                    request_id: s.request_id,
+                    reasons,
+                }));
             }
             Frame::Unsubscribe(s) => {
-                let reasons = s.filters.iter().map(|_| wire(ReasonCode::NotFound)).collect();
-                let _ = self.machine.send(&Frame::UnsubAck(proto::SubAck { request_id: s.request_id, reasons }));
+                let reasons = s
+                    .filters
+                    .iter()
+                    .map(|_| wire(ReasonCode::NotFound))
+                    .collect();
+                let _ = self.machine.send(&Frame::UnsubAck(proto::SubAck {
+                    request_id: s.request_id,
+                    reasons,
+                }));
             }
             _ => {}
         }
@@ -342,7 +438,12 @@ impl Conn {
             0 => DEFAULT_SYNC_LIMIT,
             l => l.min(MAX_SYNC_LIMIT),
         } as usize;
-        let mut done = proto::SyncDone { request_id: s.request_id, stream: s.stream, last_seq: s.after_seq, ..Default::default() };
+        let mut done = proto::SyncDone {
+            request_id: s.request_id,
+            stream: s.stream,
+            last_seq: s.after_seq,
+            ..Default::default()
+        };
         match StreamId::from_proto(s.stream.as_ref()) {
             Some(StreamId::Inbox) => {
                 let latest = self.shared.store.inbox_latest(user).unwrap_or(0);
@@ -365,7 +466,10 @@ impl Conn {
 
     fn on_request(&mut self, user: &str, r: proto::Request) {
         use proto::request::Op;
-        let mut resp = proto::Response { request_id: r.request_id, ..Default::default() };
+        let mut resp = proto::Response {
+            request_id: r.request_id,
+            ..Default::default()
+        };
         match r.op {
             Some(Op::OpenConversation(o)) => {
                 if check_identifier("peer_user", &o.peer_user).is_err() {
@@ -373,11 +477,13 @@ impl Conn {
                 } else {
                     match self.shared.store.conversation_for_pair(user, &o.peer_user) {
                         Ok(id) => {
-                            resp.result = Some(proto::response::Result::Conversation(proto::ConversationInfo {
-                                conversation_id: id,
-                                topic: format!("user/{}", o.peer_user),
-                                latest_seq: 0,
-                            }))
+                            resp.result = Some(proto::response::Result::Conversation(
+                                proto::ConversationInfo {
+                                    conversation_id: id,
+                                    topic: format!("user/{}", o.peer_user),
+                                    latest_seq: 0,
+                                },
+                            ))
                         }
                         Err(_) => resp.reason = wire(ReasonCode::StoreUnavailable),
                     }
@@ -394,7 +500,11 @@ impl Conn {
     fn finish(&mut self) {
         let Some(me) = self.me.take() else { return };
         let mut router = self.shared.router();
-        let ours = router.live.get(&me.user).and_then(|d| d.get(&me.device)).is_some_and(|l| l.conn_id == self.conn_id);
+        let ours = router
+            .live
+            .get(&me.user)
+            .and_then(|d| d.get(&me.device))
+            .is_some_and(|l| l.conn_id == self.conn_id);
         // After a takeover the live entry belongs to the new connection: leave it alone.
         if ours {
             if let Some(devices) = router.live.get_mut(&me.user) {
@@ -403,13 +513,22 @@ impl Conn {
                     router.live.remove(&me.user);
                 }
             }
-            let machine = std::mem::replace(&mut self.machine, BrokerSession::new(now(), self.shared.options.session.clone()));
+            let machine = std::mem::replace(
+                &mut self.machine,
+                BrokerSession::new(now(), self.shared.options.session.clone()),
+            );
             // Sessions past their grace period can no longer be resumed: drop them.
             let grace = self.shared.options.resume_grace;
             router.parked.retain(|_, p| p.parked_at.elapsed() < grace);
             if machine.has_session() {
-                let parked = Parked { session_id: me.session_id, machine, parked_at: tokio::time::Instant::now() };
-                router.parked.insert((me.user.clone(), me.device.clone()), parked);
+                let parked = Parked {
+                    session_id: me.session_id,
+                    machine,
+                    parked_at: tokio::time::Instant::now(),
+                };
+                router
+                    .parked
+                    .insert((me.user.clone(), me.device.clone()), parked);
             }
         }
         tracing::info!(user = %me.user, device = %me.device, "session closed");

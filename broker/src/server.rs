@@ -35,7 +35,13 @@ pub struct BrokerOptions {
 impl BrokerOptions {
     /// Defaults: listen on `listen`, store in `data_dir`.
     pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
-        BrokerOptions { listen, data_dir, session: BrokerConfig::default(), resume_grace: Duration::from_secs(120), max_connections: 19_000 }
+        BrokerOptions {
+            listen,
+            data_dir,
+            session: BrokerConfig::default(),
+            resume_grace: Duration::from_secs(120),
+            max_connections: 19_000,
+        }
     }
 }
 
@@ -72,7 +78,13 @@ pub(crate) struct Router {
 impl Router {
     /// Sends a DELIVER to every live device of `user` but the connection `except` (a parked
     /// session's machine queues it for its resume).
-    pub(crate) fn push(&mut self, user: &str, except: Option<u64>, d: &proto::Deliver, now: std::time::Instant) {
+    pub(crate) fn push(
+        &mut self,
+        user: &str,
+        except: Option<u64>,
+        d: &proto::Deliver,
+        now: std::time::Instant,
+    ) {
         if let Some(devices) = self.live.get(user) {
             for live in devices.values().filter(|l| Some(l.conn_id) != except) {
                 let _ = live.tx.send(ToConnection::Deliver(Box::new(d.clone())));
@@ -102,7 +114,9 @@ pub(crate) struct Shared {
 impl Shared {
     /// The router; a poisoned lock (a panicked task) is still usable: its data is plain maps.
     pub(crate) fn router(&self) -> MutexGuard<'_, Router> {
-        self.router.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.router
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -135,7 +149,12 @@ impl Broker {
         });
         let accept_task = tokio::spawn(accept_loop(listener, shared.clone()));
         tracing::info!(%addr, "listening (native protocol)");
-        Ok(Broker { addr, shared, stop, accept_task })
+        Ok(Broker {
+            addr,
+            shared,
+            stop,
+            accept_task,
+        })
     }
 
     /// The bound native-protocol address.
@@ -145,7 +164,9 @@ impl Broker {
 
     /// Mints a token for `user` on `device` valid for `ttl`.
     pub fn issue_token(&self, user: &str, device: &str, ttl: Duration) -> Result<String, String> {
-        self.shared.tokens.issue(user, device, crate::unix_now() + ttl.as_secs())
+        self.shared
+            .tokens
+            .issue(user, device, crate::unix_now() + ttl.as_secs())
     }
 
     /// Connections open right now.
@@ -163,7 +184,9 @@ impl Broker {
             let router = self.shared.router();
             for devices in router.live.values() {
                 for live in devices.values() {
-                    let _ = live.tx.send(ToConnection::Close(ReasonCode::ServerShuttingDown));
+                    let _ = live
+                        .tx
+                        .send(ToConnection::Close(ReasonCode::ServerShuttingDown));
                 }
             }
         }

@@ -92,8 +92,11 @@ enum TokenCommand {
 }
 
 fn init_logs(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -114,21 +117,51 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { listen, data_dir, log_format } => {
+        Command::Serve {
+            listen,
+            data_dir,
+            log_format,
+        } => {
             init_logs(log_format == "json");
-            let broker = Broker::start(BrokerOptions::new(listen, data_dir.clone())).await.with_context(|| format!("starting with data dir {}", data_dir.display()))?;
-            println!("tern: listening on {} (native protocol), data in {}", broker.local_addr(), data_dir.display());
+            let broker = Broker::start(BrokerOptions::new(listen, data_dir.clone()))
+                .await
+                .with_context(|| format!("starting with data dir {}", data_dir.display()))?;
+            println!(
+                "tern: listening on {} (native protocol), data in {}",
+                broker.local_addr(),
+                data_dir.display()
+            );
             wait_for_signal().await?;
             println!("tern: shutting down");
             broker.shutdown().await?;
         }
-        Command::Token { command: TokenCommand::Issue { user, device, ttl, data_dir } } => {
-            let secret = load_or_create_secret(&data_dir).with_context(|| format!("reading the secret in {}", data_dir.display()))?;
-            let expires = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() + ttl;
-            let token = TokenKey::new(&secret).issue(&user, &device, expires).map_err(anyhow::Error::msg)?;
+        Command::Token {
+            command:
+                TokenCommand::Issue {
+                    user,
+                    device,
+                    ttl,
+                    data_dir,
+                },
+        } => {
+            let secret = load_or_create_secret(&data_dir)
+                .with_context(|| format!("reading the secret in {}", data_dir.display()))?;
+            let expires = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs()
+                + ttl;
+            let token = TokenKey::new(&secret)
+                .issue(&user, &device, expires)
+                .map_err(anyhow::Error::msg)?;
             println!("{token}");
         }
-        Command::Send { server, token, device, to, message } => {
+        Command::Send {
+            server,
+            token,
+            device,
+            to,
+            message,
+        } => {
             let body = match message {
                 Some(m) => m.into_bytes(),
                 None => {
@@ -139,22 +172,43 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let client = Client::connect(ClientOptions::new(server, &device, &token)).await?;
             let ack = client.publish(&to, body).await?;
-            println!("stored: conversation {} seq {} msg_id {}", ack.conversation_id, ack.seq, ack.msg_id);
+            println!(
+                "stored: conversation {} seq {} msg_id {}",
+                ack.conversation_id, ack.seq, ack.msg_id
+            );
             client.close().await;
         }
-        Command::Listen { server, token, device, count } => {
+        Command::Listen {
+            server,
+            token,
+            device,
+            count,
+        } => {
             let mut client = Client::connect(ClientOptions::new(server, &device, &token)).await?;
             let mut seen = 0;
             while count.is_none_or(|c| seen < c) {
                 match client.next().await {
                     Some(Incoming::Message(m)) => {
                         seen += 1;
-                        println!("seq={} from={}/{} conversation={}: {}", m.seq, m.sender_user, m.sender_device, m.conversation_id, String::from_utf8_lossy(&m.payload));
+                        println!(
+                            "seq={} from={}/{} conversation={}: {}",
+                            m.seq,
+                            m.sender_user,
+                            m.sender_device,
+                            m.conversation_id,
+                            String::from_utf8_lossy(&m.payload)
+                        );
                     }
                     Some(Incoming::Package(members)) => {
                         for m in members {
                             seen += 1;
-                            println!("seq={} from={}/{} package: {}", m.seq, m.sender_user, m.sender_device, String::from_utf8_lossy(&m.payload));
+                            println!(
+                                "seq={} from={}/{} package: {}",
+                                m.seq,
+                                m.sender_user,
+                                m.sender_device,
+                                String::from_utf8_lossy(&m.payload)
+                            );
                         }
                     }
                     Some(_) => {}

@@ -15,13 +15,21 @@ pub struct TestBroker {
 
 pub async fn start() -> TestBroker {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(BrokerOptions::new("127.0.0.1:0".parse().unwrap(), dir.path().to_path_buf())).await.unwrap();
+    let broker = Broker::start(BrokerOptions::new(
+        "127.0.0.1:0".parse().unwrap(),
+        dir.path().to_path_buf(),
+    ))
+    .await
+    .unwrap();
     TestBroker { broker, dir }
 }
 
 impl TestBroker {
     pub fn options(&self, user: &str, device: &str) -> ClientOptions {
-        let token = self.broker.issue_token(user, device, Duration::from_secs(3600)).unwrap();
+        let token = self
+            .broker
+            .issue_token(user, device, Duration::from_secs(3600))
+            .unwrap();
         ClientOptions::new(self.broker.local_addr(), device, &token)
     }
 
