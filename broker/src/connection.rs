@@ -106,6 +106,7 @@ impl Conn {
                 Some(cmd) = rx.recv() => match cmd {
                     ToConnection::Deliver(d) => { let _ = self.machine.deliver(now(), *d); }
                     ToConnection::Close(reason) => self.machine.close(reason, ""),
+                    ToConnection::Notify { conversation_id } => self.notify(conversation_id),
                 },
                 // Cancel-safe: a sleep can be dropped and recreated.
                 _ = crate::sleep_until(deadline) => self.machine.handle_timeout(now()),
@@ -140,7 +141,23 @@ impl Conn {
                         }
                     }
                 }
-                BrokerEvent::StreamAcked { .. } => {}
+                BrokerEvent::StreamAcked {
+                    stream: StreamId::Conversation(conv),
+                    seq,
+                } => {
+                    if let Some(me) = &self.me {
+                        let store = &self.shared.store;
+                        let latest = store.conversation_latest(conv.0).unwrap_or(0);
+                        if let Err(e) = store.advance_conversation_cursor(
+                            &me.user,
+                            &me.device,
+                            conv.0,
+                            seq.min(latest),
+                        ) {
+                            tracing::error!(error = %e, "cursor update failed");
+                        }
+                    }
+                }
                 BrokerEvent::Frame(frame) => self.on_frame(*frame),
                 BrokerEvent::Closed { reason, by_peer } => {
                     tracing::debug!(?reason, by_peer, "closed");
@@ -264,24 +281,32 @@ impl Conn {
             return;
         }
         let mut batch = Vec::with_capacity(messages.len());
+        let mut notify_members: Vec<(u64, Vec<String>)> = Vec::new();
         let mut refused = Vec::new();
         for p in messages {
             match self.route(&user, &p.topic) {
-                Ok((conversation_id, inboxes)) => batch.push(NewMessage {
-                    cid: p.cid,
+                Ok(Route {
                     conversation_id,
                     inboxes,
-                    message: proto::Deliver {
-                        topic: p.topic,
-                        sender_user: user.clone(),
-                        sender_device: device.clone(),
-                        qos: p.qos,
-                        payload: p.payload,
-                        package: p.package,
-                        content_type: p.content_type,
-                        ..Default::default()
-                    },
-                }),
+                    notify,
+                }) => {
+                    notify_members.push((conversation_id, notify));
+                    batch.push(NewMessage {
+                        cid: p.cid,
+                        conversation_id,
+                        inboxes,
+                        message: proto::Deliver {
+                            topic: p.topic,
+                            sender_user: user.clone(),
+                            sender_device: device.clone(),
+                            qos: p.qos,
+                            payload: p.payload,
+                            package: p.package,
+                            content_type: p.content_type,
+                            ..Default::default()
+                        },
+                    });
+                }
                 Err(reason) => refused.push((Cid(p.cid), reason)),
             }
         }
@@ -318,6 +343,11 @@ impl Conn {
                 .close(ReasonCode::StoreUnavailable, "store unavailable");
             return;
         }
+        for (conversation_id, members) in notify_members {
+            if !members.is_empty() {
+                self.shared.router().notify(&members, conversation_id);
+            }
+        }
         for c in committed {
             let _ = self.machine.ack_publish(c.ack);
             for (to, d) in c.deliveries {
@@ -334,23 +364,57 @@ impl Conn {
         }
     }
 
-    /// Resolves a topic to a conversation and the inboxes it writes to (spec 5.2).
-    fn route(&self, user: &str, topic: &str) -> Result<(u64, Vec<String>), ReasonCode> {
-        let Some(peer) = topic.strip_prefix("user/") else {
-            // Groups, rooms, conversations by id and device telemetry are not routed yet.
-            return Err(ReasonCode::NotFound);
-        };
-        check_identifier("topic", peer).map_err(|_| ReasonCode::NotFound)?;
-        let conv = self
-            .shared
-            .store
-            .conversation_for_pair(user, peer)
-            .map_err(|_| ReasonCode::StoreUnavailable)?;
-        let mut inboxes = vec![peer.to_owned()];
-        if peer != user {
-            inboxes.push(user.to_owned());
+    /// Resolves a topic to a conversation, the inboxes it writes to (write fan-out) and the
+    /// members told by NOTIFY instead (read fan-out), checking access (spec 5.2, 10.2).
+    fn route(&self, user: &str, topic: &str) -> Result<Route, ReasonCode> {
+        let store = &self.shared.store;
+        let unavailable = |_| ReasonCode::StoreUnavailable;
+        if let Some(peer) = topic.strip_prefix("user/") {
+            check_identifier("topic", peer).map_err(|_| ReasonCode::NotFound)?;
+            let conversation_id = store
+                .conversation_for_pair(user, peer)
+                .map_err(unavailable)?;
+            let mut inboxes = vec![peer.to_owned()];
+            if peer != user {
+                inboxes.push(user.to_owned());
+            }
+            return Ok(Route {
+                conversation_id,
+                inboxes,
+                notify: Vec::new(),
+            });
         }
-        Ok((conv, inboxes))
+        if let Some(group) = topic.strip_prefix("group/") {
+            let conversation_id = store
+                .group_conversation(group)
+                .map_err(unavailable)?
+                .ok_or(ReasonCode::NotFound)?;
+            if !store
+                .is_member(conversation_id, user)
+                .map_err(unavailable)?
+            {
+                return Err(ReasonCode::NotAMember);
+            }
+            let members = store.members(conversation_id).map_err(unavailable)?;
+            // Write fan-out up to the threshold, read fan-out above it (REQ-GRP-002).
+            return Ok(
+                if members.len() <= self.shared.options.write_fanout_threshold {
+                    Route {
+                        conversation_id,
+                        inboxes: members,
+                        notify: Vec::new(),
+                    }
+                } else {
+                    Route {
+                        conversation_id,
+                        inboxes: Vec::new(),
+                        notify: members,
+                    }
+                },
+            );
+        }
+        // Rooms, conversations by id and device telemetry are not routed yet.
+        Err(ReasonCode::NotFound)
     }
 
     /// Records and sends an outcome that stored nothing.
@@ -459,6 +523,23 @@ impl Conn {
                 }
             }
             // No conversation is in read fan-out yet, so no conversation stream is readable.
+            Some(StreamId::Conversation(conv))
+                if self.shared.store.is_member(conv.0, user).unwrap_or(false) =>
+            {
+                let store = &self.shared.store;
+                let latest = store.conversation_latest(conv.0).unwrap_or(0);
+                match store.conversation_after(conv.0, s.after_seq, limit) {
+                    Ok(batch) => {
+                        for d in batch {
+                            done.last_seq = done.last_seq.max(d.seq);
+                            let _ = self.machine.deliver(now(), d);
+                        }
+                        done.more = done.last_seq < latest;
+                    }
+                    Err(_) => done.reason = wire(ReasonCode::StoreUnavailable),
+                }
+            }
+            // Not a member (or no such stream): nothing is readable (REQ-SYN-006).
             _ => done.reason = wire(ReasonCode::NotAuthorized),
         }
         let _ = self.machine.send(&Frame::SyncDone(done));
@@ -471,6 +552,50 @@ impl Conn {
             ..Default::default()
         };
         match r.op {
+            Some(Op::GroupCreate(g)) => {
+                match self
+                    .shared
+                    .store
+                    .create_group(&g.group_id, user, &g.members)
+                {
+                    Ok(Ok(_)) => {
+                        resp.result = self
+                            .group_info(&g.group_id)
+                            .map(proto::response::Result::Group)
+                    }
+                    Ok(Err(reason)) => resp.reason = wire(reason),
+                    Err(_) => resp.reason = wire(ReasonCode::StoreUnavailable),
+                }
+            }
+            Some(op @ (Op::GroupAdd(_) | Op::GroupRemove(_))) => {
+                let (g, add) = match op {
+                    Op::GroupAdd(g) => (g, true),
+                    Op::GroupRemove(g) => (g, false),
+                    _ => unreachable_op(),
+                };
+                match self
+                    .shared
+                    .store
+                    .change_members(&g.group_id, user, &g.members, add)
+                {
+                    Ok(Ok(_)) => {
+                        resp.result = self
+                            .group_info(&g.group_id)
+                            .map(proto::response::Result::Group)
+                    }
+                    Ok(Err(reason)) => resp.reason = wire(reason),
+                    Err(_) => resp.reason = wire(ReasonCode::StoreUnavailable),
+                }
+            }
+            Some(Op::GroupList(_)) => match self.shared.store.groups_of(user) {
+                Ok(ids) => {
+                    let groups = ids.iter().filter_map(|g| self.group_info(g)).collect();
+                    resp.result = Some(proto::response::Result::Groups(proto::GroupListing {
+                        groups,
+                    }));
+                }
+                Err(_) => resp.reason = wire(ReasonCode::StoreUnavailable),
+            },
             Some(Op::OpenConversation(o)) => {
                 if check_identifier("peer_user", &o.peer_user).is_err() {
                     resp.reason = wire(ReasonCode::InvalidRequest);
@@ -493,6 +618,37 @@ impl Conn {
             _ => resp.reason = wire(ReasonCode::InvalidRequest),
         }
         let _ = self.machine.send(&Frame::Response(resp));
+    }
+
+    /// Tells this device that a read fan-out conversation has news (REQ-SYN-001).
+    fn notify(&mut self, conversation_id: u64) {
+        let Some(me) = &self.me else { return };
+        let store = &self.shared.store;
+        let latest = store.conversation_latest(conversation_id).unwrap_or(0);
+        let acked_seq = store
+            .conversation_cursor(&me.user, &me.device, conversation_id)
+            .unwrap_or(0);
+        let stream = Some(
+            StreamId::Conversation(tern_codec::ids::ConversationId(conversation_id)).to_proto(),
+        );
+        let _ = self.machine.send(&Frame::Notify(proto::Notify {
+            stream,
+            latest_seq: latest,
+            acked_seq,
+        }));
+    }
+
+    fn group_info(&self, group: &str) -> Option<proto::GroupInfo> {
+        let store = &self.shared.store;
+        let conversation_id = store.group_conversation(group).ok()??;
+        let members = store.members(conversation_id).ok()?;
+        let read_fanout = members.len() > self.shared.options.write_fanout_threshold;
+        Some(proto::GroupInfo {
+            group_id: group.to_owned(),
+            conversation_id,
+            members,
+            read_fanout,
+        })
     }
 
     /// The connection is over: drop the live entry (if still ours) and park the session for
@@ -533,4 +689,17 @@ impl Conn {
         }
         tracing::info!(user = %me.user, device = %me.device, "session closed");
     }
+}
+
+/// Where a message goes.
+struct Route {
+    conversation_id: u64,
+    /// Users whose inbox gets a copy (write fan-out).
+    inboxes: Vec<String>,
+    /// Members told by NOTIFY, who pull the conversation stream (read fan-out).
+    notify: Vec<String>,
+}
+
+fn unreachable_op() -> ! {
+    unreachable!("matched GroupAdd or GroupRemove above")
 }

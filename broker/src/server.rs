@@ -30,6 +30,8 @@ pub struct BrokerOptions {
     pub resume_grace: Duration,
     /// Most simultaneous connections; more are refused with SERVER_BUSY.
     pub max_connections: usize,
+    /// Groups up to this size use write fan-out, larger ones read fan-out (REQ-GRP-002).
+    pub write_fanout_threshold: usize,
 }
 
 impl BrokerOptions {
@@ -41,6 +43,7 @@ impl BrokerOptions {
             session: BrokerConfig::default(),
             resume_grace: Duration::from_secs(120),
             max_connections: 19_000,
+            write_fanout_threshold: 500,
         }
     }
 }
@@ -52,6 +55,11 @@ pub(crate) enum ToConnection {
     Deliver(Box<proto::Deliver>),
     /// Close with this reason (takeover, shutdown).
     Close(ReasonCode),
+    /// A read fan-out conversation has news: send NOTIFY.
+    Notify {
+        /// The conversation.
+        conversation_id: u64,
+    },
 }
 
 /// A live connection of one device.
@@ -93,6 +101,19 @@ impl Router {
         for ((u, _), parked) in &mut self.parked {
             if u == user {
                 let _ = parked.machine.deliver(now, d.clone());
+            }
+        }
+    }
+}
+
+impl Router {
+    /// Sends NOTIFY for `conversation_id` to every live device of `members`.
+    pub(crate) fn notify(&self, members: &[String], conversation_id: u64) {
+        for m in members {
+            if let Some(devices) = self.live.get(m) {
+                for live in devices.values() {
+                    let _ = live.tx.send(ToConnection::Notify { conversation_id });
+                }
             }
         }
     }

@@ -14,13 +14,14 @@ pub struct TestBroker {
 }
 
 pub async fn start() -> TestBroker {
+    start_with(|_| {}).await
+}
+
+pub async fn start_with(tune: impl FnOnce(&mut BrokerOptions)) -> TestBroker {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(BrokerOptions::new(
-        "127.0.0.1:0".parse().unwrap(),
-        dir.path().to_path_buf(),
-    ))
-    .await
-    .unwrap();
+    let mut options = BrokerOptions::new("127.0.0.1:0".parse().unwrap(), dir.path().to_path_buf());
+    tune(&mut options);
+    let broker = Broker::start(options).await.unwrap();
     TestBroker { broker, dir }
 }
 
@@ -55,4 +56,24 @@ pub async fn payloads(c: &mut Client, n: usize) -> Vec<String> {
         out.push(String::from_utf8_lossy(&next_message(c).await.payload).into_owned());
     }
     out
+}
+
+/// Sends a REQUEST and waits for its RESPONSE, skipping other events.
+pub async fn request(c: &mut Client, op: proto::request::Op) -> proto::Response {
+    let id = c
+        .send(tern_codec::Frame::Request(proto::Request {
+            request_id: 0,
+            op: Some(op),
+        }))
+        .await
+        .unwrap();
+    loop {
+        if let Some(Incoming::Frame(f)) = c.next().await {
+            if let tern_codec::Frame::Response(r) = *f {
+                if r.request_id == id {
+                    return r;
+                }
+            }
+        }
+    }
 }

@@ -9,11 +9,16 @@
 //!
 //! Keys:
 //! - `g/msg_id` → last msg_id; `g/next_conv` → last conversation id
-//! - `r/pair/{a}\0{b}` → conversation id of the 1:1 pair (a < b); `r/conv/{id}` → members
+//! - `r/pair/{a}\0{b}` → conversation id of the 1:1 pair (a < b)
+//! - `r/m/{conv}/{user}` → the conversation seq at which `user` joined (membership)
+//! - `g/{group}` → the group's conversation id; `ug/{user}/{group}` → (index of a user's groups)
+//! - `d/{user}/{device}/conv/{conv}` → the device's sync point on a conversation stream
 //! - `c/{conv}/last` → last conversation seq; `c/{conv}/m/{seq}` → message (`proto::Deliver`)
 //! - `u/{user}/last` → last inbox seq; `u/{user}/i/{seq}` → (conversation, conversation seq)
 //! - `d/{user}/{device}/cursor` → inbox sync point; `d/{user}/{device}/floor` → contiguous cid;
 //!   `d/{user}/{device}/cid/{cid}` → the cid's PUBACK
+
+mod groups;
 
 use std::path::Path;
 
@@ -47,7 +52,7 @@ impl From<TransactionError<StoreError>> for StoreError {
     }
 }
 
-type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+pub(crate) type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
 /// One message to commit: where it goes and who receives it in their inbox.
 #[derive(Debug, Clone)]
@@ -75,30 +80,34 @@ pub struct Committed {
 #[derive(Debug, Clone)]
 pub struct Store {
     db: sled::Db,
-    tree: sled::Tree,
+    pub(crate) tree: sled::Tree,
 }
 
-fn be(n: u64) -> [u8; 8] {
+pub(crate) fn be(n: u64) -> [u8; 8] {
     n.to_be_bytes()
 }
 
-fn key(parts: &[&[u8]]) -> Vec<u8> {
+pub(crate) fn key(parts: &[&[u8]]) -> Vec<u8> {
     parts.concat()
 }
 
-fn read_u64(v: Option<sled::IVec>) -> u64 {
+pub(crate) fn read_u64(v: Option<sled::IVec>) -> u64 {
     v.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
         .map_or(0, u64::from_be_bytes)
 }
 
 /// Increments the counter at `k` inside a transaction, returning the new value.
-fn bump(tx: &TransactionalTree, k: &[u8]) -> TxResult<u64> {
+pub(crate) fn bump(tx: &TransactionalTree, k: &[u8]) -> TxResult<u64> {
     let next = read_u64(tx.get(k)?) + 1;
     tx.insert(k, &be(next))?;
     Ok(next)
 }
 
-fn device_key(user: &str, device: &str, rest: &[u8]) -> Vec<u8> {
+pub(crate) fn member_key(conv: u64, user: &str) -> Vec<u8> {
+    key(&[b"r/m/", &be(conv), b"/", user.as_bytes()])
+}
+
+pub(crate) fn device_key(user: &str, device: &str, rest: &[u8]) -> Vec<u8> {
     key(&[b"d/", user.as_bytes(), b"/", device.as_bytes(), b"/", rest])
 }
 
@@ -120,14 +129,14 @@ impl Store {
     pub fn conversation_for_pair(&self, a: &str, b: &str) -> Result<u64, StoreError> {
         let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
         let pair = key(&[b"r/pair/", lo.as_bytes(), b"\0", hi.as_bytes()]);
-        let members = key(&[lo.as_bytes(), b"\0", hi.as_bytes()]);
         let id = self.tree.transaction(|tx| {
             if let Some(v) = tx.get(&pair)? {
                 return Ok(read_u64(Some(v)));
             }
             let id = bump(tx, b"g/next_conv")?;
             tx.insert(pair.as_slice(), &be(id))?;
-            tx.insert(key(&[b"r/conv/", &be(id)]), members.as_slice())?;
+            tx.insert(member_key(id, lo), &be(0))?;
+            tx.insert(member_key(id, hi), &be(0))?;
             Ok(id)
         })?;
         Ok(id)
@@ -135,10 +144,7 @@ impl Store {
 
     /// Whether `user` is a member of the conversation.
     pub fn is_member(&self, conversation_id: u64, user: &str) -> Result<bool, StoreError> {
-        let Some(members) = self.tree.get(key(&[b"r/conv/", &be(conversation_id)]))? else {
-            return Ok(false);
-        };
-        Ok(members.split(|&b| b == 0).any(|m| m == user.as_bytes()))
+        Ok(self.tree.contains_key(member_key(conversation_id, user))?)
     }
 
     /// Commits messages atomically (a package commits whole or not at all, REQ-PKG-003): each

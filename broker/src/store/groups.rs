@@ -1,0 +1,177 @@
+//! Groups and conversation streams (read fan-out): membership, and the per-device sync points
+//! on conversation streams.
+
+use tern_codec::ids::{ConversationId, StreamId};
+use tern_codec::proto;
+use tern_codec::ReasonCode;
+
+use super::{be, bump, device_key, key, member_key, read_u64, Store, StoreError};
+
+fn group_key(group: &str) -> Vec<u8> {
+    key(&[b"g/", group.as_bytes()])
+}
+
+fn user_group_key(user: &str, group: &str) -> Vec<u8> {
+    key(&[b"ug/", user.as_bytes(), b"/", group.as_bytes()])
+}
+
+fn conv_last_key(conv: u64) -> Vec<u8> {
+    key(&[b"c/", &be(conv), b"/last"])
+}
+
+/// Group operations return `Ok(Err(reason))` for a refusal sent back in RESPONSE, and
+/// `Err(StoreError)` for a store failure.
+impl Store {
+    /// Creates `group` with `creator` and `members`; ALREADY_EXISTS if the id is taken.
+    pub fn create_group(
+        &self,
+        group: &str,
+        creator: &str,
+        members: &[String],
+    ) -> Result<Result<u64, ReasonCode>, StoreError> {
+        let gk = group_key(group);
+        let result = self.tree.transaction(|tx| {
+            if tx.get(&gk)?.is_some() {
+                return Ok(Err(ReasonCode::AlreadyExists));
+            }
+            let conv = bump(tx, b"g/next_conv")?;
+            tx.insert(gk.as_slice(), &be(conv))?;
+            for m in members
+                .iter()
+                .map(String::as_str)
+                .chain(std::iter::once(creator))
+            {
+                tx.insert(member_key(conv, m), &be(0))?;
+                tx.insert(user_group_key(m, group), &[][..])?;
+            }
+            Ok(Ok(conv))
+        })?;
+        Ok(result)
+    }
+
+    /// The group's conversation id, if it exists.
+    pub fn group_conversation(&self, group: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self.tree.get(group_key(group))?.map(|v| read_u64(Some(v))))
+    }
+
+    /// The members of a conversation, in id order.
+    pub fn members(&self, conv: u64) -> Result<Vec<String>, StoreError> {
+        let prefix = key(&[b"r/m/", &be(conv), b"/"]);
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(&prefix) {
+            let (k, _) = item?;
+            out.push(
+                String::from_utf8_lossy(k.get(prefix.len()..).unwrap_or_default()).into_owned(),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Adds or removes members; only a member may change the group (NOT_A_MEMBER). A member
+    /// joins at the conversation's current seq: later messages are theirs (REQ-GRP-003).
+    pub fn change_members(
+        &self,
+        group: &str,
+        by: &str,
+        members: &[String],
+        add: bool,
+    ) -> Result<Result<u64, ReasonCode>, StoreError> {
+        let gk = group_key(group);
+        let result = self.tree.transaction(|tx| {
+            let Some(conv) = tx.get(&gk)?.map(|v| read_u64(Some(v))) else {
+                return Ok(Err(ReasonCode::NotFound));
+            };
+            if tx.get(member_key(conv, by))?.is_none() {
+                return Ok(Err(ReasonCode::NotAMember));
+            }
+            let joined_at = read_u64(tx.get(conv_last_key(conv))?);
+            for m in members {
+                if add {
+                    if tx.get(member_key(conv, m))?.is_none() {
+                        tx.insert(member_key(conv, m), &be(joined_at))?;
+                        tx.insert(user_group_key(m, group), &[][..])?;
+                    }
+                } else {
+                    tx.remove(member_key(conv, m))?;
+                    tx.remove(user_group_key(m, group))?;
+                }
+            }
+            Ok(Ok(conv))
+        })?;
+        Ok(result)
+    }
+
+    /// The groups `user` belongs to.
+    pub fn groups_of(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        let prefix = key(&[b"ug/", user.as_bytes(), b"/"]);
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(&prefix) {
+            let (k, _) = item?;
+            out.push(
+                String::from_utf8_lossy(k.get(prefix.len()..).unwrap_or_default()).into_owned(),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Highest seq of a conversation.
+    pub fn conversation_latest(&self, conv: u64) -> Result<u64, StoreError> {
+        Ok(read_u64(self.tree.get(conv_last_key(conv))?))
+    }
+
+    /// Up to `limit` messages of a conversation after `after`, as DELIVERs on its stream.
+    pub fn conversation_after(
+        &self,
+        conv: u64,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<proto::Deliver>, StoreError> {
+        let latest = self.conversation_latest(conv)?;
+        let mut out = Vec::new();
+        let mut seq = after;
+        while seq < latest && out.len() < limit {
+            seq += 1;
+            if let Some(mut d) = self.message(conv, seq)? {
+                d.stream = Some(StreamId::Conversation(ConversationId(conv)).to_proto());
+                d.seq = seq;
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The device's sync point on a conversation stream; without one, the seq at which the
+    /// user joined (so a new member starts at their join, REQ-GRP-003).
+    pub fn conversation_cursor(
+        &self,
+        user: &str,
+        device: &str,
+        conv: u64,
+    ) -> Result<u64, StoreError> {
+        if let Some(v) = self
+            .tree
+            .get(device_key(user, device, &key(&[b"conv/", &be(conv)])))?
+        {
+            return Ok(read_u64(Some(v)));
+        }
+        Ok(read_u64(self.tree.get(member_key(conv, user))?))
+    }
+
+    /// Advances the device's sync point on a conversation stream (never backwards).
+    pub fn advance_conversation_cursor(
+        &self,
+        user: &str,
+        device: &str,
+        conv: u64,
+        seq: u64,
+    ) -> Result<(), StoreError> {
+        let k = device_key(user, device, &key(&[b"conv/", &be(conv)]));
+        self.tree.fetch_and_update(&k, |old| {
+            let cur = old
+                .and_then(|v| <[u8; 8]>::try_from(v).ok())
+                .map_or(0, u64::from_be_bytes);
+            Some(be(cur.max(seq)).to_vec())
+        })?;
+        Ok(())
+    }
+}
