@@ -24,7 +24,7 @@ use rand_chacha::ChaCha8Rng;
 use tern_codec::proto;
 use tern_codec::session::{backoff, ClientConfig, ClientEvent, ClientSession};
 use tern_codec::{ApiError, Frame, ReasonClass, ReasonCode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -38,6 +38,11 @@ pub struct ClientOptions {
     pub session: ClientConfig,
     /// Seed for keepalive jitter and backoff (vary it per device).
     pub seed: u64,
+    /// TLS: the server name to verify and the client configuration; plain TCP when `None`.
+    pub tls: Option<(
+        rustls::pki_types::ServerName<'static>,
+        std::sync::Arc<rustls::ClientConfig>,
+    )>,
 }
 
 impl ClientOptions {
@@ -51,6 +56,7 @@ impl ClientOptions {
             addr,
             session: ClientConfig::new(device, Bytes::copy_from_slice(token.as_bytes())),
             seed,
+            tls: None,
         }
     }
 }
@@ -237,8 +243,9 @@ impl Driver {
         self.ready = Some(ready);
         let mut attempt = 0u32;
         loop {
-            let end = match TcpStream::connect(self.opts.addr).await {
-                Ok(stream) => self.link(stream, &mut commands).await,
+            let end = match open(self.opts.addr, self.opts.tls.clone()).await {
+                Ok(Transport::Plain(stream)) => self.link(stream, &mut commands).await,
+                Ok(Transport::Tls(stream)) => self.link(*stream, &mut commands).await,
                 Err(e) => {
                     if let Some(ready) = self.ready.take() {
                         let _ = ready.send(Err(ClientError::Io(e)));
@@ -269,14 +276,13 @@ impl Driver {
         }
     }
 
-    /// Runs one TCP connection until it ends.
-    async fn link(
+    /// Runs one connection until it ends.
+    async fn link<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
-        stream: TcpStream,
+        stream: S,
         commands: &mut mpsc::UnboundedReceiver<Command>,
     ) -> LinkEnd {
-        let _ = stream.set_nodelay(true);
-        let (mut rd, mut wr) = stream.into_split();
+        let (mut rd, mut wr) = tokio::io::split(stream);
         if self.session.connect(now()).is_err() {
             return LinkEnd::Retry(None);
         }
@@ -366,15 +372,21 @@ impl Driver {
                     retry_after,
                 } => {
                     tracing::debug!(?reason, by_peer, "link ended");
-                    let fatal = reason.is_some_and(|r| r.class() == ReasonClass::Auth) && by_peer;
-                    if let (true, Some(ready)) =
-                        (fatal || self.ready.is_some() && by_peer, self.ready.take())
-                    {
-                        let _ = ready.send(Err(ClientError::Refused(
-                            reason.unwrap_or(ReasonCode::ProtocolError),
-                        )));
+                    if let Some(ready) = self.ready.take() {
+                        // The first session never opened: report why instead of retrying.
+                        let err = match (by_peer, reason) {
+                            (true, Some(r)) => ClientError::Refused(r),
+                            (_, Some(r)) => ClientError::Io(std::io::Error::other(format!(
+                                "closed before CONNACK: {r}"
+                            ))),
+                            (_, None) => ClientError::Io(std::io::Error::other(
+                                "connection closed before CONNACK",
+                            )),
+                        };
+                        let _ = ready.send(Err(err));
                         return Some(LinkEnd::Stop);
                     }
+                    let fatal = by_peer && reason.is_some_and(|r| r.class() == ReasonClass::Auth);
                     if fatal || reason == Some(ReasonCode::NormalDisconnect) {
                         return Some(LinkEnd::Stop);
                     }
@@ -411,4 +423,30 @@ impl Driver {
         }
         None
     }
+}
+
+/// Opens TCP (and TLS, when configured, with no fallback to plain TCP: REQ-TLS-004).
+async fn open(
+    addr: SocketAddr,
+    tls: Option<(
+        rustls::pki_types::ServerName<'static>,
+        std::sync::Arc<rustls::ClientConfig>,
+    )>,
+) -> std::io::Result<Transport> {
+    let stream = TcpStream::connect(addr).await?;
+    let _ = stream.set_nodelay(true);
+    match tls {
+        None => Ok(Transport::Plain(stream)),
+        Some((name, config)) => {
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, stream)
+                .await?;
+            Ok(Transport::Tls(Box::new(tls)))
+        }
+    }
+}
+
+enum Transport {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }

@@ -11,8 +11,7 @@ use tern_codec::limits::{DEFAULT_SYNC_LIMIT, MAX_HISTORY_LIMIT, MAX_SYNC_LIMIT};
 use tern_codec::proto;
 use tern_codec::session::{Accept, BrokerEvent, BrokerSession};
 use tern_codec::{Frame, ReasonCode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
@@ -46,12 +45,13 @@ struct Conn {
 }
 
 /// Drives one accepted TCP connection to its end.
-pub(crate) async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+pub(crate) async fn run<S>(shared: Arc<Shared>, stream: S, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
     let count = shared.connections.fetch_add(1, Ordering::AcqRel) + 1;
     let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("conn", id = conn_id, %peer);
-    // Small frames must leave at once (Nagle off), as the seeds' weak-network advice says.
-    let _ = stream.set_nodelay(true);
     let (tx, rx) = mpsc::unbounded_channel();
     let mut conn = Conn {
         machine: BrokerSession::new(now(), shared.options.session.clone()),
@@ -76,8 +76,11 @@ pub(crate) async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr
 }
 
 impl Conn {
-    async fn serve(&mut self, stream: TcpStream, mut rx: mpsc::UnboundedReceiver<ToConnection>) {
-        let (mut rd, mut wr) = stream.into_split();
+    async fn serve<S>(&mut self, stream: S, mut rx: mpsc::UnboundedReceiver<ToConnection>)
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin,
+    {
+        let (mut rd, mut wr) = tokio::io::split(stream);
         let mut buf = vec![0u8; 16 * 1024];
         let mut shutdown = self.shared.shutdown.clone();
         loop {

@@ -8,6 +8,7 @@
 //! - `connection`: one task per connection, driving a `BrokerSession`.
 //! - [`store`]: the embedded sled store (messages, inboxes, sync points, dedup ledger).
 //! - [`token`]: HMAC-SHA256 auth tokens.
+//! - [`tls`]: the TLS 1.3 profile (rustls, ring) and development certificates.
 //! - [`client`]: the tokio client library (`tern send`/`tern listen` and the tests use it).
 #![forbid(unsafe_code)]
 
@@ -15,9 +16,10 @@ pub mod client;
 mod connection;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod token;
 
-pub use server::{Broker, BrokerOptions};
+pub use server::{Broker, BrokerOptions, TlsOptions};
 
 /// Seconds since the Unix epoch.
 pub(crate) fn unix_now() -> u64 {

@@ -32,6 +32,19 @@ pub struct BrokerOptions {
     pub max_connections: usize,
     /// Groups up to this size use write fan-out, larger ones read fan-out (REQ-GRP-002).
     pub write_fanout_threshold: usize,
+    /// A TLS listener, when configured.
+    pub tls: Option<TlsOptions>,
+}
+
+/// The TLS listener's address and PEM files.
+#[derive(Debug, Clone)]
+pub struct TlsOptions {
+    /// Address (port 0 picks one).
+    pub listen: SocketAddr,
+    /// Certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
 }
 
 impl BrokerOptions {
@@ -44,6 +57,7 @@ impl BrokerOptions {
             resume_grace: Duration::from_secs(120),
             max_connections: 19_000,
             write_fanout_threshold: 500,
+            tls: None,
         }
     }
 }
@@ -144,9 +158,10 @@ impl Shared {
 /// A running broker.
 pub struct Broker {
     addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
-    accept_task: JoinHandle<()>,
+    accept_tasks: Vec<JoinHandle<()>>,
 }
 
 impl Broker {
@@ -157,6 +172,14 @@ impl Broker {
         let tokens = TokenKey::new(&crate::token::load_or_create_secret(&options.data_dir)?);
         let listener = TcpListener::bind(options.listen).await?;
         let addr = listener.local_addr()?;
+        let tls = match &options.tls {
+            Some(t) => {
+                let config = crate::tls::server_config(&t.cert, &t.key)?;
+                let l = TcpListener::bind(t.listen).await?;
+                Some((l, tokio_rustls::TlsAcceptor::from(config)))
+            }
+            None => None,
+        };
         let (stop, shutdown) = watch::channel(false);
         let shared = Arc::new(Shared {
             store,
@@ -168,19 +191,31 @@ impl Broker {
             idle: Notify::new(),
             shutdown,
         });
-        let accept_task = tokio::spawn(accept_loop(listener, shared.clone()));
+        let mut tasks = vec![tokio::spawn(accept_loop(listener, shared.clone(), None))];
+        let mut tls_addr = None;
+        if let Some((l, acceptor)) = tls {
+            tls_addr = Some(l.local_addr()?);
+            tracing::info!(addr = ?tls_addr, "listening (TLS)");
+            tasks.push(tokio::spawn(accept_loop(l, shared.clone(), Some(acceptor))));
+        }
         tracing::info!(%addr, "listening (native protocol)");
         Ok(Broker {
             addr,
+            tls_addr,
             shared,
             stop,
-            accept_task,
+            accept_tasks: tasks,
         })
     }
 
     /// The bound native-protocol address.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The bound TLS address, if a TLS listener is configured.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     /// Mints a token for `user` on `device` valid for `ttl`.
@@ -199,8 +234,10 @@ impl Broker {
     /// connection tasks to finish their commits, flush the store.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
-        self.accept_task.abort();
-        let _ = self.accept_task.await;
+        for task in self.accept_tasks {
+            task.abort();
+            let _ = task.await;
+        }
         {
             let router = self.shared.router();
             for devices in router.live.values() {
@@ -224,7 +261,11 @@ impl Broker {
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -238,9 +279,26 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         if *shared.shutdown.borrow() {
             break;
         }
+        // Small frames must leave at once (Nagle off), as the seeds' weak-network advice says.
+        let _ = stream.set_nodelay(true);
         let shared = shared.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            crate::connection::run(shared, stream, peer).await;
+            match tls {
+                None => crate::connection::run(shared, stream, peer).await,
+                Some(acceptor) => {
+                    // The handshake is bounded like CONNECT: a silent peer is dropped.
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(tls_stream)) => {
+                            crate::connection::run(shared, tls_stream, peer).await
+                        }
+                        Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
         });
     }
 }

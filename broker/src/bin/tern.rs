@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use tern_broker::client::{Client, ClientOptions, Incoming};
 use tern_broker::token::{load_or_create_secret, TokenKey};
-use tern_broker::{Broker, BrokerOptions};
+use tern_broker::{Broker, BrokerOptions, TlsOptions};
 
 /// Tern: a protocol-first instant-messaging broker.
 #[derive(Parser)]
@@ -32,6 +32,20 @@ enum Command {
         /// Log format.
         #[arg(long, value_parser = ["text", "json"], default_value = "text")]
         log_format: String,
+        /// TLS listener (TLS 1.3, ALPN tern/1); needs --tls-cert and --tls-key.
+        #[arg(long, env = "TERN_TLS_LISTEN", requires_all = ["tls_cert", "tls_key"])]
+        tls_listen: Option<SocketAddr>,
+        /// Certificate chain for the TLS listener (PEM).
+        #[arg(long, env = "TERN_TLS_CERT")]
+        tls_cert: Option<PathBuf>,
+        /// Private key for the TLS listener (PEM).
+        #[arg(long, env = "TERN_TLS_KEY")]
+        tls_key: Option<PathBuf>,
+    },
+    /// Certificates for local use.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
     },
     /// Manage auth tokens.
     Token {
@@ -40,15 +54,8 @@ enum Command {
     },
     /// Send one message (from the argument, or stdin when it is absent).
     Send {
-        /// Broker address.
-        #[arg(long, env = "TERN_SERVER", default_value = "127.0.0.1:7420")]
-        server: SocketAddr,
-        /// Auth token (`tern token issue`).
-        #[arg(long, env = "TERN_TOKEN")]
-        token: String,
-        /// This device's id (must match the token).
-        #[arg(long, env = "TERN_DEVICE")]
-        device: String,
+        #[command(flatten)]
+        conn: Connection,
         /// Destination topic, e.g. `user/bob`.
         #[arg(long)]
         to: String,
@@ -57,19 +64,57 @@ enum Command {
     },
     /// Print messages as they arrive: `seq`, sender and payload.
     Listen {
-        /// Broker address.
-        #[arg(long, env = "TERN_SERVER", default_value = "127.0.0.1:7420")]
-        server: SocketAddr,
-        /// Auth token.
-        #[arg(long, env = "TERN_TOKEN")]
-        token: String,
-        /// This device's id (must match the token).
-        #[arg(long, env = "TERN_DEVICE")]
-        device: String,
+        #[command(flatten)]
+        conn: Connection,
         /// Stop after this many messages.
         #[arg(long)]
         count: Option<usize>,
     },
+}
+
+#[derive(Subcommand)]
+enum CertCommand {
+    /// Write a self-signed certificate and key (`cert.pem`, `key.pem`) for local TLS.
+    Dev {
+        /// Output directory.
+        #[arg(long, default_value = "tern-data/tls")]
+        out_dir: PathBuf,
+        /// Host names and addresses the certificate is for.
+        #[arg(long = "host", default_values = ["localhost", "127.0.0.1"])]
+        hosts: Vec<String>,
+    },
+}
+
+/// How `send` and `listen` reach the broker.
+#[derive(clap::Args)]
+struct Connection {
+    /// Broker address.
+    #[arg(long, env = "TERN_SERVER", default_value = "127.0.0.1:7420")]
+    server: SocketAddr,
+    /// Auth token (`tern token issue`).
+    #[arg(long, env = "TERN_TOKEN")]
+    token: String,
+    /// This device's id (must match the token).
+    #[arg(long, env = "TERN_DEVICE")]
+    device: String,
+    /// Connect with TLS, trusting the CA certificate(s) in this PEM file.
+    #[arg(long, env = "TERN_CA")]
+    ca: Option<PathBuf>,
+    /// Server name to verify with TLS.
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+}
+
+impl Connection {
+    fn options(&self) -> anyhow::Result<ClientOptions> {
+        let mut opts = ClientOptions::new(self.server, &self.device, &self.token);
+        if let Some(ca) = &self.ca {
+            let name = rustls::pki_types::ServerName::try_from(self.server_name.clone())
+                .context("invalid --server-name")?;
+            opts.tls = Some((name, tern_broker::tls::client_config(ca)?));
+        }
+        Ok(opts)
+    }
 }
 
 #[derive(Subcommand)]
@@ -121,9 +166,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             data_dir,
             log_format,
+            tls_listen,
+            tls_cert,
+            tls_key,
         } => {
             init_logs(log_format == "json");
-            let broker = Broker::start(BrokerOptions::new(listen, data_dir.clone()))
+            let mut options = BrokerOptions::new(listen, data_dir.clone());
+            if let (Some(listen), Some(cert), Some(key)) = (tls_listen, tls_cert, tls_key) {
+                options.tls = Some(TlsOptions { listen, cert, key });
+            }
+            let broker = Broker::start(options)
                 .await
                 .with_context(|| format!("starting with data dir {}", data_dir.display()))?;
             println!(
@@ -131,9 +183,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 broker.local_addr(),
                 data_dir.display()
             );
+            if let Some(addr) = broker.tls_addr() {
+                println!("tern: listening on {addr} (TLS)");
+            }
             wait_for_signal().await?;
             println!("tern: shutting down");
             broker.shutdown().await?;
+        }
+        Command::Cert {
+            command: CertCommand::Dev { out_dir, hosts },
+        } => {
+            let (cert, key) = tern_broker::tls::write_dev_cert(&out_dir, &hosts)?;
+            println!(
+                "wrote {} and {} (self-signed, for local use only)",
+                cert.display(),
+                key.display()
+            );
         }
         Command::Token {
             command:
@@ -155,13 +220,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map_err(anyhow::Error::msg)?;
             println!("{token}");
         }
-        Command::Send {
-            server,
-            token,
-            device,
-            to,
-            message,
-        } => {
+        Command::Send { conn, to, message } => {
             let body = match message {
                 Some(m) => m.into_bytes(),
                 None => {
@@ -170,7 +229,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     buf
                 }
             };
-            let client = Client::connect(ClientOptions::new(server, &device, &token)).await?;
+            let client = Client::connect(conn.options()?).await?;
             let ack = client.publish(&to, body).await?;
             println!(
                 "stored: conversation {} seq {} msg_id {}",
@@ -178,13 +237,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             client.close().await;
         }
-        Command::Listen {
-            server,
-            token,
-            device,
-            count,
-        } => {
-            let mut client = Client::connect(ClientOptions::new(server, &device, &token)).await?;
+        Command::Listen { conn, count } => {
+            let mut client = Client::connect(conn.options()?).await?;
             let mut seen = 0;
             while count.is_none_or(|c| seen < c) {
                 match client.next().await {
