@@ -108,8 +108,19 @@ enum Command {
         frame: Box<Frame>,
         reply: oneshot::Sender<Result<u32, ClientError>>,
     },
+    PublishPackage {
+        topic: String,
+        payloads: Vec<Bytes>,
+        reply: oneshot::Sender<Result<Vec<proto::PubAck>, ClientError>>,
+    },
     DropLink,
     Close(oneshot::Sender<()>),
+}
+
+/// A package waiting for its outcome: the acks so far and who to tell.
+struct PendingPackage {
+    acks: Vec<proto::PubAck>,
+    reply: oneshot::Sender<Result<Vec<proto::PubAck>, ClientError>>,
 }
 
 /// A connected client. Dropping it stops the background task without a DISCONNECT.
@@ -168,6 +179,23 @@ impl Client {
         rx.await.map_err(|_| ClientError::Closed)?
     }
 
+    /// Publishes a package at QoS 2: the broker stores every member, in order, or none
+    /// (spec 7). Returns the members' acknowledgements in index order.
+    pub async fn publish_package(
+        &self,
+        topic: &str,
+        payloads: Vec<Bytes>,
+    ) -> Result<Vec<proto::PubAck>, ClientError> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::PublishPackage {
+            topic: topic.to_owned(),
+            payloads,
+            reply,
+        };
+        self.commands.send(cmd).map_err(|_| ClientError::Closed)?;
+        rx.await.map_err(|_| ClientError::Closed)?
+    }
+
     /// Sends another client frame (SYNC, HISTORY, REQUEST, ...); returns its request id.
     pub async fn send(&self, frame: Frame) -> Result<u32, ClientError> {
         let (reply, rx) = oneshot::channel();
@@ -207,6 +235,9 @@ struct Driver {
     rng: ChaCha8Rng,
     incoming: mpsc::UnboundedSender<Incoming>,
     acks: HashMap<u64, oneshot::Sender<Result<proto::PubAck, ClientError>>>,
+    /// Packages by id, and the package of each member cid.
+    packages: HashMap<u64, PendingPackage>,
+    package_of: HashMap<u64, u64>,
     ready: Option<oneshot::Sender<Result<(), ClientError>>>,
 }
 
@@ -231,6 +262,8 @@ impl Driver {
             rng,
             incoming,
             acks: HashMap::new(),
+            packages: HashMap::new(),
+            package_of: HashMap::new(),
             ready: None,
         }
     }
@@ -344,6 +377,31 @@ impl Driver {
             Command::Send { frame, reply } => {
                 let _ = reply.send(self.session.send(now(), *frame).map_err(ClientError::from));
             }
+            Command::PublishPackage {
+                topic,
+                payloads,
+                reply,
+            } => {
+                let first = self.session.next_cid().0;
+                let count = payloads.len() as u64;
+                match self.session.publish_package(now(), &topic, payloads, 2) {
+                    Ok(id) => {
+                        for cid in first..first + count {
+                            self.package_of.insert(cid, id.0);
+                        }
+                        self.packages.insert(
+                            id.0,
+                            PendingPackage {
+                                acks: Vec::new(),
+                                reply,
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                    }
+                }
+            }
             Command::DropLink => {}
             Command::Close(done) => {
                 self.session.close(now());
@@ -392,6 +450,12 @@ impl Driver {
                     }
                     return Some(LinkEnd::Retry(retry_after));
                 }
+                ClientEvent::Acked(ack) if self.package_of.contains_key(&ack.cid) => {
+                    let package = self.package_of.remove(&ack.cid);
+                    if let Some(p) = package.and_then(|id| self.packages.get_mut(&id)) {
+                        p.acks.push(ack);
+                    }
+                }
                 ClientEvent::Acked(ack) => {
                     if let Some(reply) = self.acks.remove(&ack.cid) {
                         let ok = matches!(
@@ -409,7 +473,29 @@ impl Driver {
                         let _ = reply.send(result);
                     }
                 }
-                ClientEvent::PackageDone { .. } | ClientEvent::CidsRenumbered { .. } => {}
+                ClientEvent::PackageDone { package_id, reason } => {
+                    if let Some(p) = self.packages.remove(&package_id.0) {
+                        let result = if reason == ReasonCode::Success {
+                            Ok(p.acks)
+                        } else {
+                            Err(ClientError::Rejected(reason))
+                        };
+                        let _ = p.reply.send(result);
+                    }
+                }
+                ClientEvent::CidsRenumbered { offset } => {
+                    // Keep waiting callers attached to their (renumbered) cids.
+                    self.acks = self
+                        .acks
+                        .drain()
+                        .map(|(cid, r)| (cid + offset, r))
+                        .collect();
+                    self.package_of = self
+                        .package_of
+                        .drain()
+                        .map(|(cid, p)| (cid + offset, p))
+                        .collect();
+                }
                 ClientEvent::Message(d) => {
                     let _ = self.incoming.send(Incoming::Message(d));
                 }

@@ -246,3 +246,39 @@ async fn a_malformed_frame_closes_only_its_own_connection() {
     alice.publish("user/bob", "still here").await.unwrap();
     assert_eq!(&next_message(&mut bob).await.payload[..], b"still here");
 }
+
+#[tokio::test]
+async fn a_package_is_stored_whole_and_arrives_whole_in_order() {
+    let t = start().await;
+    let alice = t.client("alice", "phone").await;
+    let mut bob = t.client("bob", "laptop").await;
+    let parts: Vec<bytes::Bytes> = (0..4)
+        .map(|i| bytes::Bytes::from(format!("part {i}")))
+        .collect();
+    let acks = alice.publish_package("user/bob", parts).await.unwrap();
+    let seqs: Vec<u64> = acks.iter().map(|a| a.seq).collect();
+    assert_eq!(seqs, [1, 2, 3, 4], "consecutive seqs in index order");
+    loop {
+        match bob.next().await.unwrap() {
+            Incoming::Package(members) => {
+                let got: Vec<String> = members
+                    .iter()
+                    .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+                    .collect();
+                assert_eq!(got, ["part 0", "part 1", "part 2", "part 3"]);
+                break;
+            }
+            Incoming::Message(m) => panic!("a package member arrived alone: {m:?}"),
+            _ => {}
+        }
+    }
+    // A package to a topic that cannot be routed is refused whole.
+    let parts = vec![
+        bytes::Bytes::from_static(b"a"),
+        bytes::Bytes::from_static(b"b"),
+    ];
+    assert!(matches!(
+        alice.publish_package("nowhere/x", parts).await,
+        Err(ClientError::Rejected(ReasonCode::NotFound))
+    ));
+}
