@@ -110,6 +110,7 @@ impl Conn {
                     ToConnection::Deliver(d) => { let _ = self.machine.deliver(now(), *d); }
                     ToConnection::Close(reason) => self.machine.close(reason, ""),
                     ToConnection::Notify { conversation_id } => self.notify(conversation_id),
+                    ToConnection::Frame(frame) => { let _ = self.machine.send(&frame); }
                 },
                 // Cancel-safe: a sleep can be dropped and recreated.
                 _ = crate::sleep_until(deadline) => self.machine.handle_timeout(now()),
@@ -473,6 +474,7 @@ impl Conn {
                 let _ = self.machine.send(&Frame::HistoryPage(page));
             }
             Frame::Request(r) => self.on_request(&user, r),
+            Frame::ReadMark(r) => self.on_read(&user, r),
             Frame::Subscribe(s) => {
                 // Rooms and device telemetry are not routed yet: every filter is refused.
                 let reasons = s
@@ -590,6 +592,39 @@ impl Conn {
                     Err(_) => resp.reason = wire(ReasonCode::StoreUnavailable),
                 }
             }
+            Some(Op::UnreadQuery(q)) => match self.shared.store.unread(user, &q.conversation_ids) {
+                Ok((counts, total)) => {
+                    let conversations = counts
+                        .into_iter()
+                        .map(|(conversation_id, unread)| proto::UnreadCount {
+                            conversation_id,
+                            unread,
+                        })
+                        .collect();
+                    resp.result = Some(proto::response::Result::Unread(proto::UnreadCounts {
+                        conversations,
+                        total,
+                    }));
+                }
+                Err(_) => resp.reason = wire(ReasonCode::StoreUnavailable),
+            },
+            Some(Op::RecentConversations(q)) => {
+                let limit = match q.limit {
+                    0 => 20,
+                    l => l.min(100),
+                } as usize;
+                match self.shared.store.recent(user, q.before_ms, limit) {
+                    Ok((conversations, next_before_ms)) => {
+                        resp.result = Some(proto::response::Result::RecentConversations(
+                            proto::ConversationList {
+                                conversations,
+                                next_before_ms,
+                            },
+                        ));
+                    }
+                    Err(_) => resp.reason = wire(ReasonCode::StoreUnavailable),
+                }
+            }
             Some(Op::GroupList(_)) => match self.shared.store.groups_of(user) {
                 Ok(ids) => {
                     let groups = ids.iter().filter_map(|g| self.group_info(g)).collect();
@@ -621,6 +656,35 @@ impl Conn {
             _ => resp.reason = wire(ReasonCode::InvalidRequest),
         }
         let _ = self.machine.send(&Frame::Response(resp));
+    }
+
+    /// A read marker: unread counts follow in the same commit; the user's other devices and,
+    /// below the receipt threshold, the other members get a RECEIPT (REQ-GRP-008).
+    fn on_read(&mut self, user: &str, r: proto::ReadMark) {
+        let store = &self.shared.store;
+        if !store.is_member(r.conversation_id, user).unwrap_or(false) {
+            return;
+        }
+        let seq = match store.mark_read(user, r.conversation_id, r.seq) {
+            Ok(Some(seq)) => seq,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "read marker not stored");
+                return;
+            }
+        };
+        let members = store.members(r.conversation_id).unwrap_or_default();
+        let receipt = Frame::Receipt(proto::Receipt {
+            conversation_id: r.conversation_id,
+            reader: user.to_owned(),
+            seq,
+        });
+        let router = self.shared.router();
+        if members.len() <= self.shared.options.receipt_threshold {
+            router.send_frame(&members, Some(self.conn_id), &receipt);
+        } else {
+            router.send_frame(&[user.to_owned()], Some(self.conn_id), &receipt);
+        }
     }
 
     /// Tells this device that a read fan-out conversation has news (REQ-SYN-001).

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tern_codec::proto;
 use tern_codec::session::{BrokerConfig, BrokerSession};
-use tern_codec::ReasonCode;
+use tern_codec::{Frame, ReasonCode};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
@@ -34,6 +34,8 @@ pub struct BrokerOptions {
     pub write_fanout_threshold: usize,
     /// A TLS listener, when configured.
     pub tls: Option<TlsOptions>,
+    /// Conversations up to this size get read receipts; larger ones do not (REQ-GRP-008).
+    pub receipt_threshold: usize,
 }
 
 /// The TLS listener's address and PEM files.
@@ -58,6 +60,7 @@ impl BrokerOptions {
             max_connections: 19_000,
             write_fanout_threshold: 500,
             tls: None,
+            receipt_threshold: 100,
         }
     }
 }
@@ -69,6 +72,8 @@ pub(crate) enum ToConnection {
     Deliver(Box<proto::Deliver>),
     /// Close with this reason (takeover, shutdown).
     Close(ReasonCode),
+    /// Send this frame (RECEIPT, PRESENCE).
+    Frame(Box<Frame>),
     /// A read fan-out conversation has news: send NOTIFY.
     Notify {
         /// The conversation.
@@ -121,6 +126,21 @@ impl Router {
 }
 
 impl Router {
+    /// Sends `frame` to every live device of `users` but the connection `except`.
+    pub(crate) fn send_frame(&self, users: &[String], except: Option<u64>, frame: &Frame) {
+        for u in users {
+            for live in self
+                .live
+                .get(u)
+                .into_iter()
+                .flat_map(|d| d.values())
+                .filter(|l| Some(l.conn_id) != except)
+            {
+                let _ = live.tx.send(ToConnection::Frame(Box::new(frame.clone())));
+            }
+        }
+    }
+
     /// Sends NOTIFY for `conversation_id` to every live device of `members`.
     pub(crate) fn notify(&self, members: &[String], conversation_id: u64) {
         for m in members {

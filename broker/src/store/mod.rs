@@ -19,6 +19,9 @@
 //!   `d/{user}/{device}/cid/{cid}` → the cid's PUBACK
 
 mod groups;
+mod reads;
+
+pub use reads::UserConversation;
 
 use std::path::Path;
 
@@ -177,6 +180,8 @@ impl Store {
                 let mut deliveries = Vec::with_capacity(m.inboxes.len());
                 for user in &m.inboxes {
                     let inbox_seq = bump(tx, &key(&[b"u/", user.as_bytes(), b"/last"]))?;
+                    let topic = reads::topic_for(user, sender, &m.message.topic);
+                    reads::touch(tx, user, sender, conv, seq, now_ms, &topic)?;
                     tx.insert(
                         key(&[b"u/", user.as_bytes(), b"/i/", &be(inbox_seq)]),
                         key(&[&be(conv), &be(seq)]),
