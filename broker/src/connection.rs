@@ -217,8 +217,10 @@ impl Conn {
                 Live {
                     conn_id: self.conn_id,
                     tx: self.tx.clone(),
+                    since_ms: crate::unix_now_ms(),
                 },
             );
+            router.announce(&user, &device, true, crate::unix_now_ms());
             let parked = router.parked.remove(&(user.clone(), device.clone()));
             let grace = self.shared.options.resume_grace;
             let resumable = parked.filter(|p| {
@@ -625,6 +627,31 @@ impl Conn {
                     Err(_) => resp.reason = wire(ReasonCode::StoreUnavailable),
                 }
             }
+            Some(Op::PresenceQuery(q)) => {
+                let mut entries = Vec::new();
+                let mut router = self.shared.router();
+                for target in &q.user_ids {
+                    // Only users who share a conversation with the asker (spec 10.6).
+                    if target != user
+                        && !self
+                            .shared
+                            .store
+                            .share_conversation(user, target)
+                            .unwrap_or(false)
+                    {
+                        continue;
+                    }
+                    entries.extend(router.presence_of(target));
+                    router
+                        .watchers
+                        .entry(target.clone())
+                        .or_default()
+                        .insert(self.conn_id, self.tx.clone());
+                }
+                resp.result = Some(proto::response::Result::Presence(proto::PresenceListing {
+                    entries,
+                }));
+            }
             Some(Op::GroupList(_)) => match self.shared.store.groups_of(user) {
                 Ok(ids) => {
                     let groups = ids.iter().filter_map(|g| self.group_info(g)).collect();
@@ -734,8 +761,14 @@ impl Conn {
                 devices.remove(&me.device);
                 if devices.is_empty() {
                     router.live.remove(&me.user);
+                    router
+                        .last_seen
+                        .insert(me.user.clone(), crate::unix_now_ms());
                 }
             }
+            // Offline once the connection is gone, whatever ended it: DISCONNECT, takeover, or
+            // a keepalive timeout that caught a silent dead link.
+            router.announce(&me.user, &me.device, false, crate::unix_now_ms());
             let machine = std::mem::replace(
                 &mut self.machine,
                 BrokerSession::new(now(), self.shared.options.session.clone()),

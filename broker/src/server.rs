@@ -86,6 +86,8 @@ pub(crate) enum ToConnection {
 pub(crate) struct Live {
     pub(crate) conn_id: u64,
     pub(crate) tx: mpsc::UnboundedSender<ToConnection>,
+    /// When this device came online (ms since the epoch).
+    pub(crate) since_ms: u64,
 }
 
 /// A session whose link dropped, kept for resume until its grace period ends.
@@ -100,6 +102,10 @@ pub(crate) struct Parked {
 pub(crate) struct Router {
     pub(crate) live: HashMap<String, HashMap<String, Live>>,
     pub(crate) parked: HashMap<(String, String), Parked>,
+    /// Who watches whose presence: watched user → watcher connection → its channel.
+    pub(crate) watchers: HashMap<String, HashMap<u64, mpsc::UnboundedSender<ToConnection>>>,
+    /// When each user's last device went offline (ms).
+    pub(crate) last_seen: HashMap<String, u64>,
 }
 
 impl Router {
@@ -126,6 +132,54 @@ impl Router {
 }
 
 impl Router {
+    /// Tells `user`'s watchers that one of their devices changed state (REQ-PRS-001).
+    pub(crate) fn announce(&mut self, user: &str, device: &str, online: bool, since_ms: u64) {
+        let status = if online {
+            proto::PresenceStatus::Online
+        } else {
+            proto::PresenceStatus::Offline
+        };
+        let frame = Frame::Presence(proto::Presence {
+            user_id: user.to_owned(),
+            device_id: device.to_owned(),
+            status: status as i32,
+            since_ms,
+        });
+        if let Some(watchers) = self.watchers.get_mut(user) {
+            // A closed watcher connection drops out here.
+            watchers.retain(|_, tx| {
+                tx.send(ToConnection::Frame(Box::new(frame.clone())))
+                    .is_ok()
+            });
+        }
+    }
+
+    /// The current presence of `user`: each online device, or one OFFLINE entry.
+    pub(crate) fn presence_of(&self, user: &str) -> Vec<proto::Presence> {
+        let online: Vec<proto::Presence> = self
+            .live
+            .get(user)
+            .into_iter()
+            .flat_map(|d| d.iter())
+            .map(|(device, l)| proto::Presence {
+                user_id: user.to_owned(),
+                device_id: device.clone(),
+                status: proto::PresenceStatus::Online as i32,
+                since_ms: l.since_ms,
+            })
+            .collect();
+        if online.is_empty() {
+            let since_ms = self.last_seen.get(user).copied().unwrap_or(0);
+            return vec![proto::Presence {
+                user_id: user.to_owned(),
+                device_id: String::new(),
+                status: proto::PresenceStatus::Offline as i32,
+                since_ms,
+            }];
+        }
+        online
+    }
+
     /// Sends `frame` to every live device of `users` but the connection `except`.
     pub(crate) fn send_frame(&self, users: &[String], except: Option<u64>, frame: &Frame) {
         for u in users {

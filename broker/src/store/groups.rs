@@ -114,6 +114,19 @@ impl Store {
         Ok(out)
     }
 
+    /// Whether two users have a 1:1 conversation or a group in common.
+    pub fn share_conversation(&self, a: &str, b: &str) -> Result<bool, StoreError> {
+        let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+        if self
+            .tree
+            .contains_key(key(&[b"r/pair/", lo.as_bytes(), b"\0", hi.as_bytes()]))?
+        {
+            return Ok(true);
+        }
+        let theirs: std::collections::HashSet<String> = self.groups_of(b)?.into_iter().collect();
+        Ok(self.groups_of(a)?.iter().any(|g| theirs.contains(g)))
+    }
+
     /// Highest seq of a conversation.
     pub fn conversation_latest(&self, conv: u64) -> Result<u64, StoreError> {
         Ok(read_u64(self.tree.get(conv_last_key(conv))?))
