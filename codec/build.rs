@@ -11,12 +11,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     // The descriptor set is exported so tools can decode bodies by reflection (JSON vectors,
     // conformance transcripts).
     let out = PathBuf::from(env::var("OUT_DIR")?);
-    std::fs::write(
-        out.join("tern.bin"),
-        prost::Message::encode_to_vec(&descriptors),
-    )?;
-    prost_build::Config::new()
-        .bytes(["."])
-        .compile_fds(descriptors)?;
+    std::fs::write(out.join("tern.bin"), prost::Message::encode_to_vec(&descriptors))?;
+    prost_build::Config::new().bytes(["."]).compile_fds(descriptors)?;
     Ok(())
 }

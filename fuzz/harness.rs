@@ -55,11 +55,7 @@ pub(crate) fn broker_session(data: &[u8]) {
     let t0 = Instant::now();
     let mut b = BrokerSession::new(t0, BrokerConfig::default());
     let mut connect = BytesMut::new();
-    let c = proto::Connect {
-        versions: vec![1],
-        device_id: "fuzz".into(),
-        ..Default::default()
-    };
+    let c = proto::Connect { versions: vec![1], device_id: "fuzz".into(), ..Default::default() };
     encode_frame(&Frame::Connect(c), &mut connect).expect("fits");
     b.handle_bytes(t0, &connect);
     let mut now = t0;
@@ -102,12 +98,8 @@ pub(crate) fn broker_session(data: &[u8]) {
                 }
                 BrokerEvent::PackageExpired { cids, .. } => {
                     for cid in cids {
-                        b.ack_publish(proto::PubAck {
-                            cid: cid.0,
-                            reason: 0xD3,
-                            ..Default::default()
-                        })
-                        .expect("awaiting");
+                        b.ack_publish(proto::PubAck { cid: cid.0, reason: 0xD3, ..Default::default() })
+                            .expect("awaiting");
                     }
                 }
                 _ => {}
@@ -120,13 +112,7 @@ pub(crate) fn broker_session(data: &[u8]) {
 /// The driver's part of storing a message: the next seq, recorded as the cid's outcome.
 fn store(b: &mut BrokerSession, cid: u64, last_seq: u64) -> u64 {
     let seq = last_seq + 1;
-    let ack = proto::PubAck {
-        cid,
-        reason: 0,
-        msg_id: seq,
-        conversation_id: 1,
-        seq,
-    };
+    let ack = proto::PubAck { cid, reason: 0, msg_id: seq, conversation_id: 1, seq };
     b.ack_publish(ack).expect("the machine released this cid");
     seq
 }

@@ -39,19 +39,13 @@ pub struct ClientOptions {
     /// Seed for keepalive jitter and backoff (vary it per device).
     pub seed: u64,
     /// TLS: the server name to verify and the client configuration; plain TCP when `None`.
-    pub tls: Option<(
-        rustls::pki_types::ServerName<'static>,
-        std::sync::Arc<rustls::ClientConfig>,
-    )>,
+    pub tls: Option<(rustls::pki_types::ServerName<'static>, std::sync::Arc<rustls::ClientConfig>)>,
 }
 
 impl ClientOptions {
     /// Options for `device` with `token` at `addr`.
     pub fn new(addr: SocketAddr, device: &str, token: &str) -> Self {
-        let seed = crate::unix_now_ms()
-            ^ device
-                .bytes()
-                .fold(0u64, |h, b| h.rotate_left(5) ^ u64::from(b));
+        let seed = crate::unix_now_ms() ^ device.bytes().fold(0u64, |h, b| h.rotate_left(5) ^ u64::from(b));
         ClientOptions {
             addr,
             session: ClientConfig::new(device, Bytes::copy_from_slice(token.as_bytes())),
@@ -142,22 +136,14 @@ impl Client {
         let (ready_tx, ready_rx) = oneshot::channel();
         let task = tokio::spawn(Driver::new(opts, incoming_tx).run(command_rx, ready_tx));
         match ready_rx.await {
-            Ok(Ok(())) => Ok(Client {
-                commands,
-                incoming,
-                task,
-            }),
+            Ok(Ok(())) => Ok(Client { commands, incoming, task }),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(ClientError::Closed),
         }
     }
 
     /// Publishes at QoS 2 and waits until the broker has stored it (exactly once, durably).
-    pub async fn publish(
-        &self,
-        topic: &str,
-        payload: impl Into<Bytes>,
-    ) -> Result<proto::PubAck, ClientError> {
+    pub async fn publish(&self, topic: &str, payload: impl Into<Bytes>) -> Result<proto::PubAck, ClientError> {
         self.publish_qos(topic, payload, 2).await
     }
 
@@ -169,29 +155,16 @@ impl Client {
         qos: u32,
     ) -> Result<proto::PubAck, ClientError> {
         let (reply, rx) = oneshot::channel();
-        let cmd = Command::Publish {
-            topic: topic.to_owned(),
-            payload: payload.into(),
-            qos,
-            reply,
-        };
+        let cmd = Command::Publish { topic: topic.to_owned(), payload: payload.into(), qos, reply };
         self.commands.send(cmd).map_err(|_| ClientError::Closed)?;
         rx.await.map_err(|_| ClientError::Closed)?
     }
 
     /// Publishes a package at QoS 2: the broker stores every member, in order, or none
     /// (spec 7). Returns the members' acknowledgements in index order.
-    pub async fn publish_package(
-        &self,
-        topic: &str,
-        payloads: Vec<Bytes>,
-    ) -> Result<Vec<proto::PubAck>, ClientError> {
+    pub async fn publish_package(&self, topic: &str, payloads: Vec<Bytes>) -> Result<Vec<proto::PubAck>, ClientError> {
         let (reply, rx) = oneshot::channel();
-        let cmd = Command::PublishPackage {
-            topic: topic.to_owned(),
-            payloads,
-            reply,
-        };
+        let cmd = Command::PublishPackage { topic: topic.to_owned(), payloads, reply };
         self.commands.send(cmd).map_err(|_| ClientError::Closed)?;
         rx.await.map_err(|_| ClientError::Closed)?
     }
@@ -199,12 +172,7 @@ impl Client {
     /// Sends another client frame (SYNC, HISTORY, REQUEST, ...); returns its request id.
     pub async fn send(&self, frame: Frame) -> Result<u32, ClientError> {
         let (reply, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Send {
-                frame: Box::new(frame),
-                reply,
-            })
-            .map_err(|_| ClientError::Closed)?;
+        self.commands.send(Command::Send { frame: Box::new(frame), reply }).map_err(|_| ClientError::Closed)?;
         rx.await.map_err(|_| ClientError::Closed)?
     }
 
@@ -251,10 +219,7 @@ enum LinkEnd {
 
 impl Driver {
     fn new(opts: ClientOptions, incoming: mpsc::UnboundedSender<Incoming>) -> Driver {
-        let session = ClientSession::new(
-            opts.session.clone(),
-            Box::new(ChaCha8Rng::seed_from_u64(opts.seed)),
-        );
+        let session = ClientSession::new(opts.session.clone(), Box::new(ChaCha8Rng::seed_from_u64(opts.seed)));
         let rng = ChaCha8Rng::seed_from_u64(opts.seed.rotate_left(17));
         Driver {
             opts,
@@ -333,10 +298,7 @@ impl Driver {
                 let _ = wr.shutdown().await;
                 return end;
             }
-            let deadline = self
-                .session
-                .poll_timeout()
-                .map(tokio::time::Instant::from_std);
+            let deadline = self.session.poll_timeout().map(tokio::time::Instant::from_std);
             tokio::select! {
                 // Cancel-safe: a read that loses the race has consumed nothing.
                 read = rd.read(&mut buf) => match read {
@@ -358,30 +320,23 @@ impl Driver {
     /// Applies an application command; `Err` when the client is closing.
     fn command(&mut self, cmd: Command) -> Result<(), ()> {
         match cmd {
-            Command::Publish {
-                topic,
-                payload,
-                qos,
-                reply,
-            } => match self.session.publish(now(), &topic, payload, qos) {
-                Ok(Some(cid)) => {
-                    self.acks.insert(cid.0, reply);
+            Command::Publish { topic, payload, qos, reply } => {
+                match self.session.publish(now(), &topic, payload, qos) {
+                    Ok(Some(cid)) => {
+                        self.acks.insert(cid.0, reply);
+                    }
+                    Ok(None) => {
+                        let _ = reply.send(Ok(proto::PubAck::default()));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                    }
                 }
-                Ok(None) => {
-                    let _ = reply.send(Ok(proto::PubAck::default()));
-                }
-                Err(e) => {
-                    let _ = reply.send(Err(e.into()));
-                }
-            },
+            }
             Command::Send { frame, reply } => {
                 let _ = reply.send(self.session.send(now(), *frame).map_err(ClientError::from));
             }
-            Command::PublishPackage {
-                topic,
-                payloads,
-                reply,
-            } => {
+            Command::PublishPackage { topic, payloads, reply } => {
                 let first = self.session.next_cid().0;
                 let count = payloads.len() as u64;
                 match self.session.publish_package(now(), &topic, payloads, 2) {
@@ -389,13 +344,7 @@ impl Driver {
                         for cid in first..first + count {
                             self.package_of.insert(cid, id.0);
                         }
-                        self.packages.insert(
-                            id.0,
-                            PendingPackage {
-                                acks: Vec::new(),
-                                reply,
-                            },
-                        );
+                        self.packages.insert(id.0, PendingPackage { acks: Vec::new(), reply });
                     }
                     Err(e) => {
                         let _ = reply.send(Err(e.into()));
@@ -416,30 +365,22 @@ impl Driver {
     fn drain_events(&mut self) -> Option<LinkEnd> {
         while let Some(event) = self.session.poll_event() {
             match event {
-                ClientEvent::Connected {
-                    session_present, ..
-                } => {
+                ClientEvent::Connected { session_present, .. } => {
                     if let Some(ready) = self.ready.take() {
                         let _ = ready.send(Ok(()));
                     }
                     let _ = self.incoming.send(Incoming::Connected { session_present });
                 }
-                ClientEvent::Disconnected {
-                    reason,
-                    by_peer,
-                    retry_after,
-                } => {
+                ClientEvent::Disconnected { reason, by_peer, retry_after } => {
                     tracing::debug!(?reason, by_peer, "link ended");
                     if let Some(ready) = self.ready.take() {
                         // The first session never opened: report why instead of retrying.
                         let err = match (by_peer, reason) {
                             (true, Some(r)) => ClientError::Refused(r),
-                            (_, Some(r)) => ClientError::Io(std::io::Error::other(format!(
-                                "closed before CONNACK: {r}"
-                            ))),
-                            (_, None) => ClientError::Io(std::io::Error::other(
-                                "connection closed before CONNACK",
-                            )),
+                            (_, Some(r)) => {
+                                ClientError::Io(std::io::Error::other(format!("closed before CONNACK: {r}")))
+                            }
+                            (_, None) => ClientError::Io(std::io::Error::other("connection closed before CONNACK")),
                         };
                         let _ = ready.send(Err(err));
                         return Some(LinkEnd::Stop);
@@ -466,8 +407,7 @@ impl Driver {
                             Ok(ack)
                         } else {
                             Err(ClientError::Rejected(
-                                ReasonCode::from_u32(ack.reason)
-                                    .unwrap_or(ReasonCode::ProtocolError),
+                                ReasonCode::from_u32(ack.reason).unwrap_or(ReasonCode::ProtocolError),
                             ))
                         };
                         let _ = reply.send(result);
@@ -475,26 +415,15 @@ impl Driver {
                 }
                 ClientEvent::PackageDone { package_id, reason } => {
                     if let Some(p) = self.packages.remove(&package_id.0) {
-                        let result = if reason == ReasonCode::Success {
-                            Ok(p.acks)
-                        } else {
-                            Err(ClientError::Rejected(reason))
-                        };
+                        let result =
+                            if reason == ReasonCode::Success { Ok(p.acks) } else { Err(ClientError::Rejected(reason)) };
                         let _ = p.reply.send(result);
                     }
                 }
                 ClientEvent::CidsRenumbered { offset } => {
                     // Keep waiting callers attached to their (renumbered) cids.
-                    self.acks = self
-                        .acks
-                        .drain()
-                        .map(|(cid, r)| (cid + offset, r))
-                        .collect();
-                    self.package_of = self
-                        .package_of
-                        .drain()
-                        .map(|(cid, p)| (cid + offset, p))
-                        .collect();
+                    self.acks = self.acks.drain().map(|(cid, r)| (cid + offset, r)).collect();
+                    self.package_of = self.package_of.drain().map(|(cid, p)| (cid + offset, p)).collect();
                 }
                 ClientEvent::Message(d) => {
                     let _ = self.incoming.send(Incoming::Message(d));
@@ -514,19 +443,14 @@ impl Driver {
 /// Opens TCP (and TLS, when configured, with no fallback to plain TCP: REQ-TLS-004).
 async fn open(
     addr: SocketAddr,
-    tls: Option<(
-        rustls::pki_types::ServerName<'static>,
-        std::sync::Arc<rustls::ClientConfig>,
-    )>,
+    tls: Option<(rustls::pki_types::ServerName<'static>, std::sync::Arc<rustls::ClientConfig>)>,
 ) -> std::io::Result<Transport> {
     let stream = TcpStream::connect(addr).await?;
     let _ = stream.set_nodelay(true);
     match tls {
         None => Ok(Transport::Plain(stream)),
         Some((name, config)) => {
-            let tls = tokio_rustls::TlsConnector::from(config)
-                .connect(name, stream)
-                .await?;
+            let tls = tokio_rustls::TlsConnector::from(config).connect(name, stream).await?;
             Ok(Transport::Tls(Box::new(tls)))
         }
     }

@@ -51,6 +51,7 @@ where
 {
     let count = shared.connections.fetch_add(1, Ordering::AcqRel) + 1;
     let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
+    shared.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("conn", id = conn_id, %peer);
     let (tx, rx) = mpsc::unbounded_channel();
     let mut conn = Conn {
@@ -61,8 +62,7 @@ where
         tx,
     };
     if count as usize > shared.options.max_connections {
-        conn.machine
-            .close(ReasonCode::ServerBusy, "too many connections");
+        conn.machine.close(ReasonCode::ServerBusy, "too many connections");
     }
     async {
         conn.serve(stream, rx).await;
@@ -86,6 +86,7 @@ impl Conn {
         loop {
             let over = self.process_events().await;
             if let Some(bytes) = self.machine.poll_transmit() {
+                self.shared.metrics.bytes_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 if wr.write_all(&bytes).await.is_err() {
                     self.machine.link_lost(now());
                     continue;
@@ -95,19 +96,19 @@ impl Conn {
                 let _ = wr.shutdown().await;
                 return;
             }
-            let deadline = self
-                .machine
-                .poll_timeout()
-                .map(tokio::time::Instant::from_std);
+            let deadline = self.machine.poll_timeout().map(tokio::time::Instant::from_std);
             tokio::select! {
                 // Cancel-safe: a read that loses the race has consumed nothing.
                 read = rd.read(&mut buf) => match read {
                     Ok(0) | Err(_) => self.machine.link_lost(now()),
-                    Ok(n) => self.machine.handle_bytes(now(), buf.get(..n).unwrap_or_default()),
+                    Ok(n) => {
+                        self.shared.metrics.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                        self.machine.handle_bytes(now(), buf.get(..n).unwrap_or_default());
+                    }
                 },
                 // Cancel-safe: mpsc::recv keeps unreceived messages in the channel.
                 Some(cmd) = rx.recv() => match cmd {
-                    ToConnection::Deliver(d) => { let _ = self.machine.deliver(now(), *d); }
+                    ToConnection::Deliver(d) => { self.deliver(*d); }
                     ToConnection::Close(reason) => self.machine.close(reason, ""),
                     ToConnection::Notify { conversation_id } => self.notify(conversation_id),
                     ToConnection::Frame(frame) => { let _ = self.machine.send(&frame); }
@@ -127,43 +128,28 @@ impl Conn {
                 BrokerEvent::Connect(c) => self.on_connect(c),
                 BrokerEvent::Publish(p) => self.on_publish(vec![p]).await,
                 BrokerEvent::Package(members) => self.on_publish(members).await,
-                BrokerEvent::PackageExpired { cids, .. } => {
-                    self.refuse(&cids, ReasonCode::PackageTimeout).await
-                }
-                BrokerEvent::StreamAcked {
-                    stream: StreamId::Inbox,
-                    seq,
-                } => {
+                BrokerEvent::PackageExpired { cids, .. } => self.refuse(&cids, ReasonCode::PackageTimeout).await,
+                BrokerEvent::StreamAcked { stream: StreamId::Inbox, seq } => {
                     if let Some(me) = &self.me {
                         let latest = self.shared.store.inbox_latest(&me.user).unwrap_or(0);
-                        if let Err(e) =
-                            self.shared
-                                .store
-                                .advance_cursor(&me.user, &me.device, seq.min(latest))
-                        {
+                        if let Err(e) = self.shared.store.advance_cursor(&me.user, &me.device, seq.min(latest)) {
                             tracing::error!(error = %e, "cursor update failed");
                         }
                     }
                 }
-                BrokerEvent::StreamAcked {
-                    stream: StreamId::Conversation(conv),
-                    seq,
-                } => {
+                BrokerEvent::StreamAcked { stream: StreamId::Conversation(conv), seq } => {
                     if let Some(me) = &self.me {
                         let store = &self.shared.store;
                         let latest = store.conversation_latest(conv.0).unwrap_or(0);
-                        if let Err(e) = store.advance_conversation_cursor(
-                            &me.user,
-                            &me.device,
-                            conv.0,
-                            seq.min(latest),
-                        ) {
+                        if let Err(e) = store.advance_conversation_cursor(&me.user, &me.device, conv.0, seq.min(latest))
+                        {
                             tracing::error!(error = %e, "cursor update failed");
                         }
                     }
                 }
                 BrokerEvent::Frame(frame) => self.on_frame(*frame),
                 BrokerEvent::Closed { reason, by_peer } => {
+                    self.shared.metrics.closed(reason);
                     tracing::debug!(?reason, by_peer, "closed");
                     return true;
                 }
@@ -173,11 +159,7 @@ impl Conn {
     }
 
     fn on_connect(&mut self, c: proto::Connect) {
-        let claims = match self
-            .shared
-            .tokens
-            .verify(&c.token, &c.device_id, crate::unix_now())
-        {
+        let claims = match self.shared.tokens.verify(&c.token, &c.device_id, crate::unix_now()) {
             Ok(claims) => claims,
             Err(reason) => {
                 tracing::info!(device = %c.device_id, %reason, "CONNECT refused");
@@ -208,17 +190,11 @@ impl Conn {
             let mut router = self.shared.router();
             // Takeover: the same device connected again while still live (REQ-HSK-013).
             if let Some(old) = router.live.get_mut(&user).and_then(|d| d.remove(&device)) {
-                let _ = old
-                    .tx
-                    .send(ToConnection::Close(ReasonCode::SessionTakenOver));
+                let _ = old.tx.send(ToConnection::Close(ReasonCode::SessionTakenOver));
             }
             router.live.entry(user.clone()).or_default().insert(
                 device.clone(),
-                Live {
-                    conn_id: self.conn_id,
-                    tx: self.tx.clone(),
-                    since_ms: crate::unix_now_ms(),
-                },
+                Live { conn_id: self.conn_id, tx: self.tx.clone(), since_ms: crate::unix_now_ms() },
             );
             router.announce(&user, &device, true, crate::unix_now_ms());
             let parked = router.parked.remove(&(user.clone(), device.clone()));
@@ -232,10 +208,8 @@ impl Conn {
         };
         if let Some(mut old) = previous {
             accept.session_id = Bytes::from(old.session_id.clone());
-            let fresh = std::mem::replace(
-                &mut self.machine,
-                BrokerSession::new(now(), self.shared.options.session.clone()),
-            );
+            let fresh =
+                std::mem::replace(&mut self.machine, BrokerSession::new(now(), self.shared.options.session.clone()));
             match old.machine.resume_from(now(), fresh, accept.clone()) {
                 Ok(()) => self.machine = old.machine,
                 Err(e) => tracing::error!(error = %e, "resume failed"),
@@ -245,11 +219,11 @@ impl Conn {
             return;
         }
         tracing::info!(%user, %device, resumed, "session open");
-        self.me = Some(Identity {
-            user: user.clone(),
-            device,
-            session_id: accept.session_id.to_vec(),
-        });
+        self.shared.metrics.sessions_total.fetch_add(1, Ordering::Relaxed);
+        if resumed {
+            self.shared.metrics.resumes_total.fetch_add(1, Ordering::Relaxed);
+        }
+        self.me = Some(Identity { user: user.clone(), device, session_id: accept.session_id.to_vec() });
         if !resumed {
             self.push_backlog(&user, cursor);
         }
@@ -262,17 +236,14 @@ impl Conn {
         match store.inbox_after(user, cursor, CONNECT_PUSH) {
             Ok(batch) => {
                 for d in batch {
-                    let _ = self.machine.deliver(now(), d);
+                    self.deliver(d);
                 }
             }
             Err(e) => tracing::error!(error = %e, "backlog read failed"),
         }
         if latest > cursor + CONNECT_PUSH as u64 {
-            let notify = proto::Notify {
-                stream: Some(StreamId::Inbox.to_proto()),
-                latest_seq: latest,
-                acked_seq: cursor,
-            };
+            let notify =
+                proto::Notify { stream: Some(StreamId::Inbox.to_proto()), latest_seq: latest, acked_seq: cursor };
             let _ = self.machine.send(&Frame::Notify(notify));
         }
     }
@@ -291,11 +262,7 @@ impl Conn {
         let mut refused = Vec::new();
         for p in messages {
             match self.route(&user, &p.topic) {
-                Ok(Route {
-                    conversation_id,
-                    inboxes,
-                    notify,
-                }) => {
+                Ok(Route { conversation_id, inboxes, notify }) => {
                     notify_members.push((conversation_id, notify));
                     batch.push(NewMessage {
                         cid: p.cid,
@@ -319,35 +286,30 @@ impl Conn {
         if !refused.is_empty() {
             // One member of a package refused refuses the whole package: nothing partial.
             let reason = refused.first().map_or(ReasonCode::NotFound, |r| r.1);
-            let all: Vec<(Cid, ReasonCode)> = batch
-                .iter()
-                .map(|m| (Cid(m.cid), reason))
-                .chain(refused)
-                .collect();
+            let all: Vec<(Cid, ReasonCode)> = batch.iter().map(|m| (Cid(m.cid), reason)).chain(refused).collect();
             for (cid, reason) in all {
                 self.refuse(&[cid], reason).await;
             }
             return;
         }
-        let committed = match self
-            .shared
-            .store
-            .commit(&user, &device, &batch, crate::unix_now_ms())
-        {
+        let started = std::time::Instant::now();
+        let committed = match self.shared.store.commit(&user, &device, &batch, crate::unix_now_ms()) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "commit failed");
                 // Nothing stored and nothing recorded: the client retransmits later.
-                self.machine
-                    .close(ReasonCode::StoreUnavailable, "store unavailable");
+                self.machine.close(ReasonCode::StoreUnavailable, "store unavailable");
                 return;
             }
         };
         if let Err(e) = self.shared.store.flush().await {
             tracing::error!(error = %e, "flush failed");
-            self.machine
-                .close(ReasonCode::StoreUnavailable, "store unavailable");
+            self.machine.close(ReasonCode::StoreUnavailable, "store unavailable");
             return;
+        }
+        self.shared.metrics.commit_seconds.observe(started.elapsed());
+        for c in &committed {
+            self.shared.metrics.stored(c.ack.conversation_id);
         }
         for (conversation_id, members) in notify_members {
             if !members.is_empty() {
@@ -359,10 +321,8 @@ impl Conn {
             for (to, d) in c.deliveries {
                 if to == user {
                     // This device gets its own copy through its own machine, in order.
-                    let _ = self.machine.deliver(now(), d.clone());
-                    self.shared
-                        .router()
-                        .push(&to, Some(self.conn_id), &d, now());
+                    self.deliver(d.clone());
+                    self.shared.router().push(&to, Some(self.conn_id), &d, now());
                 } else {
                     self.shared.router().push(&to, None, &d, now());
                 }
@@ -377,47 +337,25 @@ impl Conn {
         let unavailable = |_| ReasonCode::StoreUnavailable;
         if let Some(peer) = topic.strip_prefix("user/") {
             check_identifier("topic", peer).map_err(|_| ReasonCode::NotFound)?;
-            let conversation_id = store
-                .conversation_for_pair(user, peer)
-                .map_err(unavailable)?;
+            let conversation_id = store.conversation_for_pair(user, peer).map_err(unavailable)?;
             let mut inboxes = vec![peer.to_owned()];
             if peer != user {
                 inboxes.push(user.to_owned());
             }
-            return Ok(Route {
-                conversation_id,
-                inboxes,
-                notify: Vec::new(),
-            });
+            return Ok(Route { conversation_id, inboxes, notify: Vec::new() });
         }
         if let Some(group) = topic.strip_prefix("group/") {
-            let conversation_id = store
-                .group_conversation(group)
-                .map_err(unavailable)?
-                .ok_or(ReasonCode::NotFound)?;
-            if !store
-                .is_member(conversation_id, user)
-                .map_err(unavailable)?
-            {
+            let conversation_id = store.group_conversation(group).map_err(unavailable)?.ok_or(ReasonCode::NotFound)?;
+            if !store.is_member(conversation_id, user).map_err(unavailable)? {
                 return Err(ReasonCode::NotAMember);
             }
             let members = store.members(conversation_id).map_err(unavailable)?;
             // Write fan-out up to the threshold, read fan-out above it (REQ-GRP-002).
-            return Ok(
-                if members.len() <= self.shared.options.write_fanout_threshold {
-                    Route {
-                        conversation_id,
-                        inboxes: members,
-                        notify: Vec::new(),
-                    }
-                } else {
-                    Route {
-                        conversation_id,
-                        inboxes: Vec::new(),
-                        notify: members,
-                    }
-                },
-            );
+            return Ok(if members.len() <= self.shared.options.write_fanout_threshold {
+                Route { conversation_id, inboxes: members, notify: Vec::new() }
+            } else {
+                Route { conversation_id, inboxes: Vec::new(), notify: members }
+            });
         }
         // Rooms, conversations by id and device telemetry are not routed yet.
         Err(ReasonCode::NotFound)
@@ -427,11 +365,8 @@ impl Conn {
     async fn refuse(&mut self, cids: &[Cid], reason: ReasonCode) {
         let Some(me) = &self.me else { return };
         for &Cid(cid) in cids {
-            let ack = proto::PubAck {
-                cid,
-                reason: wire(reason),
-                ..Default::default()
-            };
+            let ack = proto::PubAck { cid, reason: wire(reason), ..Default::default() };
+            self.shared.metrics.messages_refused.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = self.shared.store.record_outcome(&me.user, &me.device, &ack) {
                 tracing::error!(error = %e, "outcome not recorded");
                 continue;
@@ -457,19 +392,13 @@ impl Conn {
                     ..Default::default()
                 };
                 match self.shared.store.is_member(h.conversation_id, &user) {
-                    Ok(true) => {
-                        match self
-                            .shared
-                            .store
-                            .history(h.conversation_id, h.before_seq, limit)
-                        {
-                            Ok((entries, next)) => {
-                                page.entries = entries;
-                                page.next_before_seq = next;
-                            }
-                            Err(_) => page.reason = wire(ReasonCode::StoreUnavailable),
+                    Ok(true) => match self.shared.store.history(h.conversation_id, h.before_seq, limit) {
+                        Ok((entries, next)) => {
+                            page.entries = entries;
+                            page.next_before_seq = next;
                         }
-                    }
+                        Err(_) => page.reason = wire(ReasonCode::StoreUnavailable),
+                    },
                     Ok(false) => page.reason = wire(ReasonCode::NotAuthorized),
                     Err(_) => page.reason = wire(ReasonCode::StoreUnavailable),
                 }
@@ -479,26 +408,12 @@ impl Conn {
             Frame::ReadMark(r) => self.on_read(&user, r),
             Frame::Subscribe(s) => {
                 // Rooms and device telemetry are not routed yet: every filter is refused.
-                let reasons = s
-                    .filters
-                    .iter()
-                    .map(|_| wire(ReasonCode::NotAuthorized))
-                    .collect();
-                let _ = self.machine.send(&Frame::SubAck(proto::SubAck {
-                    request_id: s.request_id,
-                    reasons,
-                }));
+                let reasons = s.filters.iter().map(|_| wire(ReasonCode::NotAuthorized)).collect();
+                let _ = self.machine.send(&Frame::SubAck(proto::SubAck { request_id: s.request_id, reasons }));
             }
             Frame::Unsubscribe(s) => {
-                let reasons = s
-                    .filters
-                    .iter()
-                    .map(|_| wire(ReasonCode::NotFound))
-                    .collect();
-                let _ = self.machine.send(&Frame::UnsubAck(proto::SubAck {
-                    request_id: s.request_id,
-                    reasons,
-                }));
+                let reasons = s.filters.iter().map(|_| wire(ReasonCode::NotFound)).collect();
+                let _ = self.machine.send(&Frame::UnsubAck(proto::SubAck { request_id: s.request_id, reasons }));
             }
             _ => {}
         }
@@ -509,12 +424,8 @@ impl Conn {
             0 => DEFAULT_SYNC_LIMIT,
             l => l.min(MAX_SYNC_LIMIT),
         } as usize;
-        let mut done = proto::SyncDone {
-            request_id: s.request_id,
-            stream: s.stream,
-            last_seq: s.after_seq,
-            ..Default::default()
-        };
+        let mut done =
+            proto::SyncDone { request_id: s.request_id, stream: s.stream, last_seq: s.after_seq, ..Default::default() };
         match StreamId::from_proto(s.stream.as_ref()) {
             Some(StreamId::Inbox) => {
                 let latest = self.shared.store.inbox_latest(user).unwrap_or(0);
@@ -522,7 +433,7 @@ impl Conn {
                     Ok(batch) => {
                         for d in batch {
                             done.last_seq = done.last_seq.max(d.seq);
-                            let _ = self.machine.deliver(now(), d);
+                            self.deliver(d);
                         }
                         done.more = done.last_seq < latest;
                     }
@@ -530,16 +441,14 @@ impl Conn {
                 }
             }
             // No conversation is in read fan-out yet, so no conversation stream is readable.
-            Some(StreamId::Conversation(conv))
-                if self.shared.store.is_member(conv.0, user).unwrap_or(false) =>
-            {
+            Some(StreamId::Conversation(conv)) if self.shared.store.is_member(conv.0, user).unwrap_or(false) => {
                 let store = &self.shared.store;
                 let latest = store.conversation_latest(conv.0).unwrap_or(0);
                 match store.conversation_after(conv.0, s.after_seq, limit) {
                     Ok(batch) => {
                         for d in batch {
                             done.last_seq = done.last_seq.max(d.seq);
-                            let _ = self.machine.deliver(now(), d);
+                            self.deliver(d);
                         }
                         done.more = done.last_seq < latest;
                     }
@@ -554,42 +463,21 @@ impl Conn {
 
     fn on_request(&mut self, user: &str, r: proto::Request) {
         use proto::request::Op;
-        let mut resp = proto::Response {
-            request_id: r.request_id,
-            ..Default::default()
-        };
+        let mut resp = proto::Response { request_id: r.request_id, ..Default::default() };
         match r.op {
-            Some(Op::GroupCreate(g)) => {
-                match self
-                    .shared
-                    .store
-                    .create_group(&g.group_id, user, &g.members)
-                {
-                    Ok(Ok(_)) => {
-                        resp.result = self
-                            .group_info(&g.group_id)
-                            .map(proto::response::Result::Group)
-                    }
-                    Ok(Err(reason)) => resp.reason = wire(reason),
-                    Err(_) => resp.reason = wire(ReasonCode::StoreUnavailable),
-                }
-            }
+            Some(Op::GroupCreate(g)) => match self.shared.store.create_group(&g.group_id, user, &g.members) {
+                Ok(Ok(_)) => resp.result = self.group_info(&g.group_id).map(proto::response::Result::Group),
+                Ok(Err(reason)) => resp.reason = wire(reason),
+                Err(_) => resp.reason = wire(ReasonCode::StoreUnavailable),
+            },
             Some(op @ (Op::GroupAdd(_) | Op::GroupRemove(_))) => {
                 let (g, add) = match op {
                     Op::GroupAdd(g) => (g, true),
                     Op::GroupRemove(g) => (g, false),
                     _ => unreachable_op(),
                 };
-                match self
-                    .shared
-                    .store
-                    .change_members(&g.group_id, user, &g.members, add)
-                {
-                    Ok(Ok(_)) => {
-                        resp.result = self
-                            .group_info(&g.group_id)
-                            .map(proto::response::Result::Group)
-                    }
+                match self.shared.store.change_members(&g.group_id, user, &g.members, add) {
+                    Ok(Ok(_)) => resp.result = self.group_info(&g.group_id).map(proto::response::Result::Group),
                     Ok(Err(reason)) => resp.reason = wire(reason),
                     Err(_) => resp.reason = wire(ReasonCode::StoreUnavailable),
                 }
@@ -598,15 +486,9 @@ impl Conn {
                 Ok((counts, total)) => {
                     let conversations = counts
                         .into_iter()
-                        .map(|(conversation_id, unread)| proto::UnreadCount {
-                            conversation_id,
-                            unread,
-                        })
+                        .map(|(conversation_id, unread)| proto::UnreadCount { conversation_id, unread })
                         .collect();
-                    resp.result = Some(proto::response::Result::Unread(proto::UnreadCounts {
-                        conversations,
-                        total,
-                    }));
+                    resp.result = Some(proto::response::Result::Unread(proto::UnreadCounts { conversations, total }));
                 }
                 Err(_) => resp.reason = wire(ReasonCode::StoreUnavailable),
             },
@@ -617,12 +499,10 @@ impl Conn {
                 } as usize;
                 match self.shared.store.recent(user, q.before_ms, limit) {
                     Ok((conversations, next_before_ms)) => {
-                        resp.result = Some(proto::response::Result::RecentConversations(
-                            proto::ConversationList {
-                                conversations,
-                                next_before_ms,
-                            },
-                        ));
+                        resp.result = Some(proto::response::Result::RecentConversations(proto::ConversationList {
+                            conversations,
+                            next_before_ms,
+                        }));
                     }
                     Err(_) => resp.reason = wire(ReasonCode::StoreUnavailable),
                 }
@@ -632,32 +512,18 @@ impl Conn {
                 let mut router = self.shared.router();
                 for target in &q.user_ids {
                     // Only users who share a conversation with the asker (spec 10.6).
-                    if target != user
-                        && !self
-                            .shared
-                            .store
-                            .share_conversation(user, target)
-                            .unwrap_or(false)
-                    {
+                    if target != user && !self.shared.store.share_conversation(user, target).unwrap_or(false) {
                         continue;
                     }
                     entries.extend(router.presence_of(target));
-                    router
-                        .watchers
-                        .entry(target.clone())
-                        .or_default()
-                        .insert(self.conn_id, self.tx.clone());
+                    router.watchers.entry(target.clone()).or_default().insert(self.conn_id, self.tx.clone());
                 }
-                resp.result = Some(proto::response::Result::Presence(proto::PresenceListing {
-                    entries,
-                }));
+                resp.result = Some(proto::response::Result::Presence(proto::PresenceListing { entries }));
             }
             Some(Op::GroupList(_)) => match self.shared.store.groups_of(user) {
                 Ok(ids) => {
                     let groups = ids.iter().filter_map(|g| self.group_info(g)).collect();
-                    resp.result = Some(proto::response::Result::Groups(proto::GroupListing {
-                        groups,
-                    }));
+                    resp.result = Some(proto::response::Result::Groups(proto::GroupListing { groups }));
                 }
                 Err(_) => resp.reason = wire(ReasonCode::StoreUnavailable),
             },
@@ -667,13 +533,11 @@ impl Conn {
                 } else {
                     match self.shared.store.conversation_for_pair(user, &o.peer_user) {
                         Ok(id) => {
-                            resp.result = Some(proto::response::Result::Conversation(
-                                proto::ConversationInfo {
-                                    conversation_id: id,
-                                    topic: format!("user/{}", o.peer_user),
-                                    latest_seq: 0,
-                                },
-                            ))
+                            resp.result = Some(proto::response::Result::Conversation(proto::ConversationInfo {
+                                conversation_id: id,
+                                topic: format!("user/{}", o.peer_user),
+                                latest_seq: 0,
+                            }))
                         }
                         Err(_) => resp.reason = wire(ReasonCode::StoreUnavailable),
                     }
@@ -701,11 +565,8 @@ impl Conn {
             }
         };
         let members = store.members(r.conversation_id).unwrap_or_default();
-        let receipt = Frame::Receipt(proto::Receipt {
-            conversation_id: r.conversation_id,
-            reader: user.to_owned(),
-            seq,
-        });
+        let receipt =
+            Frame::Receipt(proto::Receipt { conversation_id: r.conversation_id, reader: user.to_owned(), seq });
         let router = self.shared.router();
         if members.len() <= self.shared.options.receipt_threshold {
             router.send_frame(&members, Some(self.conn_id), &receipt);
@@ -714,22 +575,22 @@ impl Conn {
         }
     }
 
+    /// Hands a DELIVER to the session (which windows, sends and retransmits it).
+    fn deliver(&mut self, d: proto::Deliver) {
+        self.shared.metrics.deliveries.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.machine.deliver(now(), d) {
+            tracing::warn!(error = %e, "DELIVER refused by the session");
+        }
+    }
+
     /// Tells this device that a read fan-out conversation has news (REQ-SYN-001).
     fn notify(&mut self, conversation_id: u64) {
         let Some(me) = &self.me else { return };
         let store = &self.shared.store;
         let latest = store.conversation_latest(conversation_id).unwrap_or(0);
-        let acked_seq = store
-            .conversation_cursor(&me.user, &me.device, conversation_id)
-            .unwrap_or(0);
-        let stream = Some(
-            StreamId::Conversation(tern_codec::ids::ConversationId(conversation_id)).to_proto(),
-        );
-        let _ = self.machine.send(&Frame::Notify(proto::Notify {
-            stream,
-            latest_seq: latest,
-            acked_seq,
-        }));
+        let acked_seq = store.conversation_cursor(&me.user, &me.device, conversation_id).unwrap_or(0);
+        let stream = Some(StreamId::Conversation(tern_codec::ids::ConversationId(conversation_id)).to_proto());
+        let _ = self.machine.send(&Frame::Notify(proto::Notify { stream, latest_seq: latest, acked_seq }));
     }
 
     fn group_info(&self, group: &str) -> Option<proto::GroupInfo> {
@@ -737,12 +598,7 @@ impl Conn {
         let conversation_id = store.group_conversation(group).ok()??;
         let members = store.members(conversation_id).ok()?;
         let read_fanout = members.len() > self.shared.options.write_fanout_threshold;
-        Some(proto::GroupInfo {
-            group_id: group.to_owned(),
-            conversation_id,
-            members,
-            read_fanout,
-        })
+        Some(proto::GroupInfo { group_id: group.to_owned(), conversation_id, members, read_fanout })
     }
 
     /// The connection is over: drop the live entry (if still ours) and park the session for
@@ -750,41 +606,27 @@ impl Conn {
     fn finish(&mut self) {
         let Some(me) = self.me.take() else { return };
         let mut router = self.shared.router();
-        let ours = router
-            .live
-            .get(&me.user)
-            .and_then(|d| d.get(&me.device))
-            .is_some_and(|l| l.conn_id == self.conn_id);
+        let ours = router.live.get(&me.user).and_then(|d| d.get(&me.device)).is_some_and(|l| l.conn_id == self.conn_id);
         // After a takeover the live entry belongs to the new connection: leave it alone.
         if ours {
             if let Some(devices) = router.live.get_mut(&me.user) {
                 devices.remove(&me.device);
                 if devices.is_empty() {
                     router.live.remove(&me.user);
-                    router
-                        .last_seen
-                        .insert(me.user.clone(), crate::unix_now_ms());
+                    router.last_seen.insert(me.user.clone(), crate::unix_now_ms());
                 }
             }
             // Offline once the connection is gone, whatever ended it: DISCONNECT, takeover, or
             // a keepalive timeout that caught a silent dead link.
             router.announce(&me.user, &me.device, false, crate::unix_now_ms());
-            let machine = std::mem::replace(
-                &mut self.machine,
-                BrokerSession::new(now(), self.shared.options.session.clone()),
-            );
+            let machine =
+                std::mem::replace(&mut self.machine, BrokerSession::new(now(), self.shared.options.session.clone()));
             // Sessions past their grace period can no longer be resumed: drop them.
             let grace = self.shared.options.resume_grace;
             router.parked.retain(|_, p| p.parked_at.elapsed() < grace);
             if machine.has_session() {
-                let parked = Parked {
-                    session_id: me.session_id,
-                    machine,
-                    parked_at: tokio::time::Instant::now(),
-                };
-                router
-                    .parked
-                    .insert((me.user.clone(), me.device.clone()), parked);
+                let parked = Parked { session_id: me.session_id, machine, parked_at: tokio::time::Instant::now() };
+                router.parked.insert((me.user.clone(), me.device.clone()), parked);
             }
         }
         tracing::info!(user = %me.user, device = %me.device, "session closed");

@@ -6,6 +6,7 @@
 //! # Layout
 //! - [`server`]: listener, shared state, the router from users to live connections.
 //! - `connection`: one task per connection, driving a `BrokerSession`.
+//! - `http`, [`metrics`]: `/healthz`, `/metrics`, `/v1/dispatch`.
 //! - [`store`]: the embedded sled store (messages, inboxes, sync points, dedup ledger).
 //! - [`token`]: HMAC-SHA256 auth tokens.
 //! - [`tls`]: the TLS 1.3 profile (rustls, ring) and development certificates.
@@ -14,6 +15,8 @@
 
 pub mod client;
 mod connection;
+mod http;
+pub mod metrics;
 pub mod server;
 pub mod store;
 pub mod tls;
@@ -23,9 +26,7 @@ pub use server::{Broker, BrokerOptions, TlsOptions};
 
 /// Seconds since the Unix epoch.
 pub(crate) fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Milliseconds since the Unix epoch.

@@ -36,6 +36,8 @@ pub struct BrokerOptions {
     pub tls: Option<TlsOptions>,
     /// Conversations up to this size get read receipts; larger ones do not (REQ-GRP-008).
     pub receipt_threshold: usize,
+    /// The operations HTTP listener (`/healthz`, `/metrics`, `/v1/dispatch`), when set.
+    pub http: Option<SocketAddr>,
 }
 
 /// The TLS listener's address and PEM files.
@@ -61,6 +63,7 @@ impl BrokerOptions {
             write_fanout_threshold: 500,
             tls: None,
             receipt_threshold: 100,
+            http: None,
         }
     }
 }
@@ -111,13 +114,7 @@ pub(crate) struct Router {
 impl Router {
     /// Sends a DELIVER to every live device of `user` but the connection `except` (a parked
     /// session's machine queues it for its resume).
-    pub(crate) fn push(
-        &mut self,
-        user: &str,
-        except: Option<u64>,
-        d: &proto::Deliver,
-        now: std::time::Instant,
-    ) {
+    pub(crate) fn push(&mut self, user: &str, except: Option<u64>, d: &proto::Deliver, now: std::time::Instant) {
         if let Some(devices) = self.live.get(user) {
             for live in devices.values().filter(|l| Some(l.conn_id) != except) {
                 let _ = live.tx.send(ToConnection::Deliver(Box::new(d.clone())));
@@ -134,11 +131,7 @@ impl Router {
 impl Router {
     /// Tells `user`'s watchers that one of their devices changed state (REQ-PRS-001).
     pub(crate) fn announce(&mut self, user: &str, device: &str, online: bool, since_ms: u64) {
-        let status = if online {
-            proto::PresenceStatus::Online
-        } else {
-            proto::PresenceStatus::Offline
-        };
+        let status = if online { proto::PresenceStatus::Online } else { proto::PresenceStatus::Offline };
         let frame = Frame::Presence(proto::Presence {
             user_id: user.to_owned(),
             device_id: device.to_owned(),
@@ -147,10 +140,7 @@ impl Router {
         });
         if let Some(watchers) = self.watchers.get_mut(user) {
             // A closed watcher connection drops out here.
-            watchers.retain(|_, tx| {
-                tx.send(ToConnection::Frame(Box::new(frame.clone())))
-                    .is_ok()
-            });
+            watchers.retain(|_, tx| tx.send(ToConnection::Frame(Box::new(frame.clone()))).is_ok());
         }
     }
 
@@ -183,13 +173,7 @@ impl Router {
     /// Sends `frame` to every live device of `users` but the connection `except`.
     pub(crate) fn send_frame(&self, users: &[String], except: Option<u64>, frame: &Frame) {
         for u in users {
-            for live in self
-                .live
-                .get(u)
-                .into_iter()
-                .flat_map(|d| d.values())
-                .filter(|l| Some(l.conn_id) != except)
-            {
+            for live in self.live.get(u).into_iter().flat_map(|d| d.values()).filter(|l| Some(l.conn_id) != except) {
                 let _ = live.tx.send(ToConnection::Frame(Box::new(frame.clone())));
             }
         }
@@ -215,6 +199,11 @@ pub(crate) struct Shared {
     router: Mutex<Router>,
     pub(crate) next_conn_id: AtomicU64,
     pub(crate) connections: AtomicU64,
+    /// Counters for `/metrics`.
+    pub(crate) metrics: crate::metrics::Metrics,
+    /// Bound addresses, advertised by `/v1/dispatch`.
+    pub(crate) native_addr: SocketAddr,
+    pub(crate) tls_addr: Option<SocketAddr>,
     /// Signalled when the last connection task ends.
     pub(crate) idle: Notify,
     pub(crate) shutdown: watch::Receiver<bool>,
@@ -223,9 +212,7 @@ pub(crate) struct Shared {
 impl Shared {
     /// The router; a poisoned lock (a panicked task) is still usable: its data is plain maps.
     pub(crate) fn router(&self) -> MutexGuard<'_, Router> {
-        self.router
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.router.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -233,6 +220,7 @@ impl Shared {
 pub struct Broker {
     addr: SocketAddr,
     tls_addr: Option<SocketAddr>,
+    http_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     accept_tasks: Vec<JoinHandle<()>>,
@@ -254,6 +242,18 @@ impl Broker {
             }
             None => None,
         };
+        let tls_addr = match &tls {
+            Some((l, _)) => Some(l.local_addr()?),
+            None => None,
+        };
+        let http = match options.http {
+            Some(a) => Some(TcpListener::bind(a).await?),
+            None => None,
+        };
+        let http_addr = match &http {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        };
         let (stop, shutdown) = watch::channel(false);
         let shared = Arc::new(Shared {
             store,
@@ -263,23 +263,22 @@ impl Broker {
             next_conn_id: AtomicU64::new(1),
             connections: AtomicU64::new(0),
             idle: Notify::new(),
+            metrics: crate::metrics::Metrics::default(),
+            native_addr: addr,
+            tls_addr,
             shutdown,
         });
         let mut tasks = vec![tokio::spawn(accept_loop(listener, shared.clone(), None))];
-        let mut tls_addr = None;
         if let Some((l, acceptor)) = tls {
-            tls_addr = Some(l.local_addr()?);
             tracing::info!(addr = ?tls_addr, "listening (TLS)");
             tasks.push(tokio::spawn(accept_loop(l, shared.clone(), Some(acceptor))));
         }
+        if let Some(l) = http {
+            tracing::info!(addr = ?http_addr, "listening (HTTP operations)");
+            tasks.push(tokio::spawn(crate::http::serve(l, shared.clone())));
+        }
         tracing::info!(%addr, "listening (native protocol)");
-        Ok(Broker {
-            addr,
-            tls_addr,
-            shared,
-            stop,
-            accept_tasks: tasks,
-        })
+        Ok(Broker { addr, tls_addr, http_addr, shared, stop, accept_tasks: tasks })
     }
 
     /// The bound native-protocol address.
@@ -292,11 +291,14 @@ impl Broker {
         self.tls_addr
     }
 
+    /// The bound HTTP operations address, if configured.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
     /// Mints a token for `user` on `device` valid for `ttl`.
     pub fn issue_token(&self, user: &str, device: &str, ttl: Duration) -> Result<String, String> {
-        self.shared
-            .tokens
-            .issue(user, device, crate::unix_now() + ttl.as_secs())
+        self.shared.tokens.issue(user, device, crate::unix_now() + ttl.as_secs())
     }
 
     /// Connections open right now.
@@ -316,9 +318,7 @@ impl Broker {
             let router = self.shared.router();
             for devices in router.live.values() {
                 for live in devices.values() {
-                    let _ = live
-                        .tx
-                        .send(ToConnection::Close(ReasonCode::ServerShuttingDown));
+                    let _ = live.tx.send(ToConnection::Close(ReasonCode::ServerShuttingDown));
                 }
             }
         }
@@ -335,11 +335,7 @@ impl Broker {
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-) {
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tls: Option<tokio_rustls::TlsAcceptor>) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -362,12 +358,8 @@ async fn accept_loop(
                 None => crate::connection::run(shared, stream, peer).await,
                 Some(acceptor) => {
                     // The handshake is bounded like CONNECT: a silent peer is dropped.
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                        .await
-                    {
-                        Ok(Ok(tls_stream)) => {
-                            crate::connection::run(shared, tls_stream, peer).await
-                        }
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => crate::connection::run(shared, tls_stream, peer).await,
                         Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
                     }

@@ -64,9 +64,7 @@ impl std::fmt::Debug for TokenKey {
 impl TokenKey {
     /// A key from the broker's 32-byte secret.
     pub fn new(secret: &[u8; 32]) -> Self {
-        TokenKey {
-            key: hmac::Key::new(hmac::HMAC_SHA256, secret),
-        }
+        TokenKey { key: hmac::Key::new(hmac::HMAC_SHA256, secret) }
     }
 
     /// Mints a token for `user` on `device`, valid until `expires_at` (Unix seconds).
@@ -86,13 +84,9 @@ impl TokenKey {
         let mac = hex::decode(mac_hex).map_err(|_| ReasonCode::BadToken)?;
         hmac::verify(&self.key, body.as_bytes(), &mac).map_err(|_| ReasonCode::BadToken)?;
         let mut parts = body.split(':');
-        let (Some(PREFIX), Some(user), Some(dev), Some(exp), None) = (
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-        ) else {
+        let (Some(PREFIX), Some(user), Some(dev), Some(exp), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return Err(ReasonCode::BadToken);
         };
         let expires_at: u64 = exp.parse().map_err(|_| ReasonCode::BadToken)?;
@@ -102,11 +96,7 @@ impl TokenKey {
         if now >= expires_at {
             return Err(ReasonCode::TokenExpired);
         }
-        Ok(Claims {
-            user: user.to_owned(),
-            device: dev.to_owned(),
-            expires_at,
-        })
+        Ok(Claims { user: user.to_owned(), device: dev.to_owned(), expires_at })
     }
 }
 
@@ -118,28 +108,13 @@ mod tests {
     fn issues_verifies_and_refuses() {
         let key = TokenKey::new(&[7; 32]);
         let t = key.issue("alice", "phone", 1_000).unwrap();
-        assert_eq!(
-            key.verify(t.as_bytes(), "phone", 999).unwrap().user,
-            "alice"
-        );
-        assert_eq!(
-            key.verify(t.as_bytes(), "phone", 1_000),
-            Err(ReasonCode::TokenExpired)
-        );
-        assert_eq!(
-            key.verify(t.as_bytes(), "laptop", 1),
-            Err(ReasonCode::BadToken)
-        );
+        assert_eq!(key.verify(t.as_bytes(), "phone", 999).unwrap().user, "alice");
+        assert_eq!(key.verify(t.as_bytes(), "phone", 1_000), Err(ReasonCode::TokenExpired));
+        assert_eq!(key.verify(t.as_bytes(), "laptop", 1), Err(ReasonCode::BadToken));
         let forged = t.replace("alice", "mallory");
-        assert_eq!(
-            key.verify(forged.as_bytes(), "phone", 1),
-            Err(ReasonCode::BadToken)
-        );
+        assert_eq!(key.verify(forged.as_bytes(), "phone", 1), Err(ReasonCode::BadToken));
         let other = TokenKey::new(&[8; 32]);
-        assert_eq!(
-            other.verify(t.as_bytes(), "phone", 1),
-            Err(ReasonCode::BadToken)
-        );
+        assert_eq!(other.verify(t.as_bytes(), "phone", 1), Err(ReasonCode::BadToken));
         assert!(key.issue("a:b", "phone", 1).is_err());
     }
 }

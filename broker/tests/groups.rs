@@ -1,12 +1,7 @@
 //! Groups: membership, write fan-out into inboxes, read fan-out through NOTIFY and SYNC above
 //! the threshold, and refusals for non-members.
 // Test code: a panic is how it reports a failure.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod common;
 
@@ -21,19 +16,8 @@ fn members(ids: &[&str]) -> Vec<String> {
     ids.iter().map(|s| s.to_string()).collect()
 }
 
-async fn create(
-    c: &mut tern_broker::client::Client,
-    group: &str,
-    with: &[&str],
-) -> proto::GroupInfo {
-    let r = request(
-        c,
-        Op::GroupCreate(proto::GroupCreate {
-            group_id: group.into(),
-            members: members(with),
-        }),
-    )
-    .await;
+async fn create(c: &mut tern_broker::client::Client, group: &str, with: &[&str]) -> proto::GroupInfo {
+    let r = request(c, Op::GroupCreate(proto::GroupCreate { group_id: group.into(), members: members(with) })).await;
     assert_eq!(r.reason, 0, "{r:?}");
     match r.result {
         Some(Answer::Group(g)) => g,
@@ -56,11 +40,7 @@ async fn a_small_group_writes_to_every_members_inbox() {
         let m = next_message(c).await;
         assert_eq!(
             (&m.payload[..], m.conversation_id, m.stream.unwrap().kind),
-            (
-                &b"standup"[..],
-                g.conversation_id,
-                proto::StreamKind::Inbox as i32
-            )
+            (&b"standup"[..], g.conversation_id, proto::StreamKind::Inbox as i32)
         );
     }
     // Dave is not a member: refused, nothing stored.
@@ -72,17 +52,11 @@ async fn a_small_group_writes_to_every_members_inbox() {
     // A removed member gets nothing after the removal.
     let r = request(
         &mut alice,
-        Op::GroupRemove(proto::GroupMembers {
-            group_id: "team".into(),
-            members: members(&["carol"]),
-        }),
+        Op::GroupRemove(proto::GroupMembers { group_id: "team".into(), members: members(&["carol"]) }),
     )
     .await;
     assert_eq!(r.reason, 0);
-    alice
-        .publish("group/team", "after carol left")
-        .await
-        .unwrap();
+    alice.publish("group/team", "after carol left").await.unwrap();
     assert_eq!(payloads(&mut bob, 1).await, ["after carol left"]);
     assert!(matches!(
         carol.publish("group/team", "still here?").await,
@@ -94,14 +68,7 @@ async fn a_small_group_writes_to_every_members_inbox() {
         matches!(r.result, Some(Answer::Groups(ref l)) if l.groups.len() == 1 && l.groups[0].members == ["alice", "bob"])
     );
     // Creating it again is refused.
-    let r = request(
-        &mut alice,
-        Op::GroupCreate(proto::GroupCreate {
-            group_id: "team".into(),
-            members: vec![],
-        }),
-    )
-    .await;
+    let r = request(&mut alice, Op::GroupCreate(proto::GroupCreate { group_id: "team".into(), members: vec![] })).await;
     assert_eq!(r.reason, ReasonCode::AlreadyExists as u32);
 }
 
@@ -114,16 +81,12 @@ async fn a_group_above_the_threshold_is_read_by_notify_and_sync() {
     let g = create(&mut alice, "town", &["bob", "carol"]).await;
     assert!(g.read_fanout);
     for i in 0..3 {
-        alice
-            .publish("group/town", format!("news {i}"))
-            .await
-            .unwrap();
+        alice.publish("group/town", format!("news {i}")).await.unwrap();
     }
     // Bob's client gets NOTIFY, pulls with SYNC (the client machine does that itself) and
     // receives the messages on the conversation stream, in order, once.
     let mut got = Vec::new();
-    let stream =
-        Some(StreamId::Conversation(tern_codec::ids::ConversationId(g.conversation_id)).to_proto());
+    let stream = Some(StreamId::Conversation(tern_codec::ids::ConversationId(g.conversation_id)).to_proto());
     while got.len() < 3 {
         if let Incoming::Message(m) = bob.next().await.unwrap() {
             assert_eq!(m.stream, stream);
@@ -133,31 +96,12 @@ async fn a_group_above_the_threshold_is_read_by_notify_and_sync() {
     assert_eq!(got, ["news 0", "news 1", "news 2"]);
     // Carol was offline: she pulls from her join point with SYNC and gets all three.
     let mut carol = t.client("carol", "phone").await;
-    let stream =
-        Some(StreamId::Conversation(tern_codec::ids::ConversationId(g.conversation_id)).to_proto());
-    carol
-        .send(Frame::Sync(proto::Sync {
-            request_id: 0,
-            stream,
-            after_seq: 0,
-            limit: 0,
-        }))
-        .await
-        .unwrap();
-    assert_eq!(
-        payloads(&mut carol, 3).await,
-        ["news 0", "news 1", "news 2"]
-    );
+    let stream = Some(StreamId::Conversation(tern_codec::ids::ConversationId(g.conversation_id)).to_proto());
+    carol.send(Frame::Sync(proto::Sync { request_id: 0, stream, after_seq: 0, limit: 0 })).await.unwrap();
+    assert_eq!(payloads(&mut carol, 3).await, ["news 0", "news 1", "news 2"]);
     // Dave may not read the stream.
     let mut dave = t.client("dave", "phone").await;
-    dave.send(Frame::Sync(proto::Sync {
-        request_id: 0,
-        stream,
-        after_seq: 0,
-        limit: 0,
-    }))
-    .await
-    .unwrap();
+    dave.send(Frame::Sync(proto::Sync { request_id: 0, stream, after_seq: 0, limit: 0 })).await.unwrap();
     loop {
         if let Some(Incoming::Frame(f)) = dave.next().await {
             if let Frame::SyncDone(d) = *f {

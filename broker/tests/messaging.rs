@@ -1,12 +1,7 @@
 //! 1:1 messaging over loopback TCP: online, offline, several devices, resume, takeover,
 //! history, refusals, and a malformed frame that must not disturb anyone else.
 // Test code: a panic is how it reports a failure.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod common;
 
@@ -25,18 +20,8 @@ async fn one_to_one_with_the_recipient_online() {
     let ack = alice.publish("user/bob", "hi bob").await.unwrap();
     assert!(ack.conversation_id > 0 && ack.seq == 1 && ack.msg_id > 0);
     let m = next_message(&mut bob).await;
-    assert_eq!(
-        (
-            &m.payload[..],
-            m.sender_user.as_str(),
-            m.sender_device.as_str()
-        ),
-        (&b"hi bob"[..], "alice", "phone")
-    );
-    assert_eq!(
-        (m.conversation_id, m.conversation_seq, m.seq),
-        (ack.conversation_id, 1, 1)
-    );
+    assert_eq!((&m.payload[..], m.sender_user.as_str(), m.sender_device.as_str()), (&b"hi bob"[..], "alice", "phone"));
+    assert_eq!((m.conversation_id, m.conversation_seq, m.seq), (ack.conversation_id, 1, 1));
     // The reply lands in the same conversation (one id per pair, either direction).
     let back = bob.publish("user/alice", "hi alice").await.unwrap();
     assert_eq!(back.conversation_id, ack.conversation_id);
@@ -98,10 +83,7 @@ async fn the_same_device_connecting_again_takes_the_session_over() {
     let mut second = t.client("bob", "laptop").await;
     let alice = t.client("alice", "phone").await;
     alice.publish("user/bob", "after takeover").await.unwrap();
-    assert_eq!(
-        &next_message(&mut second).await.payload[..],
-        b"after takeover"
-    );
+    assert_eq!(&next_message(&mut second).await.payload[..], b"after takeover");
     // The first client was told SESSION_TAKEN_OVER; it reconnects, which takes over again.
     loop {
         match first.next().await.unwrap() {
@@ -141,22 +123,13 @@ async fn history_pages_newest_first() {
     let alice = t.client("alice", "phone").await;
     let mut conv = 0;
     for i in 1..=25 {
-        conv = alice
-            .publish("user/bob", format!("h{i}"))
-            .await
-            .unwrap()
-            .conversation_id;
+        conv = alice.publish("user/bob", format!("h{i}")).await.unwrap().conversation_id;
     }
     let mut bob = t.client("bob", "laptop").await;
     let mut before = 0;
     let mut seen = Vec::new();
     loop {
-        let req = proto::HistoryRequest {
-            request_id: 0,
-            conversation_id: conv,
-            before_seq: before,
-            limit: 10,
-        };
+        let req = proto::HistoryRequest { request_id: 0, conversation_id: conv, before_seq: before, limit: 10 };
         bob.send(Frame::HistoryRequest(req)).await.unwrap();
         let page = loop {
             if let Some(Incoming::Frame(f)) = bob.next().await {
@@ -175,12 +148,7 @@ async fn history_pages_newest_first() {
     assert_eq!(seen, (1..=25).rev().collect::<Vec<u64>>());
     // Carol is not in the conversation.
     let mut carol = t.client("carol", "phone").await;
-    let req = proto::HistoryRequest {
-        request_id: 0,
-        conversation_id: conv,
-        before_seq: 0,
-        limit: 10,
-    };
+    let req = proto::HistoryRequest { request_id: 0, conversation_id: conv, before_seq: 0, limit: 10 };
     carol.send(Frame::HistoryRequest(req)).await.unwrap();
     loop {
         if let Some(Incoming::Frame(f)) = carol.next().await {
@@ -200,10 +168,7 @@ async fn a_malformed_frame_closes_only_its_own_connection() {
     let mut bob = t.client("bob", "laptop").await;
     // A raw connection: valid CONNECT, wait for CONNACK, then a PING whose nonce is an
     // overlong varint.
-    let token = t
-        .broker
-        .issue_token("mallory", "pc", std::time::Duration::from_secs(60))
-        .unwrap();
+    let token = t.broker.issue_token("mallory", "pc", std::time::Duration::from_secs(60)).unwrap();
     let mut raw = TcpStream::connect(t.broker.local_addr()).await.unwrap();
     let mut out = BytesMut::new();
     let connect = proto::Connect {
@@ -228,16 +193,11 @@ async fn a_malformed_frame_closes_only_its_own_connection() {
             frames.push(f);
         }
         if !sent_garbage && !frames.is_empty() {
-            raw.write_all(&[0x03, 0x00, 0x00, 0x03, 0x08, 0x81, 0x00])
-                .await
-                .unwrap();
+            raw.write_all(&[0x03, 0x00, 0x00, 0x03, 0x08, 0x81, 0x00]).await.unwrap();
             sent_garbage = true;
         }
     }
-    assert!(
-        matches!(&frames[0], Frame::ConnAck(a) if a.reason == 0),
-        "{frames:?}"
-    );
+    assert!(matches!(&frames[0], Frame::ConnAck(a) if a.reason == 0), "{frames:?}");
     assert!(
         matches!(frames.last(), Some(Frame::Disconnect(d)) if d.reason == ReasonCode::NonCanonicalEncoding as u32),
         "{frames:?}"
@@ -252,19 +212,15 @@ async fn a_package_is_stored_whole_and_arrives_whole_in_order() {
     let t = start().await;
     let alice = t.client("alice", "phone").await;
     let mut bob = t.client("bob", "laptop").await;
-    let parts: Vec<bytes::Bytes> = (0..4)
-        .map(|i| bytes::Bytes::from(format!("part {i}")))
-        .collect();
+    let parts: Vec<bytes::Bytes> = (0..4).map(|i| bytes::Bytes::from(format!("part {i}"))).collect();
     let acks = alice.publish_package("user/bob", parts).await.unwrap();
     let seqs: Vec<u64> = acks.iter().map(|a| a.seq).collect();
     assert_eq!(seqs, [1, 2, 3, 4], "consecutive seqs in index order");
     loop {
         match bob.next().await.unwrap() {
             Incoming::Package(members) => {
-                let got: Vec<String> = members
-                    .iter()
-                    .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
-                    .collect();
+                let got: Vec<String> =
+                    members.iter().map(|m| String::from_utf8_lossy(&m.payload).into_owned()).collect();
                 assert_eq!(got, ["part 0", "part 1", "part 2", "part 3"]);
                 break;
             }
@@ -273,10 +229,7 @@ async fn a_package_is_stored_whole_and_arrives_whole_in_order() {
         }
     }
     // A package to a topic that cannot be routed is refused whole.
-    let parts = vec![
-        bytes::Bytes::from_static(b"a"),
-        bytes::Bytes::from_static(b"b"),
-    ];
+    let parts = vec![bytes::Bytes::from_static(b"a"), bytes::Bytes::from_static(b"b")];
     assert!(matches!(
         alice.publish_package("nowhere/x", parts).await,
         Err(ClientError::Rejected(ReasonCode::NotFound))

@@ -1,12 +1,7 @@
 //! Presence per device: online on connect, offline on disconnect and on a keepalive timeout
 //! of a link that went silent; only users who share a conversation may watch.
 // Test code: a panic is how it reports a failure.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod common;
 
@@ -29,11 +24,7 @@ async fn next_presence(c: &mut Client) -> proto::Presence {
 }
 
 fn status(p: &proto::Presence) -> (&str, &str, PresenceStatus) {
-    (
-        p.user_id.as_str(),
-        p.device_id.as_str(),
-        PresenceStatus::try_from(p.status).unwrap(),
-    )
+    (p.user_id.as_str(), p.device_id.as_str(), PresenceStatus::try_from(p.status).unwrap())
 }
 
 #[tokio::test]
@@ -43,40 +34,22 @@ async fn presence_follows_connections_including_a_silent_dead_link() {
     alice.publish("user/bob", "hi").await.unwrap();
     let r = request(
         &mut alice,
-        Op::PresenceQuery(proto::PresenceQuery {
-            user_ids: vec!["bob".into(), "stranger".into()],
-        }),
+        Op::PresenceQuery(proto::PresenceQuery { user_ids: vec!["bob".into(), "stranger".into()] }),
     )
     .await;
-    let Some(Answer::Presence(listing)) = r.result else {
-        panic!("{r:?}")
-    };
+    let Some(Answer::Presence(listing)) = r.result else { panic!("{r:?}") };
     // Bob is offline; the stranger shares no conversation with alice and is not listed.
     assert_eq!(listing.entries.len(), 1);
-    assert_eq!(
-        status(&listing.entries[0]),
-        ("bob", "", PresenceStatus::Offline)
-    );
+    assert_eq!(status(&listing.entries[0]), ("bob", "", PresenceStatus::Offline));
 
     let bob = t.client("bob", "laptop").await;
-    assert_eq!(
-        status(&next_presence(&mut alice).await),
-        ("bob", "laptop", PresenceStatus::Online)
-    );
+    assert_eq!(status(&next_presence(&mut alice).await), ("bob", "laptop", PresenceStatus::Online));
     bob.close().await;
-    assert_eq!(
-        status(&next_presence(&mut alice).await),
-        ("bob", "laptop", PresenceStatus::Offline)
-    );
+    assert_eq!(status(&next_presence(&mut alice).await), ("bob", "laptop", PresenceStatus::Offline));
 
     // A device that connects with a 5 s keepalive and then goes silent (no PING, no close).
-    let token = t
-        .broker
-        .issue_token("bob", "tablet", std::time::Duration::from_secs(60))
-        .unwrap();
-    let mut raw = tokio::net::TcpStream::connect(t.broker.local_addr())
-        .await
-        .unwrap();
+    let token = t.broker.issue_token("bob", "tablet", std::time::Duration::from_secs(60)).unwrap();
+    let mut raw = tokio::net::TcpStream::connect(t.broker.local_addr()).await.unwrap();
     let mut out = BytesMut::new();
     let connect = proto::Connect {
         versions: vec![1],
@@ -87,15 +60,9 @@ async fn presence_follows_connections_including_a_silent_dead_link() {
     };
     encode_frame(&Frame::Connect(connect), &mut out).unwrap();
     raw.write_all(&out).await.unwrap();
-    assert_eq!(
-        status(&next_presence(&mut alice).await),
-        ("bob", "tablet", PresenceStatus::Online)
-    );
+    assert_eq!(status(&next_presence(&mut alice).await), ("bob", "tablet", PresenceStatus::Online));
     // The broker declares it offline after 1.5 keepalives of silence, with KEEPALIVE_TIMEOUT.
-    assert_eq!(
-        status(&next_presence(&mut alice).await),
-        ("bob", "tablet", PresenceStatus::Offline)
-    );
+    assert_eq!(status(&next_presence(&mut alice).await), ("bob", "tablet", PresenceStatus::Offline));
     let mut input = BytesMut::new();
     let mut frames = Vec::new();
     loop {
@@ -109,15 +76,6 @@ async fn presence_follows_connections_including_a_silent_dead_link() {
             frames.push(f);
         }
     }
-    let reason = frames.iter().find_map(|f| {
-        if let Frame::Disconnect(d) = f {
-            Some(d.reason)
-        } else {
-            None
-        }
-    });
-    assert_eq!(
-        reason,
-        Some(tern_codec::ReasonCode::KeepaliveTimeout as u32)
-    );
+    let reason = frames.iter().find_map(|f| if let Frame::Disconnect(d) = f { Some(d.reason) } else { None });
+    assert_eq!(reason, Some(tern_codec::ReasonCode::KeepaliveTimeout as u32));
 }

@@ -5,12 +5,7 @@
 //! figure is the median of 7 runs; allocations are counted exactly with an instrumented
 //! allocator (they do not vary between runs).
 // Benchmark code: a panic is a broken benchmark, not a user-facing error.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::alloc::System;
 use std::hint::black_box;
@@ -57,10 +52,7 @@ fn deliver(payload: usize, seq: u64) -> Frame {
 }
 
 fn ack(seq: u64) -> Frame {
-    Frame::DeliverAck(proto::DeliverAck {
-        stream: Some(StreamId::Inbox.to_proto()),
-        seq,
-    })
+    Frame::DeliverAck(proto::DeliverAck { stream: Some(StreamId::Inbox.to_proto()), seq })
 }
 
 struct Figure {
@@ -147,20 +139,10 @@ fn bench_broker_session() -> (f64, f64) {
     let mut rates = Vec::new();
     let mut allocs = 0;
     for _ in 0..RUNS {
-        let mut b = BrokerSession::new(
-            t0,
-            BrokerConfig {
-                receive_window: 1024,
-                ..BrokerConfig::default()
-            },
-        );
+        let mut b = BrokerSession::new(t0, BrokerConfig { receive_window: 1024, ..BrokerConfig::default() });
         let mut connect = BytesMut::new();
         encode_frame(
-            &Frame::Connect(proto::Connect {
-                versions: vec![1],
-                device_id: "bench".into(),
-                ..Default::default()
-            }),
+            &Frame::Connect(proto::Connect { versions: vec![1], device_id: "bench".into(), ..Default::default() }),
             &mut connect,
         )
         .unwrap();
@@ -219,10 +201,7 @@ fn main() {
         ("DELIVER_ACK", ack),
     ];
     for (name, make) in &cases {
-        for (op, fig) in [
-            ("decode", bench_decode(make)),
-            ("encode", bench_encode(make)),
-        ] {
+        for (op, fig) in [("decode", bench_decode(make)), ("encode", bench_encode(make))] {
             println!(
                 "| {op} | {name} | {} | {:.0} | {:.1} | {:.2} |",
                 fig.bytes_per_frame,

@@ -83,11 +83,7 @@ pub struct ProtocolViolation {
 
 impl ProtocolViolation {
     pub(crate) fn new(req: &'static str, reason: ReasonCode, detail: impl Into<String>) -> Self {
-        ProtocolViolation {
-            req: ReqId(req),
-            reason,
-            detail: detail.into(),
-        }
+        ProtocolViolation { req: ReqId(req), reason, detail: detail.into() }
     }
 }
 

@@ -29,9 +29,7 @@ fn chunk_capacity(header: &proto::Fragment) -> usize {
 impl Fragmenter {
     /// A fragmenter whose first fragmented body gets id 1.
     pub fn new() -> Self {
-        Fragmenter {
-            next_fragment_id: 1,
-        }
+        Fragmenter { next_fragment_id: 1 }
     }
 
     /// Appends `frame` to `dst` as one frame, or as FRAGMENT frames when its body exceeds
@@ -45,26 +43,18 @@ impl Fragmenter {
     ) -> Result<usize, crate::ApiError> {
         let len = frame.body_len();
         if len <= MAX_BODY_LEN {
-            encode_frame(frame, dst).map_err(|_| crate::ApiError::MessageTooLarge {
-                size: len,
-                max: MAX_BODY_LEN,
-            })?;
+            encode_frame(frame, dst).map_err(|_| crate::ApiError::MessageTooLarge { size: len, max: MAX_BODY_LEN })?;
             return Ok(1);
         }
         if len > max_message_size || !frame.frame_type().fragmentable() {
-            return Err(crate::ApiError::MessageTooLarge {
-                size: len,
-                max: max_message_size.min(MAX_BODY_LEN),
-            });
+            return Err(crate::ApiError::MessageTooLarge { size: len, max: max_message_size.min(MAX_BODY_LEN) });
         }
         let body = body_bytes(frame);
         let fragment_id = self.next_fragment_id.max(1);
         self.next_fragment_id = fragment_id.wrapping_add(1);
         // Every chunk but the last is as large as a frame allows; count is fixed up front.
-        let total_length = u32::try_from(len).map_err(|_| crate::ApiError::MessageTooLarge {
-            size: len,
-            max: max_message_size,
-        })?;
+        let total_length =
+            u32::try_from(len).map_err(|_| crate::ApiError::MessageTooLarge { size: len, max: max_message_size })?;
         let probe = proto::Fragment {
             fragment_id,
             index: u32::MAX,
@@ -88,12 +78,8 @@ impl Fragmenter {
                 chunk: body.slice(start..end),
             };
             // Sized by chunk_capacity above, so each piece fits one frame.
-            encode_frame(&Frame::Fragment(fragment), dst).map_err(|e| {
-                crate::ApiError::MessageTooLarge {
-                    size: e.0,
-                    max: MAX_BODY_LEN,
-                }
-            })?;
+            encode_frame(&Frame::Fragment(fragment), dst)
+                .map_err(|e| crate::ApiError::MessageTooLarge { size: e.0, max: MAX_BODY_LEN })?;
             written += 1;
         }
         Ok(written)
@@ -125,11 +111,7 @@ fn sequence_error(req: &'static str, detail: &str) -> PeerError {
 impl Reassembler {
     /// A reassembler accepting bodies up to `max_message_size` (what this side announced).
     pub fn new(max_message_size: usize) -> Self {
-        Reassembler {
-            max_message_size,
-            last_fragment_id: 0,
-            open: None,
-        }
+        Reassembler { max_message_size, last_fragment_id: 0, open: None }
     }
 
     /// Whether a fragmented body is partly received.
@@ -154,10 +136,7 @@ impl Reassembler {
                     && f.count == p.count
                     && f.frame_type == u32::from(p.frame_type as u8);
                 if !consistent {
-                    return Err(sequence_error(
-                        "REQ-FRG-002",
-                        "fragment does not continue the open body",
-                    ));
+                    return Err(sequence_error("REQ-FRG-002", "fragment does not continue the open body"));
                 }
                 p
             }
@@ -165,10 +144,7 @@ impl Reassembler {
         let mut p = partial;
         let last = f.index + 1 == p.count;
         if !last && chunk_len < MIN_FRAGMENT_CHUNK {
-            return Err(sequence_error(
-                "REQ-FRG-004",
-                "non-final chunk shorter than 1024 bytes",
-            ));
+            return Err(sequence_error("REQ-FRG-004", "non-final chunk shorter than 1024 bytes"));
         }
         if p.buf.len() + chunk_len > p.total_length {
             return Err(sequence_error("REQ-FRG-005", "chunks exceed total_length"));
@@ -180,10 +156,7 @@ impl Reassembler {
             return Ok(None);
         }
         if p.buf.len() != p.total_length {
-            return Err(sequence_error(
-                "REQ-FRG-005",
-                "chunks add up to less than total_length",
-            ));
+            return Err(sequence_error("REQ-FRG-005", "chunks add up to less than total_length"));
         }
         let frame = decode_body(p.frame_type, p.buf.freeze()).map_err(PeerError::Malformed)?;
         Ok(Some(frame))
@@ -191,16 +164,10 @@ impl Reassembler {
 
     fn start(&mut self, f: &proto::Fragment) -> Result<Partial, PeerError> {
         if f.index != 0 {
-            return Err(sequence_error(
-                "REQ-FRG-002",
-                "first fragment of a body must have index 0",
-            ));
+            return Err(sequence_error("REQ-FRG-002", "first fragment of a body must have index 0"));
         }
         if f.fragment_id <= self.last_fragment_id {
-            return Err(sequence_error(
-                "REQ-FRG-008",
-                "fragment_id did not increase",
-            ));
+            return Err(sequence_error("REQ-FRG-008", "fragment_id did not increase"));
         }
         let frame_type = u8::try_from(f.frame_type)
             .ok()
@@ -209,29 +176,20 @@ impl Reassembler {
             .ok_or_else(|| sequence_error("REQ-FRG-007", "frame_type may not be fragmented"))?;
         let total_length = f.total_length as usize;
         if total_length <= MAX_BODY_LEN {
-            return Err(sequence_error(
-                "REQ-FRG-001",
-                "a body that fits one frame must not be fragmented",
-            ));
+            return Err(sequence_error("REQ-FRG-001", "a body that fits one frame must not be fragmented"));
         }
         if total_length > self.max_message_size {
             return Err(ProtocolViolation::new(
                 "REQ-FRG-003",
                 ReasonCode::MessageTooLarge,
-                format!(
-                    "{total_length} bytes exceeds max_message_size {}",
-                    self.max_message_size
-                ),
+                format!("{total_length} bytes exceeds max_message_size {}", self.max_message_size),
             )
             .into());
         }
         // Every chunk but the last carries at least 1024 bytes, which bounds count.
         let max_count = total_length.div_ceil(MIN_FRAGMENT_CHUNK);
         if f.count as usize > max_count {
-            return Err(sequence_error(
-                "REQ-FRG-006",
-                "count too large for total_length",
-            ));
+            return Err(sequence_error("REQ-FRG-006", "count too large for total_length"));
         }
         self.last_fragment_id = f.fragment_id;
         Ok(Partial {
@@ -256,10 +214,7 @@ pub struct FrameReader {
 impl FrameReader {
     /// A reader accepting reassembled bodies up to `max_message_size`.
     pub fn new(max_message_size: usize) -> Self {
-        FrameReader {
-            buf: BytesMut::new(),
-            reassembler: Reassembler::new(max_message_size),
-        }
+        FrameReader { buf: BytesMut::new(), reassembler: Reassembler::new(max_message_size) }
     }
 
     /// Appends received bytes.

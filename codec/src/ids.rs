@@ -45,14 +45,8 @@ impl StreamId {
     pub fn to_proto(self) -> crate::proto::StreamRef {
         use crate::proto::{StreamKind, StreamRef};
         match self {
-            StreamId::Inbox => StreamRef {
-                kind: StreamKind::Inbox as i32,
-                id: 0,
-            },
-            StreamId::Conversation(c) => StreamRef {
-                kind: StreamKind::Conversation as i32,
-                id: c.0,
-            },
+            StreamId::Inbox => StreamRef { kind: StreamKind::Inbox as i32, id: 0 },
+            StreamId::Conversation(c) => StreamRef { kind: StreamKind::Conversation as i32, id: c.0 },
         }
     }
 
@@ -62,41 +56,24 @@ impl StreamId {
         let r = r?;
         match StreamKind::try_from(r.kind).ok()? {
             StreamKind::Inbox if r.id == 0 => Some(StreamId::Inbox),
-            StreamKind::Conversation if r.id != 0 => {
-                Some(StreamId::Conversation(ConversationId(r.id)))
-            }
+            StreamKind::Conversation if r.id != 0 => Some(StreamId::Conversation(ConversationId(r.id))),
             _ => None,
         }
     }
 }
 
 fn invalid(field: &'static str, why: &'static str, req: &'static str) -> DecodeError {
-    DecodeError::InvalidField {
-        field,
-        why,
-        req: ReqId(req),
-    }
+    DecodeError::InvalidField { field, why, req: ReqId(req) }
 }
 
 /// Checks an identifier (user, device, group, room): 1..=64 bytes of `A-Z a-z 0-9 . _ - @`
 /// [REQ-TOP-004].
 pub fn check_identifier(field: &'static str, id: &str) -> Result<(), DecodeError> {
     if id.is_empty() || id.len() > MAX_ID_LEN {
-        return Err(invalid(
-            field,
-            "identifier must be 1..=64 bytes",
-            "REQ-TOP-004",
-        ));
+        return Err(invalid(field, "identifier must be 1..=64 bytes", "REQ-TOP-004"));
     }
-    if !id
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'))
-    {
-        return Err(invalid(
-            field,
-            "identifier has a character outside A-Za-z0-9._-@",
-            "REQ-TOP-004",
-        ));
+    if !id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@')) {
+        return Err(invalid(field, "identifier has a character outside A-Za-z0-9._-@", "REQ-TOP-004"));
     }
     Ok(())
 }
@@ -121,11 +98,7 @@ pub fn check_topic(field: &'static str, topic: &str, usage: TopicUse) -> Result<
     }
     let levels = topic.split('/').count();
     if levels > MAX_TOPIC_LEVELS {
-        return Err(invalid(
-            field,
-            "topic has more than 8 levels",
-            "REQ-TOP-001",
-        ));
+        return Err(invalid(field, "topic has more than 8 levels", "REQ-TOP-001"));
     }
     for (i, level) in topic.split('/').enumerate() {
         if level.is_empty() {
@@ -136,19 +109,11 @@ pub fn check_topic(field: &'static str, topic: &str, usage: TopicUse) -> Result<
             continue;
         }
         if usage == TopicUse::Name {
-            return Err(invalid(
-                field,
-                "wildcards are not allowed in a topic name",
-                "REQ-TOP-002",
-            ));
+            return Err(invalid(field, "wildcards are not allowed in a topic name", "REQ-TOP-002"));
         }
         let whole = level == "+" || (level == "#" && i + 1 == levels);
         if !whole {
-            return Err(invalid(
-                field,
-                "a wildcard must be a whole level, and # the last",
-                "REQ-TOP-002",
-            ));
+            return Err(invalid(field, "a wildcard must be a whole level, and # the last", "REQ-TOP-002"));
         }
     }
     Ok(())

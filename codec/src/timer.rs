@@ -77,13 +77,7 @@ impl<K> TimerWheel<K> {
         let generation = self.generation;
         let index = self.free.pop().unwrap_or(self.entries.len());
         let slot_pos = self.slots.get(slot).map_or(0, Vec::len);
-        let entry = Some(Entry {
-            key,
-            tick,
-            generation,
-            slot,
-            slot_pos,
-        });
+        let entry = Some(Entry { key, tick, generation, slot, slot_pos });
         if index == self.entries.len() {
             self.entries.push(entry);
         } else if let Some(e) = self.entries.get_mut(index) {
@@ -131,11 +125,8 @@ impl<K> TimerWheel<K> {
         }
         let size = self.slots.len() as u64;
         // A jump longer than one turn visits each slot once instead of each tick.
-        let ticks: Vec<u64> = if reached - self.current >= size {
-            (0..size).collect()
-        } else {
-            (self.current..=reached).collect()
-        };
+        let ticks: Vec<u64> =
+            if reached - self.current >= size { (0..size).collect() } else { (self.current..=reached).collect() };
         let mut fired: Vec<(u64, usize)> = Vec::new();
         for t in ticks {
             let slot = usize::try_from(t % size).unwrap_or(0);

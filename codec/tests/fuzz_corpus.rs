@@ -1,12 +1,7 @@
 //! Runs every fuzz target (`fuzz/harness.rs`) over its seed corpus in `fuzz/corpus/`, so the
 //! targets are exercised on every test run, not only under libFuzzer.
 // Test code: a panic is how it reports a failure.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 #[path = "../../fuzz/harness.rs"]
 mod harness;
@@ -14,9 +9,7 @@ mod harness;
 use std::path::Path;
 
 fn run_corpus(target: &str, f: fn(&[u8])) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/corpus")
-        .join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target);
     let mut count = 0;
     for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
         let path = entry.unwrap().path();

@@ -2,19 +2,12 @@
 //! values are refused with INVALID_FIELD (never a panic or another error), and fragmentation
 //! round-trips every body size from 0 to the negotiated maximum.
 // Test code: a panic is how it reports a failure.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 use prost::Message;
-use prost_reflect::{
-    DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, Value,
-};
+use prost_reflect::{DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, Value};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tern_codec::fragment::{Fragmenter, FrameReader};
@@ -22,22 +15,9 @@ use tern_codec::limits::MAX_BODY_LEN;
 use tern_codec::{decode_frame, encode_frame, proto, DecodeError, Frame, FrameType};
 
 const IDS: &[&str] = &["alice", "bob", "phone", "g-1", "lobby", "x@y.z"];
-const TOPICS: &[&str] = &[
-    "user/bob",
-    "conv/7",
-    "group/g-1",
-    "room/lobby",
-    "device/alice/phone/temp",
-    "user//x",
-    "device/+/x",
-];
-const FILTERS: &[&str] = &[
-    "device/alice/#",
-    "room/lobby",
-    "device/+/phone/temp",
-    "device/#/x",
-    "a+",
-];
+const TOPICS: &[&str] =
+    &["user/bob", "conv/7", "group/g-1", "room/lobby", "device/alice/phone/temp", "user//x", "device/+/x"];
+const FILTERS: &[&str] = &["device/alice/#", "room/lobby", "device/+/phone/temp", "device/#/x", "a+"];
 
 fn pick<'a>(rng: &mut ChaCha8Rng, from: &[&'a str]) -> &'a str {
     from[(rng.next_u32() as usize) % from.len()]
@@ -108,9 +88,7 @@ fn every_frame_type_round_trips_or_is_refused_with_invalid_field() {
     let pool = DescriptorPool::decode(tern_codec::FILE_DESCRIPTOR_SET).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(0x7E57);
     for &ty in FrameType::ALL {
-        let desc = pool
-            .get_message_by_name(&format!("tern.v1.{}", ty.message_name()))
-            .unwrap();
+        let desc = pool.get_message_by_name(&format!("tern.v1.{}", ty.message_name())).unwrap();
         let (mut valid, mut invalid) = (0, 0);
         for _ in 0..3000 {
             let msg = random_message(&mut rng, &desc, 0);
@@ -133,11 +111,7 @@ fn every_frame_type_round_trips_or_is_refused_with_invalid_field() {
                     assert_eq!(again, input, "{}: re-encoding differs", ty.name());
                 }
                 Err(DecodeError::InvalidField { .. }) => invalid += 1,
-                other => panic!(
-                    "{}: canonical body {} gave {other:?}",
-                    ty.name(),
-                    hex::encode(&input)
-                ),
+                other => panic!("{}: canonical body {} gave {other:?}", ty.name(), hex::encode(&input)),
             }
         }
         assert!(valid >= 25, "{}: only {valid} valid samples", ty.name());
@@ -185,12 +159,7 @@ proptest! {
 
 #[test]
 fn fragmentation_boundaries() {
-    let sized = |body: usize| {
-        (0..body)
-            .map(publish)
-            .find(|f| f.body_len() == body)
-            .unwrap()
-    };
+    let sized = |body: usize| (0..body).map(publish).find(|f| f.body_len() == body).unwrap();
     // Body of exactly 1396 (one frame), 1397 (two fragments), and exactly the maximum.
     let one = sized(MAX_BODY_LEN);
     assert_eq!(through_the_wire(&one, 65_536).unwrap().0, 1);

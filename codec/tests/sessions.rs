@@ -1,12 +1,7 @@
 //! Client and broker session machines against each other over a perfect link, and against
 //! hand-written bytes: handshake, publish/ack, deliver/ack, keepalive, resume.
 // Test code: a panic is how it reports a failure.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::time::{Duration, Instant};
 
@@ -16,8 +11,7 @@ use rand_chacha::ChaCha8Rng;
 use tern_codec::ids::StreamId;
 use tern_codec::proto;
 use tern_codec::session::{
-    Accept, BrokerConfig, BrokerEvent, BrokerSession, ClientConfig, ClientEvent, ClientSession,
-    LedgerSnapshot,
+    Accept, BrokerConfig, BrokerEvent, BrokerSession, ClientConfig, ClientEvent, ClientSession, LedgerSnapshot,
 };
 use tern_codec::{decode_frame, encode_frame, Frame, ReasonCode};
 
@@ -76,19 +70,10 @@ impl Pair {
     fn connect(&mut self) {
         self.client.connect(self.t0).unwrap();
         let (be, _) = self.pump(self.t0);
-        assert!(
-            matches!(be.as_slice(), [BrokerEvent::Connect(c)] if c.device_id == "phone"),
-            "{be:?}"
-        );
+        assert!(matches!(be.as_slice(), [BrokerEvent::Connect(c)] if c.device_id == "phone"), "{be:?}");
         self.broker.accept(self.t0, accept_for("alice")).unwrap();
         let (_, ce) = self.pump(self.t0);
-        assert_eq!(
-            ce,
-            vec![ClientEvent::Connected {
-                session_present: false,
-                user_id: "alice".into()
-            }]
-        );
+        assert_eq!(ce, vec![ClientEvent::Connected { session_present: false, user_id: "alice".into() }]);
     }
 }
 
@@ -96,23 +81,11 @@ impl Pair {
 fn publish_is_released_once_and_acked_with_the_stored_outcome() {
     let mut p = Pair::new();
     p.connect();
-    let cid = p
-        .client
-        .publish(p.t0, "user/bob", Bytes::from_static(b"hi"), 2)
-        .unwrap()
-        .unwrap();
+    let cid = p.client.publish(p.t0, "user/bob", Bytes::from_static(b"hi"), 2).unwrap().unwrap();
     let (be, _) = p.pump(p.t0);
-    let [BrokerEvent::Publish(pubf)] = be.as_slice() else {
-        panic!("{be:?}")
-    };
+    let [BrokerEvent::Publish(pubf)] = be.as_slice() else { panic!("{be:?}") };
     assert_eq!((pubf.cid, &pubf.payload[..]), (cid.0, &b"hi"[..]));
-    let ack = proto::PubAck {
-        cid: cid.0,
-        reason: 0,
-        msg_id: 99,
-        conversation_id: 5,
-        seq: 1,
-    };
+    let ack = proto::PubAck { cid: cid.0, reason: 0, msg_id: 99, conversation_id: 5, seq: 1 };
     p.broker.ack_publish(ack).unwrap();
     let (_, ce) = p.pump(p.t0);
     assert_eq!(ce, vec![ClientEvent::Acked(ack)]);
@@ -137,12 +110,7 @@ fn raw(frame: &Frame) -> Vec<u8> {
 }
 
 fn connect_frame(versions: Vec<u32>) -> Frame {
-    Frame::Connect(proto::Connect {
-        versions,
-        device_id: "phone".into(),
-        keepalive_secs: 10,
-        ..Default::default()
-    })
+    Frame::Connect(proto::Connect { versions, device_id: "phone".into(), keepalive_secs: 10, ..Default::default() })
 }
 
 fn disconnect_reason(frames: &[Frame]) -> Option<ReasonCode> {
@@ -159,9 +127,7 @@ fn accepted_broker(t0: Instant) -> BrokerSession {
     assert!(matches!(b.poll_event(), Some(BrokerEvent::Connect(_))));
     b.accept(t0, accept_for("alice")).unwrap();
     let sent = frames(b.poll_transmit());
-    assert!(
-        matches!(sent.as_slice(), [Frame::ConnAck(a)] if a.reason == 0 && a.keepalive_secs == 10)
-    );
+    assert!(matches!(sent.as_slice(), [Frame::ConnAck(a)] if a.reason == 0 && a.keepalive_secs == 10));
     b
 }
 
@@ -189,17 +155,8 @@ fn first_frame_must_be_connect() {
     let t0 = Instant::now();
     let mut b = BrokerSession::new(t0, BrokerConfig::default());
     b.handle_bytes(t0, &raw(&Frame::Ping(proto::Ping { nonce: 1 })));
-    assert_eq!(
-        disconnect_reason(&frames(b.poll_transmit())),
-        Some(ReasonCode::ProtocolError)
-    );
-    assert!(matches!(
-        b.poll_event(),
-        Some(BrokerEvent::Closed {
-            reason: Some(ReasonCode::ProtocolError),
-            ..
-        })
-    ));
+    assert_eq!(disconnect_reason(&frames(b.poll_transmit())), Some(ReasonCode::ProtocolError));
+    assert!(matches!(b.poll_event(), Some(BrokerEvent::Closed { reason: Some(ReasonCode::ProtocolError), .. })));
 }
 
 #[test]
@@ -208,9 +165,7 @@ fn no_common_version_is_refused_in_connack() {
     let mut b = BrokerSession::new(t0, BrokerConfig::default());
     b.handle_bytes(t0, &raw(&connect_frame(vec![7, 9])));
     let sent = frames(b.poll_transmit());
-    assert!(
-        matches!(sent.as_slice(), [Frame::ConnAck(a)] if a.reason == ReasonCode::UnsupportedVersion as u32)
-    );
+    assert!(matches!(sent.as_slice(), [Frame::ConnAck(a)] if a.reason == ReasonCode::UnsupportedVersion as u32));
 }
 
 #[test]
@@ -220,17 +175,11 @@ fn frames_before_connack_and_a_second_connect_are_violations() {
     let mut bytes = raw(&connect_frame(vec![1]));
     bytes.extend(publish_bytes(1));
     b.handle_bytes(t0, &bytes);
-    assert_eq!(
-        disconnect_reason(&frames(b.poll_transmit())),
-        Some(ReasonCode::ProtocolError)
-    );
+    assert_eq!(disconnect_reason(&frames(b.poll_transmit())), Some(ReasonCode::ProtocolError));
 
     let mut b = accepted_broker(t0);
     b.handle_bytes(t0, &raw(&connect_frame(vec![1])));
-    assert_eq!(
-        disconnect_reason(&frames(b.poll_transmit())),
-        Some(ReasonCode::ProtocolError)
-    );
+    assert_eq!(disconnect_reason(&frames(b.poll_transmit())), Some(ReasonCode::ProtocolError));
 }
 
 #[test]
@@ -245,10 +194,7 @@ fn a_client_only_frame_from_the_broker_side_is_unexpected() {
         ..Default::default()
     };
     b.handle_bytes(t0, &raw(&Frame::Deliver(deliver)));
-    assert_eq!(
-        disconnect_reason(&frames(b.poll_transmit())),
-        Some(ReasonCode::UnexpectedFrame)
-    );
+    assert_eq!(disconnect_reason(&frames(b.poll_transmit())), Some(ReasonCode::UnexpectedFrame));
 }
 
 #[test]
@@ -258,10 +204,7 @@ fn malformed_bytes_close_and_nothing_after_them_is_processed() {
     let mut bytes = vec![0x03, 0x00, 0x00, 0x03, 0x08, 0x81, 0x00]; // non-canonical PING
     bytes.extend(publish_bytes(1));
     b.handle_bytes(t0, &bytes);
-    assert_eq!(
-        disconnect_reason(&frames(b.poll_transmit())),
-        Some(ReasonCode::NonCanonicalEncoding)
-    );
+    assert_eq!(disconnect_reason(&frames(b.poll_transmit())), Some(ReasonCode::NonCanonicalEncoding));
     assert!(released_cids(&mut b).is_empty());
     b.handle_bytes(t0, &publish_bytes(2));
     assert!(b.poll_transmit().is_none());
@@ -272,10 +215,7 @@ fn ping_is_answered_with_the_same_nonce() {
     let t0 = Instant::now();
     let mut b = accepted_broker(t0);
     b.handle_bytes(t0, &raw(&Frame::Ping(proto::Ping { nonce: 0xDEAD })));
-    assert_eq!(
-        frames(b.poll_transmit()),
-        vec![Frame::Pong(proto::Ping { nonce: 0xDEAD })]
-    );
+    assert_eq!(frames(b.poll_transmit()), vec![Frame::Pong(proto::Ping { nonce: 0xDEAD })]);
 }
 
 #[test]
@@ -292,10 +232,7 @@ fn broker_closes_after_one_and_a_half_keepalives_of_silence() {
     let _ = b.poll_transmit();
     assert_eq!(b.poll_timeout(), Some(t1 + Duration::from_secs(15)));
     b.handle_timeout(t1 + Duration::from_secs(15));
-    assert_eq!(
-        disconnect_reason(&frames(b.poll_transmit())),
-        Some(ReasonCode::KeepaliveTimeout)
-    );
+    assert_eq!(disconnect_reason(&frames(b.poll_transmit())), Some(ReasonCode::KeepaliveTimeout));
 }
 
 #[test]
@@ -304,15 +241,9 @@ fn client_pings_within_the_interval_with_jitter() {
     p.connect();
     let ping_at = p.client.poll_timeout().unwrap();
     let after = ping_at - p.t0;
-    assert!(
-        after >= Duration::from_millis(22_500) && after < Duration::from_secs(30),
-        "{after:?}"
-    );
+    assert!(after >= Duration::from_millis(22_500) && after < Duration::from_secs(30), "{after:?}");
     p.client.handle_timeout(ping_at);
-    assert!(matches!(
-        frames(p.client.poll_transmit()).as_slice(),
-        [Frame::Ping(_)]
-    ));
+    assert!(matches!(frames(p.client.poll_transmit()).as_slice(), [Frame::Ping(_)]));
 }
 
 #[test]
@@ -321,13 +252,7 @@ fn retransmitted_publish_gets_the_original_ack_and_is_not_released_again() {
     let mut b = accepted_broker(t0);
     b.handle_bytes(t0, &publish_bytes(1));
     assert_eq!(released_cids(&mut b), vec![1]);
-    let ack = proto::PubAck {
-        cid: 1,
-        reason: 0,
-        msg_id: 77,
-        conversation_id: 3,
-        seq: 9,
-    };
+    let ack = proto::PubAck { cid: 1, reason: 0, msg_id: 77, conversation_id: 3, seq: 9 };
     b.ack_publish(ack).unwrap();
     assert_eq!(frames(b.poll_transmit()), vec![Frame::PubAck(ack)]);
     b.handle_bytes(t0, &publish_bytes(1));
@@ -346,10 +271,7 @@ fn publishes_are_released_in_cid_order_and_the_window_is_enforced() {
     assert_eq!(released_cids(&mut b), vec![1, 2, 3]);
     // Window 32 from cid 4: cid 36 is out.
     b.handle_bytes(t0, &publish_bytes(36));
-    assert_eq!(
-        disconnect_reason(&frames(b.poll_transmit())),
-        Some(ReasonCode::ReceiveWindowExceeded)
-    );
+    assert_eq!(disconnect_reason(&frames(b.poll_transmit())), Some(ReasonCode::ReceiveWindowExceeded));
 }
 
 #[test]
@@ -358,25 +280,9 @@ fn restored_ledger_answers_old_cids_and_skips_decided_ones() {
     let mut b = BrokerSession::new(t0, BrokerConfig::default());
     b.handle_bytes(t0, &raw(&connect_frame(vec![1])));
     let _ = b.poll_event();
-    let five = proto::PubAck {
-        cid: 5,
-        reason: 0,
-        msg_id: 5,
-        conversation_id: 1,
-        seq: 5,
-    };
-    let ledger = LedgerSnapshot {
-        contiguous: 3,
-        acks: vec![five],
-    };
-    b.accept(
-        t0,
-        Accept {
-            ledger,
-            ..accept_for("alice")
-        },
-    )
-    .unwrap();
+    let five = proto::PubAck { cid: 5, reason: 0, msg_id: 5, conversation_id: 1, seq: 5 };
+    let ledger = LedgerSnapshot { contiguous: 3, acks: vec![five] };
+    b.accept(t0, Accept { ledger, ..accept_for("alice") }).unwrap();
     let connack = frames(b.poll_transmit());
     assert!(matches!(connack.as_slice(), [Frame::ConnAck(a)] if a.last_cid == 5));
     b.handle_bytes(t0, &publish_bytes(5));
@@ -384,11 +290,7 @@ fn restored_ledger_answers_old_cids_and_skips_decided_ones() {
     b.handle_bytes(t0, &publish_bytes(6));
     assert!(released_cids(&mut b).is_empty(), "6 waits for 4");
     b.handle_bytes(t0, &publish_bytes(4));
-    assert_eq!(
-        released_cids(&mut b),
-        vec![4, 6],
-        "5 was decided before the restart"
-    );
+    assert_eq!(released_cids(&mut b), vec![4, 6], "5 was decided before the restart");
 }
 
 fn inbox_deliver(seq: u64) -> proto::Deliver {
@@ -416,45 +318,23 @@ fn broker_accepting(t0: Instant, connect: proto::Connect) -> BrokerSession {
 #[test]
 fn broker_respects_the_client_window_and_retransmits_with_dup() {
     let t0 = Instant::now();
-    let connect = proto::Connect {
-        versions: vec![1],
-        device_id: "phone".into(),
-        receive_window: 2,
-        ..Default::default()
-    };
+    let connect =
+        proto::Connect { versions: vec![1], device_id: "phone".into(), receive_window: 2, ..Default::default() };
     let mut b = broker_accepting(t0, connect);
     for seq in 1..=4 {
         b.deliver(t0, inbox_deliver(seq)).unwrap();
     }
     let sent: Vec<u64> = frames(b.poll_transmit())
         .iter()
-        .filter_map(|f| {
-            if let Frame::Deliver(d) = f {
-                Some(d.seq)
-            } else {
-                None
-            }
-        })
+        .filter_map(|f| if let Frame::Deliver(d) = f { Some(d.seq) } else { None })
         .collect();
     assert_eq!(sent, vec![1, 2]);
-    let ack = Frame::DeliverAck(proto::DeliverAck {
-        stream: Some(StreamId::Inbox.to_proto()),
-        seq: 1,
-    });
+    let ack = Frame::DeliverAck(proto::DeliverAck { stream: Some(StreamId::Inbox.to_proto()), seq: 1 });
     b.handle_bytes(t0, &raw(&ack));
-    assert!(matches!(
-        b.poll_event(),
-        Some(BrokerEvent::StreamAcked { seq: 1, .. })
-    ));
+    assert!(matches!(b.poll_event(), Some(BrokerEvent::StreamAcked { seq: 1, .. })));
     let sent: Vec<u64> = frames(b.poll_transmit())
         .iter()
-        .filter_map(|f| {
-            if let Frame::Deliver(d) = f {
-                Some(d.seq)
-            } else {
-                None
-            }
-        })
+        .filter_map(|f| if let Frame::Deliver(d) = f { Some(d.seq) } else { None })
         .collect();
     assert_eq!(sent, vec![3]);
     let rto = b.poll_timeout().unwrap();
@@ -462,13 +342,7 @@ fn broker_respects_the_client_window_and_retransmits_with_dup() {
     b.handle_timeout(rto);
     let again: Vec<(u64, bool)> = frames(b.poll_transmit())
         .iter()
-        .filter_map(|f| {
-            if let Frame::Deliver(d) = f {
-                Some((d.seq, d.dup))
-            } else {
-                None
-            }
-        })
+        .filter_map(|f| if let Frame::Deliver(d) = f { Some((d.seq, d.dup)) } else { None })
         .collect();
     assert_eq!(again, vec![(2, true), (3, true)]);
 }
@@ -480,38 +354,19 @@ fn client_dedups_reorders_and_acks_cumulatively() {
     let deliver = |seq| raw(&Frame::Deliver(inbox_deliver(seq)));
     p.client.handle_bytes(p.t0, &deliver(2));
     let sent = frames(p.client.poll_transmit());
-    assert!(
-        matches!(sent.as_slice(), [Frame::Sync(s)] if s.after_seq == 0),
-        "gap asks for a SYNC once: {sent:?}"
-    );
+    assert!(matches!(sent.as_slice(), [Frame::Sync(s)] if s.after_seq == 0), "gap asks for a SYNC once: {sent:?}");
     assert!(p.client.poll_event().is_none());
     p.client.handle_bytes(p.t0, &deliver(1));
     p.client.handle_bytes(p.t0, &deliver(1));
     let got: Vec<u64> = std::iter::from_fn(|| p.client.poll_event())
-        .filter_map(|e| {
-            if let ClientEvent::Message(d) = e {
-                Some(d.seq)
-            } else {
-                None
-            }
-        })
+        .filter_map(|e| if let ClientEvent::Message(d) = e { Some(d.seq) } else { None })
         .collect();
     assert_eq!(got, vec![1, 2]);
     let acks: Vec<u64> = frames(p.client.poll_transmit())
         .iter()
-        .filter_map(|f| {
-            if let Frame::DeliverAck(a) = f {
-                Some(a.seq)
-            } else {
-                None
-            }
-        })
+        .filter_map(|f| if let Frame::DeliverAck(a) = f { Some(a.seq) } else { None })
         .collect();
-    assert_eq!(
-        acks,
-        vec![2, 2],
-        "cumulative, and a duplicate is acknowledged again"
-    );
+    assert_eq!(acks, vec![2, 2], "cumulative, and a duplicate is acknowledged again");
 }
 
 #[test]
@@ -521,9 +376,7 @@ fn a_client_that_lost_its_state_renumbers_after_last_cid() {
         ClientConfig::new("phone", Bytes::from_static(b"t")),
         Box::new(ChaCha8Rng::seed_from_u64(3)),
     );
-    let cid = client
-        .publish(t0, "user/bob", Bytes::from_static(b"x"), 2)
-        .unwrap();
+    let cid = client.publish(t0, "user/bob", Bytes::from_static(b"x"), 2).unwrap();
     assert_eq!(cid.map(|c| c.0), Some(1));
     client.connect(t0).unwrap();
     let _ = client.poll_transmit();
@@ -537,15 +390,9 @@ fn a_client_that_lost_its_state_renumbers_after_last_cid() {
     };
     client.handle_bytes(t0, &raw(&Frame::ConnAck(connack)));
     let events: Vec<ClientEvent> = std::iter::from_fn(|| client.poll_event()).collect();
-    assert!(
-        events.contains(&ClientEvent::CidsRenumbered { offset: 10 }),
-        "{events:?}"
-    );
+    assert!(events.contains(&ClientEvent::CidsRenumbered { offset: 10 }), "{events:?}");
     let sent = frames(client.poll_transmit());
-    assert!(
-        matches!(sent.as_slice(), [Frame::Publish(p)] if p.cid == 11),
-        "{sent:?}"
-    );
+    assert!(matches!(sent.as_slice(), [Frame::Publish(p)] if p.cid == 11), "{sent:?}");
     assert_eq!(client.next_cid().0, 12);
 }
 
@@ -581,11 +428,7 @@ fn package_members_are_released_whole_in_index_order_or_expire() {
             qos: 2,
             topic: "user/bob".into(),
             payload: Bytes::from(format!("i{index}")),
-            package: Some(proto::PackageRef {
-                package_id: 1,
-                index,
-                count: 3,
-            }),
+            package: Some(proto::PackageRef { package_id: 1, index, count: 3 }),
             ..Default::default()
         }))
     };
@@ -606,37 +449,22 @@ fn package_members_are_released_whole_in_index_order_or_expire() {
         cid: 4,
         qos: 2,
         topic: "user/bob".into(),
-        package: Some(proto::PackageRef {
-            package_id: 2,
-            index: 0,
-            count: 2,
-        }),
+        package: Some(proto::PackageRef { package_id: 2, index: 0, count: 2 }),
         ..Default::default()
     }));
     b.handle_bytes(t0, &lone);
     let deadline = b.poll_timeout().unwrap();
-    assert_eq!(
-        deadline,
-        t0 + Duration::from_secs(15),
-        "keepalive comes first"
-    );
+    assert_eq!(deadline, t0 + Duration::from_secs(15), "keepalive comes first");
     b.handle_timeout(t0 + Duration::from_secs(30));
-    let expired = std::iter::from_fn(|| b.poll_event())
-        .find(|e| matches!(e, BrokerEvent::PackageExpired { .. }));
-    assert!(
-        matches!(expired, Some(BrokerEvent::PackageExpired { cids, .. }) if cids.len() == 1 && cids[0].0 == 4)
-    );
+    let expired = std::iter::from_fn(|| b.poll_event()).find(|e| matches!(e, BrokerEvent::PackageExpired { .. }));
+    assert!(matches!(expired, Some(BrokerEvent::PackageExpired { cids, .. }) if cids.len() == 1 && cids[0].0 == 4));
 }
 
 #[test]
 fn a_deliver_larger_than_the_client_accepts_keeps_its_seq_without_payload() {
     let t0 = Instant::now();
-    let connect = proto::Connect {
-        versions: vec![1],
-        device_id: "sensor".into(),
-        max_message_size: 1396,
-        ..Default::default()
-    };
+    let connect =
+        proto::Connect { versions: vec![1], device_id: "sensor".into(), max_message_size: 1396, ..Default::default() };
     let mut b = broker_accepting(t0, connect);
     let mut big = inbox_deliver(1);
     big.payload = Bytes::from(vec![7u8; 5000]);
@@ -647,9 +475,7 @@ fn a_deliver_larger_than_the_client_accepts_keeps_its_seq_without_payload() {
         matches!(&sent[0], Frame::Deliver(d) if d.seq == 1 && d.payload_omitted && d.payload.is_empty()),
         "{sent:?}"
     );
-    assert!(
-        matches!(&sent[1], Frame::Deliver(d) if d.seq == 2 && !d.payload_omitted && &d.payload[..] == b"d2")
-    );
+    assert!(matches!(&sent[1], Frame::Deliver(d) if d.seq == 2 && !d.payload_omitted && &d.payload[..] == b"d2"));
 }
 
 #[test]
@@ -661,18 +487,11 @@ fn package_members_that_disagree_on_topic_are_invalid() {
             cid,
             qos: 2,
             topic: topic.into(),
-            package: Some(proto::PackageRef {
-                package_id: 1,
-                index,
-                count: 2,
-            }),
+            package: Some(proto::PackageRef { package_id: 1, index, count: 2 }),
             ..Default::default()
         };
         b.handle_bytes(t0, &raw(&Frame::Publish(p)));
     }
-    assert_eq!(
-        disconnect_reason(&frames(b.poll_transmit())),
-        Some(ReasonCode::PackageInvalid)
-    );
+    assert_eq!(disconnect_reason(&frames(b.poll_transmit())), Some(ReasonCode::PackageInvalid));
     assert!(!std::iter::from_fn(|| b.poll_event()).any(|e| matches!(e, BrokerEvent::Package(_))));
 }

@@ -4,12 +4,7 @@
 //! every QoS 2 message is stored and delivered exactly once and in order, and every package
 //! whole and in index order or reported failed to its sender, never partially.
 // Test code: a panic is how it reports a failure.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -21,8 +16,7 @@ use tern_codec::decode_frame;
 use tern_codec::ids::{Cid, StreamId};
 use tern_codec::proto;
 use tern_codec::session::{
-    backoff, Accept, BrokerConfig, BrokerEvent, BrokerSession, ClientConfig, ClientEvent,
-    ClientSession, LedgerSnapshot,
+    backoff, Accept, BrokerConfig, BrokerEvent, BrokerSession, ClientConfig, ClientEvent, ClientSession, LedgerSnapshot,
 };
 use tern_codec::{Frame, ReasonCode};
 
@@ -60,10 +54,7 @@ impl Store {
         while self.ledger.contains_key(&(contiguous + 1)) {
             contiguous += 1;
         }
-        LedgerSnapshot {
-            contiguous,
-            acks: self.ledger.values().cloned().collect(),
-        }
+        LedgerSnapshot { contiguous, acks: self.ledger.values().cloned().collect() }
     }
 
     fn deliver_frame(&self, seq: u64) -> Option<proto::Deliver> {
@@ -146,10 +137,7 @@ fn split_frames(mut bytes: Bytes, out: &mut Vec<Bytes>) {
 
 fn cid_of(payload: &[u8]) -> u64 {
     let text = std::str::from_utf8(payload.get(..20).unwrap_or(payload)).unwrap_or("");
-    text.split(';')
-        .next()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
+    text.split(';').next().and_then(|s| s.parse().ok()).unwrap_or(0)
 }
 
 impl World {
@@ -161,10 +149,7 @@ impl World {
                 let mut cfg = ClientConfig::new(*dev, Bytes::from(dev.to_string()));
                 cfg.receive_window = 8;
                 Peer {
-                    client: ClientSession::new(
-                        cfg,
-                        Box::new(ChaCha8Rng::seed_from_u64(rng.next_u64())),
-                    ),
+                    client: ClientSession::new(cfg, Box::new(ChaCha8Rng::seed_from_u64(rng.next_u64()))),
                     wire: None,
                     parked: None,
                     reconnect_at: Some(0),
@@ -172,10 +157,7 @@ impl World {
                 }
             })
             .collect();
-        let config = BrokerConfig {
-            package_timeout: Duration::from_secs(20),
-            ..BrokerConfig::default()
-        };
+        let config = BrokerConfig { package_timeout: Duration::from_secs(20), ..BrokerConfig::default() };
         World {
             rng,
             t0: Instant::now(),
@@ -229,17 +211,10 @@ impl World {
                 if self.chance(self.faults.drop) {
                     continue;
                 }
-                let copies = if self.chance(self.faults.duplicate) {
-                    2
-                } else {
-                    1
-                };
+                let copies = if self.chance(self.faults.duplicate) { 2 } else { 1 };
                 for _ in 0..copies {
-                    let delay = if self.chance(self.faults.reorder) {
-                        5 + u64::from(self.rng.next_u32() % 200)
-                    } else {
-                        5
-                    };
+                    let delay =
+                        if self.chance(self.faults.reorder) { 5 + u64::from(self.rng.next_u32() % 200) } else { 5 };
                     self.order += 1;
                     let entry = (self.now_ms + delay, self.order, f.clone());
                     if let Some(w) = self.peers[i].wire.as_mut() {
@@ -300,18 +275,14 @@ impl World {
                 BrokerEvent::Connect(c) => self.pending_connect[i] = Some(c),
                 BrokerEvent::Publish(p) => {
                     let seq = self.store_msg(&p);
-                    machine
-                        .ack_publish(self.stored_ack(p.cid, seq))
-                        .expect("ack");
+                    machine.ack_publish(self.stored_ack(p.cid, seq)).expect("ack");
                     self.deliver_to_receiver(seq);
                 }
                 BrokerEvent::Package(members) => {
                     self.stats.stored_packages += 1;
                     let seqs: Vec<u64> = members.iter().map(|p| self.store_msg(p)).collect();
                     for (p, &seq) in members.iter().zip(&seqs) {
-                        machine
-                            .ack_publish(self.stored_ack(p.cid, seq))
-                            .expect("ack");
+                        machine.ack_publish(self.stored_ack(p.cid, seq)).expect("ack");
                     }
                     for seq in seqs {
                         self.deliver_to_receiver(seq);
@@ -320,32 +291,22 @@ impl World {
                 BrokerEvent::PackageExpired { cids, .. } => {
                     self.stats.expired_packages += 1;
                     for Cid(cid) in cids {
-                        let ack = proto::PubAck {
-                            cid,
-                            reason: ReasonCode::PackageTimeout as u32,
-                            ..Default::default()
-                        };
+                        let ack =
+                            proto::PubAck { cid, reason: ReasonCode::PackageTimeout as u32, ..Default::default() };
                         self.store.ledger.insert(cid, ack);
                         machine.ack_publish(ack).expect("ack");
                     }
                 }
                 BrokerEvent::StreamAcked { seq, .. } => {
                     assert_eq!(i, RECEIVER);
-                    assert!(
-                        seq <= self.store.inbox.len() as u64,
-                        "acked a seq never stored"
-                    );
+                    assert!(seq <= self.store.inbox.len() as u64, "acked a seq never stored");
                     self.store.receiver_cursor = self.store.receiver_cursor.max(seq);
                 }
                 BrokerEvent::Frame(f) if matches!(*f, Frame::Sync(_)) => {
                     let Frame::Sync(s) = *f else { continue };
                     self.stats.gaps_synced += 1;
                     // Only the receiver's inbox has messages; the sender's is empty.
-                    let stored = if i == RECEIVER {
-                        self.store.inbox.len() as u64
-                    } else {
-                        0
-                    };
+                    let stored = if i == RECEIVER { self.store.inbox.len() as u64 } else { 0 };
                     let last = stored.min(s.after_seq + u64::from(s.limit));
                     for seq in s.after_seq + 1..=last {
                         if let Some(d) = self.store.deliver_frame(seq) {
@@ -368,22 +329,12 @@ impl World {
     }
 
     fn store_msg(&mut self, p: &proto::Publish) -> u64 {
-        self.store.inbox.push(Stored {
-            cid: p.cid,
-            payload: p.payload.clone(),
-            package: p.package,
-        });
+        self.store.inbox.push(Stored { cid: p.cid, payload: p.payload.clone(), package: p.package });
         self.store.inbox.len() as u64
     }
 
     fn stored_ack(&mut self, cid: u64, seq: u64) -> proto::PubAck {
-        let ack = proto::PubAck {
-            cid,
-            reason: 0,
-            msg_id: seq,
-            conversation_id: 1,
-            seq,
-        };
+        let ack = proto::PubAck { cid, reason: 0, msg_id: seq, conversation_id: 1, seq };
         self.store.ledger.insert(cid, ack);
         ack
     }
@@ -409,8 +360,7 @@ impl World {
                 ClientEvent::Acked(ack) => {
                     assert_eq!(i, SENDER);
                     if self.outcomes.insert(ack.cid, ack.reason).is_some() {
-                        self.violations
-                            .push(format!("two outcomes for cid {}", ack.cid));
+                        self.violations.push(format!("two outcomes for cid {}", ack.cid));
                     }
                 }
                 ClientEvent::PackageDone { package_id, reason } => {
@@ -444,24 +394,12 @@ impl World {
         let accept = Accept {
             user_id: user.into(),
             session_id: Bytes::from(format!("s-{user}")),
-            ledger: if i == SENDER {
-                self.store.snapshot()
-            } else {
-                LedgerSnapshot::default()
-            },
-            inbox_acked_seq: if i == RECEIVER {
-                self.store.receiver_cursor
-            } else {
-                0
-            },
+            ledger: if i == SENDER { self.store.snapshot() } else { LedgerSnapshot::default() },
+            inbox_acked_seq: if i == RECEIVER { self.store.receiver_cursor } else { 0 },
             server_time_ms: self.now_ms,
         };
         let fresh = std::mem::replace(&mut w.broker, BrokerSession::new(now, self.config.clone()));
-        match self.peers[i]
-            .parked
-            .take()
-            .filter(|_| !c.resume_session_id.is_empty())
-        {
+        match self.peers[i].parked.take().filter(|_| !c.resume_session_id.is_empty()) {
             Some(mut old) => {
                 old.resume_from(now, fresh, accept).expect("resume");
                 self.stats.resumes += 1;
@@ -484,9 +422,7 @@ impl World {
     fn step(&mut self) {
         let now = self.now();
         for i in 0..self.peers.len() {
-            if self.peers[i].reconnect_at.is_some_and(|t| t <= self.now_ms)
-                && self.peers[i].wire.is_none()
-            {
+            if self.peers[i].reconnect_at.is_some_and(|t| t <= self.now_ms) && self.peers[i].wire.is_none() {
                 self.peers[i].reconnect_at = None;
                 self.peers[i].wire = Some(Wire {
                     to_broker: vec![],
@@ -509,11 +445,7 @@ impl World {
                 up.sort();
                 for (_, _, f) in up {
                     if std::env::var("TERN_SIM_TRACE").is_ok() {
-                        eprintln!(
-                            "{} c{i}->b {:.300?}",
-                            self.now_ms,
-                            decode_frame(&mut BytesMut::from(&f[..]))
-                        );
+                        eprintln!("{} c{i}->b {:.300?}", self.now_ms, decode_frame(&mut BytesMut::from(&f[..])));
                     }
                     w.broker.handle_bytes(now, &f);
                 }
@@ -536,20 +468,12 @@ impl World {
                 down.sort();
                 for (_, _, f) in down {
                     if std::env::var("TERN_SIM_TRACE").is_ok() {
-                        eprintln!(
-                            "{} b->c{i} {:.300?}",
-                            self.now_ms,
-                            decode_frame(&mut BytesMut::from(&f[..]))
-                        );
+                        eprintln!("{} b->c{i} {:.300?}", self.now_ms, decode_frame(&mut BytesMut::from(&f[..])));
                     }
                     self.peers[i].client.handle_bytes(now, &f);
                 }
             }
-            if self.peers[i]
-                .client
-                .poll_timeout()
-                .is_some_and(|t| t <= now)
-            {
+            if self.peers[i].client.poll_timeout().is_some_and(|t| t <= now) {
                 self.peers[i].client.handle_timeout(now);
             }
             if let Some(mut w) = self.peers[i].wire.take() {
@@ -570,9 +494,7 @@ impl World {
             self.drain_client(i);
             self.transmit(i);
             let closed = self.peers[i].wire.as_ref().is_some_and(|w| {
-                !w.broker.is_up()
-                    && !w.broker.awaiting_accept()
-                    && w.broker.connect_frame().is_some()
+                !w.broker.is_up() && !w.broker.awaiting_accept() && w.broker.connect_frame().is_some()
             });
             if closed {
                 self.cut(i);
@@ -628,18 +550,14 @@ impl World {
             let count = 2 + self.rng.next_u32() % 4;
             let first = client.next_cid().0;
             let payloads: Vec<Bytes> = (0..count).map(|k| body(first + u64::from(k))).collect();
-            let pkg = client
-                .publish_package(now, "user/bob", payloads.clone(), 2)
-                .expect("package");
+            let pkg = client.publish_package(now, "user/bob", payloads.clone(), 2).expect("package");
             for (k, p) in payloads.into_iter().enumerate() {
                 self.published.insert(first + k as u64, p);
                 self.package_of.insert(first + k as u64, pkg.0);
             }
         } else {
             let cid = client.next_cid().0;
-            let got = client
-                .publish(now, "user/bob", body(cid), 2)
-                .expect("publish");
+            let got = client.publish(now, "user/bob", body(cid), 2).expect("publish");
             assert_eq!(got, Some(Cid(cid)));
             self.published.insert(cid, body(cid));
         }
@@ -687,10 +605,7 @@ fn run(seed: u64, faults: Faults) -> Stats {
             w.received.len(),
             w.outcomes,
             w.peers[SENDER].client,
-            w.peers
-                .iter()
-                .map(|p| (p.wire.is_some(), p.parked.is_some(), p.reconnect_at))
-                .collect::<Vec<_>>()
+            w.peers.iter().map(|p| (p.wire.is_some(), p.parked.is_some(), p.reconnect_at)).collect::<Vec<_>>()
         );
     }
     if let Err(e) = check(&w) {
@@ -712,10 +627,7 @@ fn check(w: &World) -> Result<(), String> {
     }
     // Every cid the sender used has exactly one outcome.
     for cid in w.published.keys() {
-        let reason = *w
-            .outcomes
-            .get(cid)
-            .ok_or(format!("cid {cid} never acknowledged"))?;
+        let reason = *w.outcomes.get(cid).ok_or(format!("cid {cid} never acknowledged"))?;
         let ok = reason == 0 || reason == ReasonCode::Duplicate as u32;
         let expired = reason == ReasonCode::PackageTimeout as u32;
         if !(ok || (expired && w.package_of.contains_key(cid))) {
@@ -742,35 +654,21 @@ fn check(w: &World) -> Result<(), String> {
                     }
                 }
                 if w.packages_done.get(&pkg.package_id) != Some(&ReasonCode::Success) {
-                    return Err(format!(
-                        "stored package {} not reported stored",
-                        pkg.package_id
-                    ));
+                    return Err(format!("stored package {} not reported stored", pkg.package_id));
                 }
                 i += pkg.count as usize;
             }
         }
     }
     for (pkg, reason) in &w.packages_done {
-        let partial = w
-            .store
-            .inbox
-            .iter()
-            .any(|s| s.package.map(|p| p.package_id) == Some(*pkg));
+        let partial = w.store.inbox.iter().any(|s| s.package.map(|p| p.package_id) == Some(*pkg));
         if *reason != ReasonCode::Success && partial {
             return Err(format!("failed package {pkg} partly stored"));
         }
     }
-    let stored_ok = w
-        .outcomes
-        .values()
-        .filter(|&&r| r == 0 || r == ReasonCode::Duplicate as u32)
-        .count();
+    let stored_ok = w.outcomes.values().filter(|&&r| r == 0 || r == ReasonCode::Duplicate as u32).count();
     if stored_ok != w.store.inbox.len() {
-        return Err(format!(
-            "{stored_ok} acknowledged as stored, {} in the store",
-            w.store.inbox.len()
-        ));
+        return Err(format!("{stored_ok} acknowledged as stored, {} in the store", w.store.inbox.len()));
     }
     // The receiver got exactly the store, in order, once each, with the sent payloads.
     let got: Vec<u64> = w.received.iter().map(|(cid, _)| *cid).collect();
@@ -786,24 +684,12 @@ fn check(w: &World) -> Result<(), String> {
     Ok(())
 }
 
-const HARSH: Faults = Faults {
-    drop: 30,
-    duplicate: 30,
-    reorder: 80,
-    cut: 4,
-    restart: 1,
-};
+const HARSH: Faults = Faults { drop: 30, duplicate: 30, reorder: 80, cut: 4, restart: 1 };
 
 #[test]
 fn exactly_once_in_order_under_loss_duplication_reordering_and_disconnects() {
-    let runs: u64 = std::env::var("TERN_SIM_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
-    let first: u64 = std::env::var("TERN_SIM_FIRST")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let runs: u64 = std::env::var("TERN_SIM_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let first: u64 = std::env::var("TERN_SIM_FIRST").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
     let mut total = Stats::default();
     for seed in first..first + runs {
         let s = run(seed, HARSH);
@@ -818,59 +704,23 @@ fn exactly_once_in_order_under_loss_duplication_reordering_and_disconnects() {
     eprintln!("{runs} runs: {total:?}");
     if runs >= 500 {
         let t = total;
-        let all = [
-            t.cuts,
-            t.restarts,
-            t.resumes,
-            t.expired_packages,
-            t.stored_packages,
-            t.fragmented,
-            t.gaps_synced,
-        ];
-        assert!(
-            all.iter().all(|&n| n > 0),
-            "a fault path was never exercised: {t:?}"
-        );
+        let all = [t.cuts, t.restarts, t.resumes, t.expired_packages, t.stored_packages, t.fragmented, t.gaps_synced];
+        assert!(all.iter().all(|&n| n > 0), "a fault path was never exercised: {t:?}");
     }
 }
 
 #[test]
 fn clean_links_deliver_everything_without_retransmission() {
     for seed in 0..50 {
-        let s = run(
-            seed,
-            Faults {
-                drop: 0,
-                duplicate: 0,
-                reorder: 0,
-                cut: 0,
-                restart: 0,
-            },
-        );
-        assert_eq!(
-            (s.cuts, s.restarts, s.expired_packages),
-            (0, 0, 0),
-            "seed {seed}"
-        );
+        let s = run(seed, Faults { drop: 0, duplicate: 0, reorder: 0, cut: 0, restart: 0 });
+        assert_eq!((s.cuts, s.restarts, s.expired_packages), (0, 0, 0), "seed {seed}");
     }
 }
 
 #[test]
 fn frequent_broker_restarts_keep_exactly_once() {
     let restarts: u64 = (0..300)
-        .map(|seed| {
-            run(
-                10_000 + seed,
-                Faults {
-                    drop: 10,
-                    duplicate: 10,
-                    reorder: 20,
-                    cut: 10,
-                    restart: 8,
-                },
-            )
-            .restarts
-        })
+        .map(|seed| run(10_000 + seed, Faults { drop: 10, duplicate: 10, reorder: 20, cut: 10, restart: 8 }).restarts)
         .sum();
     assert!(restarts > 300, "only {restarts} restarts in 300 runs");
 }
@@ -879,18 +729,8 @@ fn frequent_broker_restarts_keep_exactly_once() {
 /// restart stores retransmissions twice, and the checks say so.
 #[test]
 fn checks_catch_a_broker_that_forgets_dedup_state() {
-    let faults = Faults {
-        drop: 50,
-        duplicate: 0,
-        reorder: 0,
-        cut: 5,
-        restart: 10,
-    };
-    let caught = (0..200)
-        .filter_map(|seed| check(&run_world(seed, faults, true, 20_000)).err())
-        .find(|e| e.contains("twice"));
-    assert!(
-        caught.is_some(),
-        "a broker without durable dedup must be caught"
-    );
+    let faults = Faults { drop: 50, duplicate: 0, reorder: 0, cut: 5, restart: 10 };
+    let caught =
+        (0..200).filter_map(|seed| check(&run_world(seed, faults, true, 20_000)).err()).find(|e| e.contains("twice"));
+    assert!(caught.is_some(), "a broker without durable dedup must be caught");
 }

@@ -1,11 +1,6 @@
 //! Loads every file in `spec/vectors/` and checks the codec agrees with each vector.
 // Test code: a panic is how it reports a failure.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -27,9 +22,7 @@ fn files(dir: &Path, out: &mut Vec<PathBuf>) {
         let path = entry.expect("entry").path();
         if path.is_dir() {
             files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "json")
-            && !path.to_string_lossy().contains("schemas")
-        {
+        } else if path.extension().is_some_and(|e| e == "json") && !path.to_string_lossy().contains("schemas") {
             out.push(path);
         }
     }
@@ -49,11 +42,8 @@ fn body_json(pool: &DescriptorPool, frame: &Frame) -> Value {
         out.get(4..).expect("body").to_vec()
     };
     let name = format!("tern.v1.{}", frame.frame_type().message_name());
-    let desc = pool
-        .get_message_by_name(&name)
-        .expect("message in descriptor set");
-    serde_json::to_value(DynamicMessage::decode(desc, body.as_slice()).expect("reflect decode"))
-        .expect("json")
+    let desc = pool.get_message_by_name(&name).expect("message in descriptor set");
+    serde_json::to_value(DynamicMessage::decode(desc, body.as_slice()).expect("reflect decode")).expect("json")
 }
 
 fn error_name(e: &PeerError) -> &'static str {
@@ -65,13 +55,7 @@ fn tests_of(doc: &Value) -> impl Iterator<Item = (&Value, &Value)> {
         .as_array()
         .expect("testGroups")
         .iter()
-        .flat_map(|g| {
-            g["tests"]
-                .as_array()
-                .expect("tests")
-                .iter()
-                .map(move |t| (g, t))
-        })
+        .flat_map(|g| g["tests"].as_array().expect("tests").iter().map(move |t| (g, t)))
 }
 
 fn check_frame_codec(pool: &DescriptorPool, t: &Value, ctx: &str) {
@@ -80,19 +64,13 @@ fn check_frame_codec(pool: &DescriptorPool, t: &Value, ctx: &str) {
     let got = decode_frame(&mut buf);
     match t["result"].as_str().expect("result") {
         "valid" => {
-            let frame = got
-                .unwrap_or_else(|e| panic!("{ctx}: {e}"))
-                .unwrap_or_else(|| panic!("{ctx}: incomplete"));
+            let frame = got.unwrap_or_else(|e| panic!("{ctx}: {e}")).unwrap_or_else(|| panic!("{ctx}: incomplete"));
             assert!(buf.is_empty(), "{ctx}: bytes left over");
             assert_eq!(frame.frame_type().name(), t["frame_type"], "{ctx}");
             assert_eq!(body_json(pool, &frame), t["body"], "{ctx}: decoded fields");
             let mut again = BytesMut::new();
             encode_frame(&frame, &mut again).expect("encode");
-            assert_eq!(
-                again.as_ref(),
-                input.as_slice(),
-                "{ctx}: re-encoding differs"
-            );
+            assert_eq!(again.as_ref(), input.as_slice(), "{ctx}: re-encoding differs");
         }
         "invalid" => {
             let err = got.expect_err(ctx);
@@ -136,10 +114,7 @@ fn check_reassembly(pool: &DescriptorPool, g: &Value, t: &Value, ctx: &str) {
     match t["result"].as_str().expect("result") {
         "valid" => {
             assert!(failure.is_none(), "{ctx}: {failure:?}");
-            let big: Vec<&Frame> = produced
-                .iter()
-                .filter(|f| !matches!(f, Frame::Ping(_)))
-                .collect();
+            let big: Vec<&Frame> = produced.iter().filter(|f| !matches!(f, Frame::Ping(_))).collect();
             assert_eq!(big.len(), 1, "{ctx}: one reassembled frame");
             assert_eq!(big[0].frame_type().name(), t["frame_type"], "{ctx}");
             assert_eq!(body_json(pool, big[0]), t["body"], "{ctx}: decoded fields");
@@ -147,37 +122,21 @@ fn check_reassembly(pool: &DescriptorPool, g: &Value, t: &Value, ctx: &str) {
         "invalid" => {
             let (at, e) = failure.unwrap_or_else(|| panic!("{ctx}: accepted"));
             assert_eq!(error_name(&e), t["expected_error"], "{ctx}: {e}");
-            assert_eq!(
-                json!(at),
-                t["error_at"],
-                "{ctx}: refused at the wrong frame"
-            );
+            assert_eq!(json!(at), t["error_at"], "{ctx}: refused at the wrong frame");
         }
         other => panic!("{ctx}: unknown result {other}"),
     }
 }
 
 fn check_ordered(g: &Value, t: &Value, ctx: &str) {
-    let mut r = OrderedReceiver::new(
-        g["first"].as_u64().expect("first"),
-        t["window"].as_u64().expect("window"),
-    );
+    let mut r = OrderedReceiver::new(g["first"].as_u64().expect("first"), t["window"].as_u64().expect("window"));
     let (mut released, mut outcomes, mut gaps) = (vec![], vec![], vec![]);
-    for n in t["arrivals"]
-        .as_array()
-        .expect("arrivals")
-        .iter()
-        .map(|v| v.as_u64().expect("u64"))
-    {
+    for n in t["arrivals"].as_array().expect("arrivals").iter().map(|v| v.as_u64().expect("u64")) {
         let mut out = Vec::new();
         let outcome = match r.receive(n, (), &mut out) {
             Arrival::Duplicate => "duplicate",
             Arrival::Released => "released",
-            Arrival::Buffered {
-                missing_from,
-                missing_to,
-                first,
-            } => {
+            Arrival::Buffered { missing_from, missing_to, first } => {
                 if first {
                     gaps.push(json!([missing_from, missing_to]));
                 }
@@ -196,9 +155,7 @@ fn check_ordered(g: &Value, t: &Value, ctx: &str) {
 
 fn check_packages(g: &Value, t: &Value, ctx: &str) {
     let t0 = Instant::now();
-    let mut b = PackageBuffer::new(Duration::from_millis(
-        g["timeout_ms"].as_u64().expect("timeout"),
-    ));
+    let mut b = PackageBuffer::new(Duration::from_millis(g["timeout_ms"].as_u64().expect("timeout")));
     for step in t["steps"].as_array().expect("steps") {
         let now = t0 + Duration::from_millis(step["at_ms"].as_u64().expect("at"));
         let got = if step.get("tick").is_some() {
@@ -238,8 +195,7 @@ fn codec_agrees_with_every_vector() {
     let mut total = 0;
     let mut types_seen = HashSet::new();
     for path in &paths {
-        let doc: Value =
-            serde_json::from_str(&std::fs::read_to_string(path).expect("read")).expect("json");
+        let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).expect("read")).expect("json");
         let schema = doc["schema"].as_str().expect("schema").to_owned();
         let mut ids = HashSet::new();
         let mut count = 0;
@@ -266,20 +222,11 @@ fn codec_agrees_with_every_vector() {
                 other => panic!("{}: unknown schema {other}", path.display()),
             }
         }
-        assert_eq!(
-            json!(count),
-            doc["numberOfTests"],
-            "{}: numberOfTests",
-            path.display()
-        );
+        assert_eq!(json!(count), doc["numberOfTests"], "{}: numberOfTests", path.display());
         total += count;
     }
     for ty in FrameType::ALL {
-        assert!(
-            types_seen.contains(ty.name()),
-            "no valid vector for {}",
-            ty.name()
-        );
+        assert!(types_seen.contains(ty.name()), "no valid vector for {}", ty.name());
     }
     assert!(total > 100, "only {total} vectors");
 }

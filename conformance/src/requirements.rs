@@ -71,15 +71,11 @@ pub fn parse_index(text: &str) -> Result<Vec<Requirement>, toml::de::Error> {
 /// Whether `id` has the form `REQ-<AREA>-<NNN>` (area of 2 to 4 capitals or digits, 3 digits).
 pub fn is_valid_id(id: &str) -> bool {
     let mut parts = id.split('-');
-    let (Some("REQ"), Some(area), Some(num), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let (Some("REQ"), Some(area), Some(num), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return false;
     };
     (2..=4).contains(&area.len())
-        && area
-            .bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+        && area.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
         && num.len() == 3
         && num.bytes().all(|b| b.is_ascii_digit())
 }
@@ -92,10 +88,7 @@ pub fn defined_ids(markdown: &str) -> Vec<String> {
         let mut in_code = false;
         let mut rest = line;
         while let Some(pos) = rest.find(['`', '[']) {
-            let (ch, after) = (
-                rest.as_bytes().get(pos).copied(),
-                rest.get(pos + 1..).unwrap_or(""),
-            );
+            let (ch, after) = (rest.as_bytes().get(pos).copied(), rest.get(pos + 1..).unwrap_or(""));
             if ch == Some(b'`') {
                 in_code = !in_code;
                 rest = after;
@@ -130,23 +123,15 @@ impl SpecSources {
     /// Reads `dir` (the `spec/` directory).
     pub fn load(dir: &Path) -> Result<SpecSources, LoadError> {
         let read = |p: &Path| {
-            std::fs::read_to_string(p).map_err(|source| LoadError::Io {
-                path: p.display().to_string(),
-                source,
-            })
+            std::fs::read_to_string(p).map_err(|source| LoadError::Io { path: p.display().to_string(), source })
         };
         let mut chapters = Vec::new();
-        let entries = std::fs::read_dir(dir).map_err(|source| LoadError::Io {
-            path: dir.display().to_string(),
-            source,
-        })?;
+        let entries =
+            std::fs::read_dir(dir).map_err(|source| LoadError::Io { path: dir.display().to_string(), source })?;
         for entry in entries.flatten() {
             let path = entry.path();
             if path.extension().is_some_and(|e| e == "md") {
-                let name = path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                 chapters.push((name, read(&path)?));
             }
         }
@@ -163,20 +148,13 @@ impl SpecSources {
                 if path.is_dir() {
                     stack.push(path);
                 } else if path.extension().is_some_and(|e| e == "json") {
-                    let doc: serde_json::Value =
-                        serde_json::from_str(&read(&path)?).map_err(|source| LoadError::Json {
-                            path: path.display().to_string(),
-                            source,
-                        })?;
+                    let doc: serde_json::Value = serde_json::from_str(&read(&path)?)
+                        .map_err(|source| LoadError::Json { path: path.display().to_string(), source })?;
                     vector_covers.insert(path.display().to_string(), covers_of(&doc));
                 }
             }
         }
-        Ok(SpecSources {
-            chapters,
-            index,
-            vector_covers,
-        })
+        Ok(SpecSources { chapters, index, vector_covers })
     }
 
     /// Every inconsistency between chapters, index and vectors; empty when all agree.
@@ -190,11 +168,7 @@ impl SpecSources {
         }
         for (id, files) in &defined {
             if files.len() > 1 {
-                problems.push(format!(
-                    "{id} is defined {} times ({})",
-                    files.len(),
-                    files.join(", ")
-                ));
+                problems.push(format!("{id} is defined {} times ({})", files.len(), files.join(", ")));
             }
             if !is_valid_id(id) {
                 problems.push(format!("{id} is not of the form REQ-<AREA>-<NNN>"));
@@ -208,10 +182,7 @@ impl SpecSources {
             problems.extend(entry_problems(r));
             let in_markdown = defined.get(&r.id);
             match (r.status.as_str(), in_markdown) {
-                ("active", None) => problems.push(format!(
-                    "{} is in requirements.toml but in no chapter",
-                    r.id
-                )),
+                ("active", None) => problems.push(format!("{} is in requirements.toml but in no chapter", r.id)),
                 ("active", Some(files)) if !files.contains(&r.chapter) => {
                     problems.push(format!(
                         "{} is indexed under {} but defined in {}",
@@ -220,36 +191,26 @@ impl SpecSources {
                         files.join(", ")
                     ));
                 }
-                ("retired", Some(_)) => problems.push(format!(
-                    "{} is retired but still defined in a chapter",
-                    r.id
-                )),
+                ("retired", Some(_)) => problems.push(format!("{} is retired but still defined in a chapter", r.id)),
                 _ => {}
             }
         }
         for id in defined.keys() {
             if !indexed.contains_key(id.as_str()) {
-                problems.push(format!(
-                    "{id} is defined in a chapter but missing from requirements.toml"
-                ));
+                problems.push(format!("{id} is defined in a chapter but missing from requirements.toml"));
             }
         }
         let cited: BTreeSet<&String> = self.vector_covers.values().flatten().collect();
         for (file, ids) in &self.vector_covers {
             for id in ids {
                 if !indexed.contains_key(id.as_str()) {
-                    problems.push(format!(
-                        "{file} cites {id}, which requirements.toml does not have"
-                    ));
+                    problems.push(format!("{file} cites {id}, which requirements.toml does not have"));
                 }
             }
         }
         for r in &self.index {
             if r.status == "active" && r.testable == "vector" && !cited.contains(&r.id) {
-                problems.push(format!(
-                    "{} is testable by vector but no vector cites it",
-                    r.id
-                ));
+                problems.push(format!("{} is testable by vector but no vector cites it", r.id));
             }
         }
         problems
@@ -262,14 +223,8 @@ impl SpecSources {
 }
 
 fn covers_of(doc: &serde_json::Value) -> BTreeSet<String> {
-    let groups = doc
-        .get("testGroups")
-        .and_then(|g| g.as_array())
-        .into_iter()
-        .flatten();
-    let tests = groups
-        .filter_map(|g| g.get("tests").and_then(|t| t.as_array()))
-        .flatten();
+    let groups = doc.get("testGroups").and_then(|g| g.as_array()).into_iter().flatten();
+    let tests = groups.filter_map(|g| g.get("tests").and_then(|t| t.as_array())).flatten();
     tests
         .filter_map(|t| t.get("covers").and_then(|c| c.as_array()))
         .flatten()
@@ -281,10 +236,7 @@ fn entry_problems(r: &Requirement) -> Vec<String> {
     let mut p = Vec::new();
     let one_of = |field: &str, value: &str, allowed: &[&str], p: &mut Vec<String>| {
         if !allowed.contains(&value) {
-            p.push(format!(
-                "{}: {field} = {value:?} is not one of {allowed:?}",
-                r.id
-            ));
+            p.push(format!("{}: {field} = {value:?} is not one of {allowed:?}", r.id));
         }
     };
     if !is_valid_id(&r.id) {
@@ -293,31 +245,15 @@ fn entry_problems(r: &Requirement) -> Vec<String> {
     if r.id.split('-').nth(1) != Some(r.area.as_str()) {
         p.push(format!("{}: area {} does not match the id", r.id, r.area));
     }
-    one_of(
-        "level",
-        &r.level,
-        &["MUST", "MUST NOT", "SHOULD", "SHOULD NOT", "MAY"],
-        &mut p,
-    );
+    one_of("level", &r.level, &["MUST", "MUST NOT", "SHOULD", "SHOULD NOT", "MAY"], &mut p);
     one_of("target", &r.target, &["client", "broker", "both"], &mut p);
-    one_of(
-        "testable",
-        &r.testable,
-        &["wire", "vector", "untestable"],
-        &mut p,
-    );
+    one_of("testable", &r.testable, &["wire", "vector", "untestable"], &mut p);
     one_of("status", &r.status, &["active", "retired"], &mut p);
     if (r.testable == "untestable") != r.reason.as_deref().is_some_and(|s| !s.trim().is_empty()) {
-        p.push(format!(
-            "{}: a reason is required exactly when testable = \"untestable\"",
-            r.id
-        ));
+        p.push(format!("{}: a reason is required exactly when testable = \"untestable\"", r.id));
     }
     if r.status == "active" && !r.text.contains(r.level.as_str()) {
-        p.push(format!(
-            "{}: text does not contain its level {}",
-            r.id, r.level
-        ));
+        p.push(format!("{}: text does not contain its level {}", r.id, r.level));
     }
     p
 }

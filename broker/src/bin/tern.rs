@@ -32,6 +32,9 @@ enum Command {
         /// Log format.
         #[arg(long, value_parser = ["text", "json"], default_value = "text")]
         log_format: String,
+        /// Operations HTTP listener: /healthz, /metrics, /v1/dispatch.
+        #[arg(long, env = "TERN_HTTP_LISTEN", default_value = "127.0.0.1:7480")]
+        http_listen: SocketAddr,
         /// TLS listener (TLS 1.3, ALPN tern/1); needs --tls-cert and --tls-key.
         #[arg(long, env = "TERN_TLS_LISTEN", requires_all = ["tls_cert", "tls_key"])]
         tls_listen: Option<SocketAddr>,
@@ -109,8 +112,8 @@ impl Connection {
     fn options(&self) -> anyhow::Result<ClientOptions> {
         let mut opts = ClientOptions::new(self.server, &self.device, &self.token);
         if let Some(ca) = &self.ca {
-            let name = rustls::pki_types::ServerName::try_from(self.server_name.clone())
-                .context("invalid --server-name")?;
+            let name =
+                rustls::pki_types::ServerName::try_from(self.server_name.clone()).context("invalid --server-name")?;
             opts.tls = Some((name, tern_broker::tls::client_config(ca)?));
         }
         Ok(opts)
@@ -139,9 +142,7 @@ enum TokenCommand {
 fn init_logs(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -162,62 +163,36 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve {
-            listen,
-            data_dir,
-            log_format,
-            tls_listen,
-            tls_cert,
-            tls_key,
-        } => {
+        Command::Serve { listen, data_dir, log_format, http_listen, tls_listen, tls_cert, tls_key } => {
             init_logs(log_format == "json");
             let mut options = BrokerOptions::new(listen, data_dir.clone());
+            options.http = Some(http_listen);
             if let (Some(listen), Some(cert), Some(key)) = (tls_listen, tls_cert, tls_key) {
                 options.tls = Some(TlsOptions { listen, cert, key });
             }
             let broker = Broker::start(options)
                 .await
                 .with_context(|| format!("starting with data dir {}", data_dir.display()))?;
-            println!(
-                "tern: listening on {} (native protocol), data in {}",
-                broker.local_addr(),
-                data_dir.display()
-            );
+            println!("tern: listening on {} (native protocol), data in {}", broker.local_addr(), data_dir.display());
             if let Some(addr) = broker.tls_addr() {
                 println!("tern: listening on {addr} (TLS)");
+            }
+            if let Some(addr) = broker.http_addr() {
+                println!("tern: listening on {addr} (HTTP: /healthz /metrics /v1/dispatch)");
             }
             wait_for_signal().await?;
             println!("tern: shutting down");
             broker.shutdown().await?;
         }
-        Command::Cert {
-            command: CertCommand::Dev { out_dir, hosts },
-        } => {
+        Command::Cert { command: CertCommand::Dev { out_dir, hosts } } => {
             let (cert, key) = tern_broker::tls::write_dev_cert(&out_dir, &hosts)?;
-            println!(
-                "wrote {} and {} (self-signed, for local use only)",
-                cert.display(),
-                key.display()
-            );
+            println!("wrote {} and {} (self-signed, for local use only)", cert.display(), key.display());
         }
-        Command::Token {
-            command:
-                TokenCommand::Issue {
-                    user,
-                    device,
-                    ttl,
-                    data_dir,
-                },
-        } => {
+        Command::Token { command: TokenCommand::Issue { user, device, ttl, data_dir } } => {
             let secret = load_or_create_secret(&data_dir)
                 .with_context(|| format!("reading the secret in {}", data_dir.display()))?;
-            let expires = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)?
-                .as_secs()
-                + ttl;
-            let token = TokenKey::new(&secret)
-                .issue(&user, &device, expires)
-                .map_err(anyhow::Error::msg)?;
+            let expires = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() + ttl;
+            let token = TokenKey::new(&secret).issue(&user, &device, expires).map_err(anyhow::Error::msg)?;
             println!("{token}");
         }
         Command::Send { conn, to, message } => {
@@ -231,10 +206,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let client = Client::connect(conn.options()?).await?;
             let ack = client.publish(&to, body).await?;
-            println!(
-                "stored: conversation {} seq {} msg_id {}",
-                ack.conversation_id, ack.seq, ack.msg_id
-            );
+            println!("stored: conversation {} seq {} msg_id {}", ack.conversation_id, ack.seq, ack.msg_id);
             client.close().await;
         }
         Command::Listen { conn, count } => {

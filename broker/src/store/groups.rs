@@ -36,11 +36,7 @@ impl Store {
             }
             let conv = bump(tx, b"g/next_conv")?;
             tx.insert(gk.as_slice(), &be(conv))?;
-            for m in members
-                .iter()
-                .map(String::as_str)
-                .chain(std::iter::once(creator))
-            {
+            for m in members.iter().map(String::as_str).chain(std::iter::once(creator)) {
                 tx.insert(member_key(conv, m), &be(0))?;
                 tx.insert(user_group_key(m, group), &[][..])?;
             }
@@ -60,9 +56,7 @@ impl Store {
         let mut out = Vec::new();
         for item in self.tree.scan_prefix(&prefix) {
             let (k, _) = item?;
-            out.push(
-                String::from_utf8_lossy(k.get(prefix.len()..).unwrap_or_default()).into_owned(),
-            );
+            out.push(String::from_utf8_lossy(k.get(prefix.len()..).unwrap_or_default()).into_owned());
         }
         Ok(out)
     }
@@ -107,9 +101,7 @@ impl Store {
         let mut out = Vec::new();
         for item in self.tree.scan_prefix(&prefix) {
             let (k, _) = item?;
-            out.push(
-                String::from_utf8_lossy(k.get(prefix.len()..).unwrap_or_default()).into_owned(),
-            );
+            out.push(String::from_utf8_lossy(k.get(prefix.len()..).unwrap_or_default()).into_owned());
         }
         Ok(out)
     }
@@ -117,10 +109,7 @@ impl Store {
     /// Whether two users have a 1:1 conversation or a group in common.
     pub fn share_conversation(&self, a: &str, b: &str) -> Result<bool, StoreError> {
         let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
-        if self
-            .tree
-            .contains_key(key(&[b"r/pair/", lo.as_bytes(), b"\0", hi.as_bytes()]))?
-        {
+        if self.tree.contains_key(key(&[b"r/pair/", lo.as_bytes(), b"\0", hi.as_bytes()]))? {
             return Ok(true);
         }
         let theirs: std::collections::HashSet<String> = self.groups_of(b)?.into_iter().collect();
@@ -133,12 +122,7 @@ impl Store {
     }
 
     /// Up to `limit` messages of a conversation after `after`, as DELIVERs on its stream.
-    pub fn conversation_after(
-        &self,
-        conv: u64,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<proto::Deliver>, StoreError> {
+    pub fn conversation_after(&self, conv: u64, after: u64, limit: usize) -> Result<Vec<proto::Deliver>, StoreError> {
         let latest = self.conversation_latest(conv)?;
         let mut out = Vec::new();
         let mut seq = after;
@@ -155,34 +139,18 @@ impl Store {
 
     /// The device's sync point on a conversation stream; without one, the seq at which the
     /// user joined (so a new member starts at their join, REQ-GRP-003).
-    pub fn conversation_cursor(
-        &self,
-        user: &str,
-        device: &str,
-        conv: u64,
-    ) -> Result<u64, StoreError> {
-        if let Some(v) = self
-            .tree
-            .get(device_key(user, device, &key(&[b"conv/", &be(conv)])))?
-        {
+    pub fn conversation_cursor(&self, user: &str, device: &str, conv: u64) -> Result<u64, StoreError> {
+        if let Some(v) = self.tree.get(device_key(user, device, &key(&[b"conv/", &be(conv)])))? {
             return Ok(read_u64(Some(v)));
         }
         Ok(read_u64(self.tree.get(member_key(conv, user))?))
     }
 
     /// Advances the device's sync point on a conversation stream (never backwards).
-    pub fn advance_conversation_cursor(
-        &self,
-        user: &str,
-        device: &str,
-        conv: u64,
-        seq: u64,
-    ) -> Result<(), StoreError> {
+    pub fn advance_conversation_cursor(&self, user: &str, device: &str, conv: u64, seq: u64) -> Result<(), StoreError> {
         let k = device_key(user, device, &key(&[b"conv/", &be(conv)]));
         self.tree.fetch_and_update(&k, |old| {
-            let cur = old
-                .and_then(|v| <[u8; 8]>::try_from(v).ok())
-                .map_or(0, u64::from_be_bytes);
+            let cur = old.and_then(|v| <[u8; 8]>::try_from(v).ok()).map_or(0, u64::from_be_bytes);
             Some(be(cur.max(seq)).to_vec())
         })?;
         Ok(())

@@ -95,8 +95,7 @@ pub(crate) fn key(parts: &[&[u8]]) -> Vec<u8> {
 }
 
 pub(crate) fn read_u64(v: Option<sled::IVec>) -> u64 {
-    v.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-        .map_or(0, u64::from_be_bytes)
+    v.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok()).map_or(0, u64::from_be_bytes)
 }
 
 /// Increments the counter at `k` inside a transaction, returning the new value.
@@ -173,31 +172,19 @@ impl Store {
                 stored.server_time_ms = now_ms;
                 stored.stream = None;
                 stored.seq = seq;
-                tx.insert(
-                    key(&[b"c/", &be(conv), b"/m/", &be(seq)]),
-                    stored.encode_to_vec(),
-                )?;
+                tx.insert(key(&[b"c/", &be(conv), b"/m/", &be(seq)]), stored.encode_to_vec())?;
                 let mut deliveries = Vec::with_capacity(m.inboxes.len());
                 for user in &m.inboxes {
                     let inbox_seq = bump(tx, &key(&[b"u/", user.as_bytes(), b"/last"]))?;
                     let topic = reads::topic_for(user, sender, &m.message.topic);
                     reads::touch(tx, user, sender, conv, seq, now_ms, &topic)?;
-                    tx.insert(
-                        key(&[b"u/", user.as_bytes(), b"/i/", &be(inbox_seq)]),
-                        key(&[&be(conv), &be(seq)]),
-                    )?;
+                    tx.insert(key(&[b"u/", user.as_bytes(), b"/i/", &be(inbox_seq)]), key(&[&be(conv), &be(seq)]))?;
                     let mut d = stored.clone();
                     d.stream = Some(StreamId::Inbox.to_proto());
                     d.seq = inbox_seq;
                     deliveries.push((user.clone(), d));
                 }
-                let ack = proto::PubAck {
-                    cid: m.cid,
-                    reason: 0,
-                    msg_id,
-                    conversation_id: conv,
-                    seq,
-                };
+                let ack = proto::PubAck { cid: m.cid, reason: 0, msg_id, conversation_id: conv, seq };
                 record_outcome_tx(tx, sender, device, &ack)?;
                 out.push(Committed { ack, deliveries });
             }
@@ -207,14 +194,8 @@ impl Store {
     }
 
     /// Records an outcome that stored nothing (refused, package timeout) for dedup.
-    pub fn record_outcome(
-        &self,
-        user: &str,
-        device: &str,
-        ack: &proto::PubAck,
-    ) -> Result<(), StoreError> {
-        self.tree
-            .transaction(|tx| record_outcome_tx(tx, user, device, ack))?;
+    pub fn record_outcome(&self, user: &str, device: &str, ack: &proto::PubAck) -> Result<(), StoreError> {
+        self.tree.transaction(|tx| record_outcome_tx(tx, user, device, ack))?;
         Ok(())
     }
 
@@ -234,20 +215,11 @@ impl Store {
 
     /// Highest seq of a user's inbox.
     pub fn inbox_latest(&self, user: &str) -> Result<u64, StoreError> {
-        Ok(read_u64(self.tree.get(key(&[
-            b"u/",
-            user.as_bytes(),
-            b"/last",
-        ]))?))
+        Ok(read_u64(self.tree.get(key(&[b"u/", user.as_bytes(), b"/last"]))?))
     }
 
     /// Up to `limit` inbox messages after `after`, as DELIVERs on the inbox stream.
-    pub fn inbox_after(
-        &self,
-        user: &str,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<proto::Deliver>, StoreError> {
+    pub fn inbox_after(&self, user: &str, after: u64, limit: usize) -> Result<Vec<proto::Deliver>, StoreError> {
         let prefix = key(&[b"u/", user.as_bytes(), b"/i/"]);
         let start = key(&[&prefix, &be(after.saturating_add(1))]);
         let mut out = Vec::new();
@@ -256,22 +228,13 @@ impl Store {
             if !k.starts_with(&prefix) {
                 break;
             }
-            let seq = k
-                .get(prefix.len()..)
-                .and_then(|s| <[u8; 8]>::try_from(s).ok())
-                .map(u64::from_be_bytes);
+            let seq = k.get(prefix.len()..).and_then(|s| <[u8; 8]>::try_from(s).ok()).map(u64::from_be_bytes);
             let (conv, conv_seq) = match (v.get(..8), v.get(8..16)) {
                 (Some(c), Some(s)) => (read_u64(Some(c.into())), read_u64(Some(s.into()))),
-                _ => {
-                    return Err(StoreError::Corrupt(
-                        String::from_utf8_lossy(&k).into_owned(),
-                    ))
-                }
+                _ => return Err(StoreError::Corrupt(String::from_utf8_lossy(&k).into_owned())),
             };
             let (Some(seq), Some(mut d)) = (seq, self.message(conv, conv_seq)?) else {
-                return Err(StoreError::Corrupt(
-                    String::from_utf8_lossy(&k).into_owned(),
-                ));
+                return Err(StoreError::Corrupt(String::from_utf8_lossy(&k).into_owned()));
             };
             d.stream = Some(StreamId::Inbox.to_proto());
             d.seq = seq;
@@ -292,18 +255,9 @@ impl Store {
 
     /// A page of a conversation's history, newest first (REQ-SYN-004): entries with seq below
     /// `before` (0: from the newest), and the `next_before_seq` to ask for next.
-    pub fn history(
-        &self,
-        conv: u64,
-        before: u64,
-        limit: usize,
-    ) -> Result<(Vec<proto::HistoryEntry>, u64), StoreError> {
+    pub fn history(&self, conv: u64, before: u64, limit: usize) -> Result<(Vec<proto::HistoryEntry>, u64), StoreError> {
         let prefix = key(&[b"c/", &be(conv), b"/m/"]);
-        let end = if before == 0 {
-            key(&[&prefix, &be(u64::MAX)])
-        } else {
-            key(&[&prefix, &be(before)])
-        };
+        let end = if before == 0 { key(&[&prefix, &be(u64::MAX)]) } else { key(&[&prefix, &be(before)]) };
         let mut entries = Vec::new();
         for item in self.tree.range(prefix.clone()..end).rev().take(limit) {
             let (k, v) = item?;
@@ -319,9 +273,7 @@ impl Store {
                 server_time_ms: d.server_time_ms,
             });
         }
-        let next = entries
-            .last()
-            .map_or(0, |e| if e.seq > 1 { e.seq } else { 0 });
+        let next = entries.last().map_or(0, |e| if e.seq > 1 { e.seq } else { 0 });
         Ok((entries, next))
     }
 
@@ -333,9 +285,7 @@ impl Store {
             return Ok(read_u64(Some(v)));
         }
         let latest = self.inbox_latest(user)?;
-        let _ = self
-            .tree
-            .compare_and_swap(&k, None as Option<&[u8]>, Some(&be(latest)[..]))?;
+        let _ = self.tree.compare_and_swap(&k, None as Option<&[u8]>, Some(&be(latest)[..]))?;
         Ok(read_u64(self.tree.get(&k)?))
     }
 
@@ -343,9 +293,7 @@ impl Store {
     pub fn advance_cursor(&self, user: &str, device: &str, seq: u64) -> Result<(), StoreError> {
         let k = device_key(user, device, b"cursor");
         self.tree.fetch_and_update(&k, |old| {
-            let cur = old
-                .and_then(|v| <[u8; 8]>::try_from(v).ok())
-                .map_or(0, u64::from_be_bytes);
+            let cur = old.and_then(|v| <[u8; 8]>::try_from(v).ok()).map_or(0, u64::from_be_bytes);
             Some(be(cur.max(seq)).to_vec())
         })?;
         Ok(())
@@ -359,12 +307,7 @@ impl Store {
 
 /// Records a cid outcome and advances the device's contiguous floor, pruning outcomes that
 /// fell more than [`LEDGER_KEEP`] behind it.
-fn record_outcome_tx(
-    tx: &TransactionalTree,
-    user: &str,
-    device: &str,
-    ack: &proto::PubAck,
-) -> TxResult<()> {
+fn record_outcome_tx(tx: &TransactionalTree, user: &str, device: &str, ack: &proto::PubAck) -> TxResult<()> {
     let cid_key = device_key(user, device, &key(&[b"cid/", &be(ack.cid)]));
     if tx.get(&cid_key)?.is_some() {
         // Decided before: the first outcome stands (REQ-QOS-005).
@@ -373,17 +316,10 @@ fn record_outcome_tx(
     tx.insert(cid_key, ack.encode_to_vec())?;
     let floor_key = device_key(user, device, b"floor");
     let mut floor = read_u64(tx.get(&floor_key)?);
-    while tx
-        .get(device_key(user, device, &key(&[b"cid/", &be(floor + 1)])))?
-        .is_some()
-    {
+    while tx.get(device_key(user, device, &key(&[b"cid/", &be(floor + 1)])))?.is_some() {
         floor += 1;
         if floor > LEDGER_KEEP {
-            tx.remove(device_key(
-                user,
-                device,
-                &key(&[b"cid/", &be(floor - LEDGER_KEEP)]),
-            ))?;
+            tx.remove(device_key(user, device, &key(&[b"cid/", &be(floor - LEDGER_KEEP)])))?;
         }
     }
     tx.insert(floor_key, &be(floor))?;

@@ -30,13 +30,7 @@ pub struct UserConversation {
 
 impl UserConversation {
     fn encode(&self) -> Vec<u8> {
-        key(&[
-            &be(self.read_seq),
-            &be(self.unread),
-            &be(self.last_ms),
-            &be(self.last_seq),
-            self.topic.as_bytes(),
-        ])
+        key(&[&be(self.read_seq), &be(self.unread), &be(self.last_ms), &be(self.last_seq), self.topic.as_bytes()])
     }
 
     fn decode(v: &[u8]) -> Option<UserConversation> {
@@ -60,19 +54,11 @@ fn total_key(user: &str) -> Vec<u8> {
 }
 
 fn recency_key(user: &str, last_ms: u64, conv: u64) -> Vec<u8> {
-    key(&[
-        b"ur/",
-        user.as_bytes(),
-        b"/",
-        &be(u64::MAX - last_ms),
-        &be(conv),
-    ])
+    key(&[b"ur/", user.as_bytes(), b"/", &be(u64::MAX - last_ms), &be(conv)])
 }
 
 fn get_uc(tx: &TransactionalTree, user: &str, conv: u64) -> TxResult<Option<UserConversation>> {
-    Ok(tx
-        .get(uc_key(user, conv))?
-        .and_then(|v| UserConversation::decode(&v)))
+    Ok(tx.get(uc_key(user, conv))?.and_then(|v| UserConversation::decode(&v)))
 }
 
 fn put_uc(
@@ -154,14 +140,9 @@ impl Store {
                     unread += 1;
                 }
             }
-            let delta = i64::try_from(unread).unwrap_or(i64::MAX)
-                - i64::try_from(old.unread).unwrap_or(i64::MAX);
+            let delta = i64::try_from(unread).unwrap_or(i64::MAX) - i64::try_from(old.unread).unwrap_or(i64::MAX);
             add_total(tx, user, delta)?;
-            let new = UserConversation {
-                read_seq,
-                unread,
-                ..old.clone()
-            };
+            let new = UserConversation { read_seq, unread, ..old.clone() };
             tx.insert(uc_key(user, conv), new.encode())?;
             Ok(Some(read_seq))
         })?;
@@ -188,9 +169,7 @@ impl Store {
             let mut counts = Vec::new();
             for item in self.tree.scan_prefix(key(&[b"uc/", user.as_bytes(), b"/"])) {
                 let (k, v) = item?;
-                let conv = k
-                    .get(k.len().saturating_sub(8)..)
-                    .map_or(0, |b| read_u64(Some(b.into())));
+                let conv = k.get(k.len().saturating_sub(8)..).map_or(0, |b| read_u64(Some(b.into())));
                 counts.push((conv, UserConversation::decode(&v).map_or(0, |u| u.unread)));
             }
             let sum: u64 = counts.iter().map(|c| c.1).sum();
@@ -211,11 +190,7 @@ impl Store {
     ) -> Result<(Vec<proto::ConversationSummary>, u64), StoreError> {
         let prefix = key(&[b"ur/", user.as_bytes(), b"/"]);
         // Keys hold u64::MAX - last_ms: "before" starts just past that time.
-        let start = if before_ms == 0 {
-            prefix.clone()
-        } else {
-            key(&[&prefix, &be(u64::MAX - before_ms + 1)])
-        };
+        let start = if before_ms == 0 { prefix.clone() } else { key(&[&prefix, &be(u64::MAX - before_ms + 1)]) };
         let mut out = Vec::new();
         let mut more = false;
         for item in self.tree.range(start..) {
@@ -227,27 +202,19 @@ impl Store {
                 more = true;
                 break;
             }
-            let conv = k
-                .get(k.len().saturating_sub(8)..)
-                .map_or(0, |b| read_u64(Some(b.into())));
-            let Some(uc) = self
-                .tree
-                .get(uc_key(user, conv))?
-                .and_then(|v| UserConversation::decode(&v))
-            else {
+            let conv = k.get(k.len().saturating_sub(8)..).map_or(0, |b| read_u64(Some(b.into())));
+            let Some(uc) = self.tree.get(uc_key(user, conv))?.and_then(|v| UserConversation::decode(&v)) else {
                 continue;
             };
-            let last_message = self
-                .message(conv, uc.last_seq)?
-                .map(|d| proto::HistoryEntry {
-                    seq: d.conversation_seq,
-                    msg_id: d.msg_id,
-                    sender_user: d.sender_user,
-                    sender_device: d.sender_device,
-                    payload: d.payload,
-                    content_type: d.content_type,
-                    server_time_ms: d.server_time_ms,
-                });
+            let last_message = self.message(conv, uc.last_seq)?.map(|d| proto::HistoryEntry {
+                seq: d.conversation_seq,
+                msg_id: d.msg_id,
+                sender_user: d.sender_user,
+                sender_device: d.sender_device,
+                payload: d.payload,
+                content_type: d.content_type,
+                server_time_ms: d.server_time_ms,
+            });
             out.push(proto::ConversationSummary {
                 conversation_id: conv,
                 topic: uc.topic,
@@ -258,11 +225,7 @@ impl Store {
                 last_message,
             });
         }
-        let next = if more {
-            out.last().map_or(0, |s| s.last_activity_ms)
-        } else {
-            0
-        };
+        let next = if more { out.last().map_or(0, |s| s.last_activity_ms) } else { 0 };
         Ok((out, next))
     }
 }

@@ -27,10 +27,7 @@ pub async fn start_with(tune: impl FnOnce(&mut BrokerOptions)) -> TestBroker {
 
 impl TestBroker {
     pub fn options(&self, user: &str, device: &str) -> ClientOptions {
-        let token = self
-            .broker
-            .issue_token(user, device, Duration::from_secs(3600))
-            .unwrap();
+        let token = self.broker.issue_token(user, device, Duration::from_secs(3600)).unwrap();
         ClientOptions::new(self.broker.local_addr(), device, &token)
     }
 
@@ -60,13 +57,7 @@ pub async fn payloads(c: &mut Client, n: usize) -> Vec<String> {
 
 /// Sends a REQUEST and waits for its RESPONSE, skipping other events.
 pub async fn request(c: &mut Client, op: proto::request::Op) -> proto::Response {
-    let id = c
-        .send(tern_codec::Frame::Request(proto::Request {
-            request_id: 0,
-            op: Some(op),
-        }))
-        .await
-        .unwrap();
+    let id = c.send(tern_codec::Frame::Request(proto::Request { request_id: 0, op: Some(op) })).await.unwrap();
     loop {
         if let Some(Incoming::Frame(f)) = c.next().await {
             if let tern_codec::Frame::Response(r) = *f {

@@ -44,19 +44,9 @@ pub(crate) fn fragments(pool: &DescriptorPool) -> Vec<Value> {
     let invalid = |error: &str, at: usize| json!({ "result": "invalid", "expected_error": error, "error_at": at });
 
     let two = Frame::Publish(publish(1, &[0x61; 2000]));
-    push(
-        "PUBLISH of 2012 bytes in 2 fragments",
-        &["REQ-FRG-001", "REQ-FRG-002"],
-        split(&two),
-        valid(&two),
-    );
+    push("PUBLISH of 2012 bytes in 2 fragments", &["REQ-FRG-001", "REQ-FRG-002"], split(&two), valid(&two));
     let three = Frame::Publish(publish(2, &[0x62; 3500]));
-    push(
-        "PUBLISH in 3 fragments",
-        &["REQ-FRG-001", "REQ-FRG-005"],
-        split(&three),
-        valid(&three),
-    );
+    push("PUBLISH in 3 fragments", &["REQ-FRG-001", "REQ-FRG-005"], split(&three), valid(&three));
     let page = Frame::HistoryPage(proto::HistoryPage {
         request_id: 1,
         conversation_id: 7,
@@ -72,32 +62,17 @@ pub(crate) fn fragments(pool: &DescriptorPool) -> Vec<Value> {
         next_before_seq: 1,
         ..Default::default()
     });
-    push(
-        "HISTORY_PAGE of 10 entries",
-        &["REQ-FRG-001", "REQ-FRG-007"],
-        split(&page),
-        valid(&page),
-    );
+    push("HISTORY_PAGE of 10 entries", &["REQ-FRG-001", "REQ-FRG-007"], split(&page), valid(&page));
     // The payload length that makes the body exactly max_message_size.
     let overhead = Frame::Publish(publish(3, &vec![0x64; max - 100])).body_len() - (max - 100);
     let at_max = Frame::Publish(publish(3, &vec![0x64; max - overhead]));
     assert_eq!(at_max.body_len(), max);
-    push(
-        "body exactly max_message_size (8192)",
-        &["REQ-FRG-003"],
-        split(&at_max),
-        valid(&at_max),
-    );
+    push("body exactly max_message_size (8192)", &["REQ-FRG-003"], split(&at_max), valid(&at_max));
 
     let ping = frame_bytes(&Frame::Ping(proto::Ping { nonce: 1 }));
     let mut with_ping = split(&two);
     with_ping.insert(1, ping.clone());
-    push(
-        "a PING between fragments is processed normally",
-        &["REQ-FRG-002"],
-        with_ping,
-        valid(&two),
-    );
+    push("a PING between fragments is processed normally", &["REQ-FRG-002"], with_ping, valid(&two));
 
     let frags = split(&three);
     push(
@@ -120,14 +95,8 @@ pub(crate) fn fragments(pool: &DescriptorPool) -> Vec<Value> {
     );
     let frag = |f: proto::Fragment| frame_bytes(&Frame::Fragment(f));
     let chunk = |n: usize| Bytes::from(vec![0x61u8; n]);
-    let first = proto::Fragment {
-        fragment_id: 1,
-        index: 0,
-        count: 2,
-        frame_type: 6,
-        total_length: 2100,
-        chunk: chunk(1200),
-    };
+    let first =
+        proto::Fragment { fragment_id: 1, index: 0, count: 2, frame_type: 6, total_length: 2100, chunk: chunk(1200) };
     let over = proto::Fragment {
         total_length: u32::try_from(max + 1).unwrap_or(0),
         count: 7,
@@ -145,13 +114,7 @@ pub(crate) fn fragments(pool: &DescriptorPool) -> Vec<Value> {
         &["REQ-FRG-002"],
         vec![
             frag(first.clone()),
-            frag(proto::Fragment {
-                fragment_id: 2,
-                index: 1,
-                total_length: 0,
-                chunk: chunk(900),
-                ..first.clone()
-            }),
+            frag(proto::Fragment { fragment_id: 2, index: 1, total_length: 0, chunk: chunk(900), ..first.clone() }),
         ],
         invalid("FRAGMENT_SEQUENCE_ERROR", 1),
     );
@@ -160,13 +123,7 @@ pub(crate) fn fragments(pool: &DescriptorPool) -> Vec<Value> {
         &["REQ-FRG-002"],
         vec![
             frag(first.clone()),
-            frag(proto::Fragment {
-                index: 1,
-                count: 3,
-                total_length: 0,
-                chunk: chunk(900),
-                ..first.clone()
-            }),
+            frag(proto::Fragment { index: 1, count: 3, total_length: 0, chunk: chunk(900), ..first.clone() }),
         ],
         invalid("FRAGMENT_SEQUENCE_ERROR", 1),
     );
@@ -175,12 +132,7 @@ pub(crate) fn fragments(pool: &DescriptorPool) -> Vec<Value> {
         &["REQ-FRG-005"],
         vec![
             frag(first.clone()),
-            frag(proto::Fragment {
-                index: 1,
-                total_length: 0,
-                chunk: chunk(800),
-                ..first.clone()
-            }),
+            frag(proto::Fragment { index: 1, total_length: 0, chunk: chunk(800), ..first.clone() }),
         ],
         invalid("FRAGMENT_SEQUENCE_ERROR", 1),
     );
@@ -189,79 +141,49 @@ pub(crate) fn fragments(pool: &DescriptorPool) -> Vec<Value> {
         &["REQ-FRG-005"],
         vec![
             frag(first.clone()),
-            frag(proto::Fragment {
-                index: 1,
-                total_length: 0,
-                chunk: chunk(901),
-                ..first.clone()
-            }),
+            frag(proto::Fragment { index: 1, total_length: 0, chunk: chunk(901), ..first.clone() }),
         ],
         invalid("FRAGMENT_SEQUENCE_ERROR", 1),
     );
     push(
         "non-final chunk of 1023 bytes",
         &["REQ-FRG-004"],
-        vec![frag(proto::Fragment {
-            chunk: chunk(1023),
-            ..first.clone()
-        })],
+        vec![frag(proto::Fragment { chunk: chunk(1023), ..first.clone() })],
         invalid("FRAGMENT_SEQUENCE_ERROR", 0),
     );
     push(
         "a body of 1396 bytes must not be fragmented",
         &["REQ-FRG-001"],
-        vec![frag(proto::Fragment {
-            total_length: 1396,
-            chunk: chunk(1024),
-            ..first.clone()
-        })],
+        vec![frag(proto::Fragment { total_length: 1396, chunk: chunk(1024), ..first.clone() })],
         invalid("FRAGMENT_SEQUENCE_ERROR", 0),
     );
     push(
         "CONNECT cannot be fragmented",
         &["REQ-FRG-007"],
-        vec![frag(proto::Fragment {
-            frame_type: 1,
-            ..first.clone()
-        })],
+        vec![frag(proto::Fragment { frame_type: 1, ..first.clone() })],
         invalid("FRAGMENT_SEQUENCE_ERROR", 0),
     );
     push(
         "FRAGMENT of a FRAGMENT",
         &["REQ-FRG-007"],
-        vec![frag(proto::Fragment {
-            frame_type: 0x13,
-            ..first.clone()
-        })],
+        vec![frag(proto::Fragment { frame_type: 0x13, ..first.clone() })],
         invalid("FRAGMENT_SEQUENCE_ERROR", 0),
     );
     push(
         "count larger than total_length allows",
         &["REQ-FRG-006"],
-        vec![frag(proto::Fragment {
-            count: 4,
-            ..first.clone()
-        })],
+        vec![frag(proto::Fragment { count: 4, ..first.clone() })],
         invalid("FRAGMENT_SEQUENCE_ERROR", 0),
     );
     let second_body = split(&two);
     let mut reused = split(&two);
     reused.extend(second_body);
-    push(
-        "fragment_id reused for the next body",
-        &["REQ-FRG-008"],
-        reused,
-        invalid("FRAGMENT_SEQUENCE_ERROR", 2),
-    );
+    push("fragment_id reused for the next body", &["REQ-FRG-008"], reused, invalid("FRAGMENT_SEQUENCE_ERROR", 2));
     // A 1500-byte PUBLISH body whose cid is the overlong varint 81 00.
     let mut body = vec![0x08, 0x81, 0x00, 0x10, 0x02, 0x1A, 0x08];
     body.extend_from_slice(b"user/bob");
     let payload_len = 1500 - body.len() - 3;
-    body.extend_from_slice(&[
-        0x22,
-        0x80 | (payload_len & 0x7F) as u8,
-        (payload_len >> 7) as u8,
-    ]);
+    body.extend_from_slice(&[0x22, 0x80 | (payload_len & 0x7F) as u8, (payload_len >> 7) as u8]);
     body.extend(std::iter::repeat_n(0x61u8, payload_len));
     assert_eq!(body.len(), 1500);
     let piece = |index: u32, total_length: u32, range: std::ops::Range<usize>| {

@@ -7,37 +7,12 @@ pub(crate) fn ordered() -> Vec<Value> {
     use tern_codec::delivery::{Arrival, OrderedReceiver};
     let cases: Vec<(&str, &[&str], u64, Vec<u64>)> = vec![
         ("in order", &["REQ-QOS-011"], 8, vec![1, 2, 3, 4]),
-        (
-            "duplicates are dropped",
-            &["REQ-QOS-011"],
-            8,
-            vec![1, 1, 2, 1, 2, 3],
-        ),
+        ("duplicates are dropped", &["REQ-QOS-011"], 8, vec![1, 1, 2, 1, 2, 3]),
         ("one swapped pair", &["REQ-ORD-001"], 8, vec![2, 1, 3]),
-        (
-            "reversed within the window",
-            &["REQ-ORD-001"],
-            8,
-            vec![5, 4, 3, 2, 1],
-        ),
-        (
-            "gap repaired later",
-            &["REQ-ORD-001"],
-            8,
-            vec![1, 2, 5, 6, 3, 4, 7],
-        ),
-        (
-            "duplicate of a held item",
-            &["REQ-ORD-001", "REQ-QOS-011"],
-            8,
-            vec![1, 3, 3, 2],
-        ),
-        (
-            "beyond the window is dropped",
-            &["REQ-ORD-001", "REQ-QOS-012"],
-            4,
-            vec![1, 6, 2, 5, 3, 4, 6],
-        ),
+        ("reversed within the window", &["REQ-ORD-001"], 8, vec![5, 4, 3, 2, 1]),
+        ("gap repaired later", &["REQ-ORD-001"], 8, vec![1, 2, 5, 6, 3, 4, 7]),
+        ("duplicate of a held item", &["REQ-ORD-001", "REQ-QOS-011"], 8, vec![1, 3, 3, 2]),
+        ("beyond the window is dropped", &["REQ-ORD-001", "REQ-QOS-012"], 4, vec![1, 6, 2, 5, 3, 4, 6]),
         ("two gaps", &["REQ-ORD-001"], 16, vec![2, 4, 6, 1, 3, 5]),
     ];
     let tests: Vec<Value> = cases
@@ -55,11 +30,7 @@ pub(crate) fn ordered() -> Vec<Value> {
                 outcomes.push(match a {
                     Arrival::Duplicate => "duplicate",
                     Arrival::Released => "released",
-                    Arrival::Buffered {
-                        missing_from,
-                        missing_to,
-                        first,
-                    } => {
+                    Arrival::Buffered { missing_from, missing_to, first } => {
                         if first {
                             gaps.push(json!([missing_from, missing_to]));
                         }
@@ -83,67 +54,30 @@ pub(crate) fn packages() -> Vec<Value> {
     use tern_codec::delivery::{PackageBuffer, PackageInsert};
     type Step = (u64, Option<(u64, u32, u32)>);
     let cases: Vec<(&str, &[&str], Vec<Step>)> = vec![
-        (
-            "in index order",
-            &["REQ-PKG-003"],
-            vec![
-                (0, Some((1, 0, 3))),
-                (1, Some((1, 1, 3))),
-                (2, Some((1, 2, 3))),
-            ],
-        ),
+        ("in index order", &["REQ-PKG-003"], vec![(0, Some((1, 0, 3))), (1, Some((1, 1, 3))), (2, Some((1, 2, 3)))]),
         (
             "reversed arrival, released in index order",
             &["REQ-PKG-003"],
-            vec![
-                (0, Some((1, 2, 3))),
-                (5, Some((1, 1, 3))),
-                (9, Some((1, 0, 3))),
-            ],
+            vec![(0, Some((1, 2, 3))), (5, Some((1, 1, 3))), (9, Some((1, 0, 3)))],
         ),
-        (
-            "single-member package",
-            &["REQ-PKG-003"],
-            vec![(0, Some((4, 0, 1)))],
-        ),
+        ("single-member package", &["REQ-PKG-003"], vec![(0, Some((4, 0, 1)))]),
         (
             "two packages interleaved",
             &["REQ-PKG-003"],
-            vec![
-                (0, Some((1, 1, 2))),
-                (0, Some((2, 0, 2))),
-                (1, Some((1, 0, 2))),
-                (2, Some((2, 1, 2))),
-            ],
+            vec![(0, Some((1, 1, 2))), (0, Some((2, 0, 2))), (1, Some((1, 0, 2))), (2, Some((2, 1, 2)))],
         ),
         (
             "timeout with one member missing",
             &["REQ-PKG-004"],
-            vec![
-                (0, Some((1, 0, 2))),
-                (30_000, None),
-                (30_001, Some((1, 1, 2))),
-            ],
+            vec![(0, Some((1, 0, 2))), (30_000, None), (30_001, Some((1, 1, 2)))],
         ),
         (
             "not yet timed out one millisecond before",
             &["REQ-PKG-004"],
-            vec![
-                (0, Some((1, 0, 2))),
-                (29_999, None),
-                (29_999, Some((1, 1, 2))),
-            ],
+            vec![(0, Some((1, 0, 2))), (29_999, None), (29_999, Some((1, 1, 2)))],
         ),
-        (
-            "duplicate index",
-            &["REQ-PKG-007"],
-            vec![(0, Some((1, 0, 3))), (1, Some((1, 0, 3)))],
-        ),
-        (
-            "count changes between members",
-            &["REQ-PKG-007"],
-            vec![(0, Some((1, 0, 3))), (1, Some((1, 1, 2)))],
-        ),
+        ("duplicate index", &["REQ-PKG-007"], vec![(0, Some((1, 0, 3))), (1, Some((1, 0, 3)))]),
+        ("count changes between members", &["REQ-PKG-007"], vec![(0, Some((1, 0, 3))), (1, Some((1, 1, 2)))]),
         (
             "an id below the highest opened is closed",
             &["REQ-PKG-005"],

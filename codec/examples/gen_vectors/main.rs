@@ -4,12 +4,7 @@
 //! invalid ones are byte-level edits written out by hand here, so each names exactly the rule
 //! it breaks. `codec/tests/vectors.rs` verifies every file independently of this program.
 // Test code: a panic is how it reports a failure.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod fragments;
 mod frames;
@@ -31,9 +26,7 @@ fn pool() -> DescriptorPool {
 
 /// The proto3 JSON mapping of a frame body.
 pub(crate) fn body_json(pool: &DescriptorPool, ty: FrameType, body: &[u8]) -> Value {
-    let desc = pool
-        .get_message_by_name(&format!("tern.v1.{}", ty.message_name()))
-        .expect("message");
+    let desc = pool.get_message_by_name(&format!("tern.v1.{}", ty.message_name())).expect("message");
     let msg = DynamicMessage::decode(desc, body).expect("decode");
     serde_json::to_value(&msg).expect("json")
 }
@@ -68,11 +61,7 @@ impl Tests {
 
     pub(crate) fn valid(&mut self, comment: &str, covers: &[&str], f: &Frame) {
         let bytes = frame_bytes(f);
-        let body = body_json(
-            &self.pool,
-            f.frame_type(),
-            bytes.get(4..).unwrap_or_default(),
-        );
+        let body = body_json(&self.pool, f.frame_type(), bytes.get(4..).unwrap_or_default());
         self.push(json!({
             "comment": comment, "covers": covers, "input": hex::encode(&bytes),
             "result": "valid", "frame_type": f.frame_type().name(), "body": body,
@@ -91,10 +80,7 @@ impl Tests {
 }
 
 fn write(dir: &Path, name: &str, schema: &str, notes: Value, groups: Vec<Value>) {
-    let count: usize = groups
-        .iter()
-        .map(|g| g["tests"].as_array().map_or(0, Vec::len))
-        .sum();
+    let count: usize = groups.iter().map(|g| g["tests"].as_array().map_or(0, Vec::len)).sum();
     let doc = json!({
         "schema": schema,
         "spec_version": SPEC_VERSION,
@@ -105,19 +91,12 @@ fn write(dir: &Path, name: &str, schema: &str, notes: Value, groups: Vec<Value>)
     });
     let path = dir.join(name);
     std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-    std::fs::write(
-        &path,
-        serde_json::to_string_pretty(&doc).expect("json") + "\n",
-    )
-    .expect("write");
+    std::fs::write(&path, serde_json::to_string_pretty(&doc).expect("json") + "\n").expect("write");
     println!("{} ({count} tests)", path.display());
 }
 
 pub(crate) fn stream_inbox() -> Option<proto::StreamRef> {
-    Some(proto::StreamRef {
-        kind: proto::StreamKind::Inbox as i32,
-        id: 0,
-    })
+    Some(proto::StreamRef { kind: proto::StreamKind::Inbox as i32, id: 0 })
 }
 
 pub(crate) fn publish(cid: u64, payload: &[u8]) -> proto::Publish {
@@ -131,21 +110,14 @@ pub(crate) fn publish(cid: u64, payload: &[u8]) -> proto::Publish {
 }
 
 fn main() {
-    let root: PathBuf = std::env::args().nth(1).map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../spec/vectors"),
-        PathBuf::from,
-    );
+    let root: PathBuf = std::env::args()
+        .nth(1)
+        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../spec/vectors"), PathBuf::from);
     let pool = pool();
     let notes = json!({
         "result": "valid: decodes to frame_type and body (proto3 JSON mapping) and re-encodes to input; invalid: the receiver closes with expected_error; incomplete: more bytes are needed, nothing is consumed",
     });
-    write(
-        &root,
-        "frames/frame_codec_test.json",
-        "frame_codec_v1",
-        notes,
-        frames::frame_codec(pool.clone()),
-    );
+    write(&root, "frames/frame_codec_test.json", "frame_codec_v1", notes, frames::frame_codec(pool.clone()));
     write(
         &root,
         "fragments/reassembly_test.json",

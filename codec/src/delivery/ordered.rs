@@ -38,11 +38,7 @@ pub struct OrderedReceiver<T> {
 impl<T> OrderedReceiver<T> {
     /// A receiver expecting `first` next, holding at most `window` numbers ahead of it.
     pub fn new(first: u64, window: u64) -> Self {
-        OrderedReceiver {
-            next: first,
-            window: window.max(1),
-            held: BTreeMap::new(),
-        }
+        OrderedReceiver { next: first, window: window.max(1), held: BTreeMap::new() }
     }
 
     /// The lowest number not yet released.
@@ -71,11 +67,7 @@ impl<T> OrderedReceiver<T> {
         if n > self.next {
             let first = self.held.range(..n).next().is_none();
             self.held.insert(n, item);
-            return Arrival::Buffered {
-                missing_from: self.next,
-                missing_to: n - 1,
-                first,
-            };
+            return Arrival::Buffered { missing_from: self.next, missing_to: n - 1, first };
         }
         out.push((n, item));
         self.next += 1;
@@ -114,22 +106,8 @@ mod tests {
     fn releases_in_order_and_drops_duplicates() {
         let mut r = OrderedReceiver::new(1, 8);
         let mut out = vec![];
-        assert_eq!(
-            r.receive(2, 'b', &mut out),
-            Arrival::Buffered {
-                missing_from: 1,
-                missing_to: 1,
-                first: true
-            }
-        );
-        assert_eq!(
-            r.receive(3, 'c', &mut out),
-            Arrival::Buffered {
-                missing_from: 1,
-                missing_to: 2,
-                first: false
-            }
-        );
+        assert_eq!(r.receive(2, 'b', &mut out), Arrival::Buffered { missing_from: 1, missing_to: 1, first: true });
+        assert_eq!(r.receive(3, 'c', &mut out), Arrival::Buffered { missing_from: 1, missing_to: 2, first: false });
         assert!(out.is_empty());
         assert_eq!(r.receive(1, 'a', &mut out), Arrival::Released);
         assert_eq!(out, vec![(1, 'a'), (2, 'b'), (3, 'c')]);

@@ -42,11 +42,7 @@ fn invalid(detail: &str) -> ProtocolViolation {
 impl<T> PackageBuffer<T> {
     /// A buffer whose packages time out `timeout` after their first member arrives.
     pub fn new(timeout: Duration) -> Self {
-        PackageBuffer {
-            open: BTreeMap::new(),
-            highest_opened: 0,
-            timeout,
-        }
+        PackageBuffer { open: BTreeMap::new(), highest_opened: 0, timeout }
     }
 
     /// Number of open packages.
@@ -56,12 +52,7 @@ impl<T> PackageBuffer<T> {
 
     /// Adds a member. Package ids must increase per sender [REQ-PKG-005]; a member of a lower,
     /// no longer open id belongs to a package that already timed out.
-    pub fn insert(
-        &mut self,
-        now: Instant,
-        pkg: &PackageRef,
-        item: T,
-    ) -> Result<PackageInsert<T>, ProtocolViolation> {
+    pub fn insert(&mut self, now: Instant, pkg: &PackageRef, item: T) -> Result<PackageInsert<T>, ProtocolViolation> {
         let count = pkg.count as usize;
         let index = pkg.index as usize;
         if !self.open.contains_key(&pkg.package_id) {
@@ -70,14 +61,7 @@ impl<T> PackageBuffer<T> {
             }
             self.highest_opened = pkg.package_id;
             let members = std::iter::repeat_with(|| None).take(count).collect();
-            self.open.insert(
-                pkg.package_id,
-                Open {
-                    members,
-                    received: 0,
-                    deadline: now + self.timeout,
-                },
-            );
+            self.open.insert(pkg.package_id, Open { members, received: 0, deadline: now + self.timeout });
         }
         let Some(open) = self.open.get_mut(&pkg.package_id) else {
             return Err(invalid("package vanished"));
@@ -99,9 +83,7 @@ impl<T> PackageBuffer<T> {
         let Some(done) = self.open.remove(&pkg.package_id) else {
             return Err(invalid("package vanished"));
         };
-        Ok(PackageInsert::Complete(
-            done.members.into_iter().flatten().collect(),
-        ))
+        Ok(PackageInsert::Complete(done.members.into_iter().flatten().collect()))
     }
 
     /// Earliest package deadline.
@@ -111,19 +93,10 @@ impl<T> PackageBuffer<T> {
 
     /// Removes every package whose deadline has passed, with the members it had.
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<(PackageId, Vec<T>)> {
-        let expired: Vec<u64> = self
-            .open
-            .iter()
-            .filter(|(_, o)| o.deadline <= now)
-            .map(|(&id, _)| id)
-            .collect();
+        let expired: Vec<u64> = self.open.iter().filter(|(_, o)| o.deadline <= now).map(|(&id, _)| id).collect();
         expired
             .into_iter()
-            .filter_map(|id| {
-                self.open
-                    .remove(&id)
-                    .map(|o| (PackageId(id), o.members.into_iter().flatten().collect()))
-            })
+            .filter_map(|id| self.open.remove(&id).map(|o| (PackageId(id), o.members.into_iter().flatten().collect())))
             .collect()
     }
 
@@ -141,11 +114,7 @@ mod tests {
     use super::*;
 
     fn pkg(id: u64, index: u32, count: u32) -> PackageRef {
-        PackageRef {
-            package_id: id,
-            index,
-            count,
-        }
+        PackageRef { package_id: id, index, count }
     }
 
     #[test]
@@ -154,10 +123,7 @@ mod tests {
         let mut b = PackageBuffer::new(Duration::from_secs(30));
         assert_eq!(b.insert(t0, &pkg(1, 2, 3), 'c'), Ok(PackageInsert::Pending));
         assert_eq!(b.insert(t0, &pkg(1, 0, 3), 'a'), Ok(PackageInsert::Pending));
-        assert_eq!(
-            b.insert(t0, &pkg(1, 1, 3), 'b'),
-            Ok(PackageInsert::Complete(vec!['a', 'b', 'c']))
-        );
+        assert_eq!(b.insert(t0, &pkg(1, 1, 3), 'b'), Ok(PackageInsert::Complete(vec!['a', 'b', 'c'])));
         assert_eq!(b.open_count(), 0);
     }
 
@@ -168,10 +134,7 @@ mod tests {
         b.insert(t0, &pkg(4, 0, 2), 'a').unwrap();
         assert_eq!(b.poll_timeout(), Some(t0 + Duration::from_secs(30)));
         assert!(b.handle_timeout(t0 + Duration::from_secs(29)).is_empty());
-        assert_eq!(
-            b.handle_timeout(t0 + Duration::from_secs(30)),
-            vec![(PackageId(4), vec!['a'])]
-        );
+        assert_eq!(b.handle_timeout(t0 + Duration::from_secs(30)), vec![(PackageId(4), vec!['a'])]);
         assert_eq!(b.insert(t0, &pkg(4, 1, 2), 'b'), Ok(PackageInsert::Expired));
     }
 

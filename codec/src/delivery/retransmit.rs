@@ -16,18 +16,13 @@ pub struct Rto {
 
 impl Default for Rto {
     fn default() -> Self {
-        Rto {
-            initial: INITIAL_RTO,
-            max: MAX_RTO,
-        }
+        Rto { initial: INITIAL_RTO, max: MAX_RTO }
     }
 }
 
 impl Rto {
     fn after(&self, attempts: u32) -> Duration {
-        self.initial
-            .saturating_mul(1u32 << attempts.min(16))
-            .min(self.max)
+        self.initial.saturating_mul(1u32 << attempts.min(16)).min(self.max)
     }
 }
 
@@ -53,10 +48,7 @@ pub struct RetransmitQueue<T> {
 impl<T: Clone> RetransmitQueue<T> {
     /// An empty queue.
     pub fn new(rto: Rto) -> Self {
-        RetransmitQueue {
-            items: VecDeque::new(),
-            rto,
-        }
+        RetransmitQueue { items: VecDeque::new(), rto }
     }
 
     /// Number of unacknowledged items.
@@ -91,12 +83,7 @@ impl<T: Clone> RetransmitQueue<T> {
     /// Records `item` as sent at `now`. Keys must be pushed in ascending order; a key already
     /// present is replaced.
     pub fn push(&mut self, now: Instant, key: u64, item: T) {
-        let entry = InFlight {
-            key,
-            item,
-            deadline: now + self.rto.after(0),
-            attempts: 0,
-        };
+        let entry = InFlight { key, item, deadline: now + self.rto.after(0), attempts: 0 };
         match self.items.binary_search_by_key(&key, |i| i.key) {
             Ok(i) => {
                 if let Some(slot) = self.items.get_mut(i) {
@@ -174,10 +161,7 @@ mod tests {
     #[test]
     fn backs_off_and_acks() {
         let t0 = Instant::now();
-        let rto = Rto {
-            initial: Duration::from_secs(1),
-            max: Duration::from_secs(3),
-        };
+        let rto = Rto { initial: Duration::from_secs(1), max: Duration::from_secs(3) };
         let mut q = RetransmitQueue::new(rto);
         q.push(t0, 1, "a");
         q.push(t0, 2, "b");
@@ -185,11 +169,7 @@ mod tests {
         assert_eq!(q.due(t0 + Duration::from_secs(1)), vec!["a", "b"]);
         assert_eq!(q.next_deadline(), Some(t0 + Duration::from_secs(3)));
         assert_eq!(q.due(t0 + Duration::from_secs(3)).len(), 2);
-        assert_eq!(
-            q.next_deadline(),
-            Some(t0 + Duration::from_secs(6)),
-            "capped at max"
-        );
+        assert_eq!(q.next_deadline(), Some(t0 + Duration::from_secs(6)), "capped at max");
         assert_eq!(q.ack(1), Some("a"));
         assert_eq!(q.ack_through(5), 1);
         assert!(q.is_empty());

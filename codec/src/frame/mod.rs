@@ -162,11 +162,7 @@ impl FrameType {
     pub fn fragmentable(self) -> bool {
         matches!(
             self,
-            FrameType::Publish
-                | FrameType::Deliver
-                | FrameType::HistoryPage
-                | FrameType::Request
-                | FrameType::Response
+            FrameType::Publish | FrameType::Deliver | FrameType::HistoryPage | FrameType::Request | FrameType::Response
         )
     }
 }
@@ -193,10 +189,7 @@ pub fn parse_header(bytes: [u8; HEADER_LEN]) -> Result<Header, DecodeError> {
     if flags != 0 {
         return Err(DecodeError::ReservedBits(flags));
     }
-    Ok(Header {
-        frame_type,
-        body_len,
-    })
+    Ok(Header { frame_type, body_len })
 }
 
 /// Decodes one frame from the front of `buf`, removing its bytes.
@@ -223,8 +216,7 @@ pub fn decode_frame(buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
 /// Decodes and checks a body of a known type (an unfragmented body or a reassembled one).
 pub fn decode_body(ty: FrameType, body: Bytes) -> Result<Frame, DecodeError> {
     let len = body.len();
-    let frame =
-        Frame::decode_body(ty, body.clone()).map_err(|e| DecodeError::Body(e.to_string()))?;
+    let frame = Frame::decode_body(ty, body.clone()).map_err(|e| DecodeError::Body(e.to_string()))?;
     check_canonical(&frame, &body, len)?;
     validate(&frame)?;
     Ok(frame)

@@ -3,22 +3,10 @@ use bytes::BytesMut;
 
 #[test]
 fn header_checks_length_before_type_and_flags() {
-    assert_eq!(
-        parse_header([0x06, 0, 0x05, 0x75]),
-        Err(DecodeError::FrameTooLarge(1397))
-    );
-    assert_eq!(
-        parse_header([0x7F, 0, 0, 0]),
-        Err(DecodeError::UnknownFrameType(0x7F))
-    );
-    assert_eq!(
-        parse_header([0x03, 0x01, 0, 0]),
-        Err(DecodeError::ReservedBits(1))
-    );
-    assert_eq!(
-        parse_header([0x03, 0, 0x05, 0x74]).map(|h| h.body_len),
-        Ok(1396)
-    );
+    assert_eq!(parse_header([0x06, 0, 0x05, 0x75]), Err(DecodeError::FrameTooLarge(1397)));
+    assert_eq!(parse_header([0x7F, 0, 0, 0]), Err(DecodeError::UnknownFrameType(0x7F)));
+    assert_eq!(parse_header([0x03, 0x01, 0, 0]), Err(DecodeError::ReservedBits(1)));
+    assert_eq!(parse_header([0x03, 0, 0x05, 0x74]).map(|h| h.body_len), Ok(1396));
 }
 
 #[test]
@@ -30,10 +18,7 @@ fn incomplete_input_is_none_and_consumes_nothing() {
         assert_eq!(decode_frame(&mut part), Ok(None));
         assert_eq!(part.len(), cut);
     }
-    assert_eq!(
-        decode_frame(&mut out),
-        Ok(Some(Frame::Ping(proto::Ping { nonce: 7 })))
-    );
+    assert_eq!(decode_frame(&mut out), Ok(Some(Frame::Ping(proto::Ping { nonce: 7 }))));
     assert!(out.is_empty());
 }
 

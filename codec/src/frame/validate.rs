@@ -4,8 +4,7 @@
 use crate::error::{DecodeError, ReqId};
 use crate::ids::{check_identifier, check_topic, TopicUse};
 use crate::limits::{
-    MAX_FILTERS_PER_SUBSCRIBE, MAX_MESSAGE_SIZE, MAX_PACKAGE_COUNT, MAX_RECEIVE_WINDOW,
-    MAX_TOKEN_LEN, MIN_MESSAGE_SIZE,
+    MAX_FILTERS_PER_SUBSCRIBE, MAX_MESSAGE_SIZE, MAX_PACKAGE_COUNT, MAX_RECEIVE_WINDOW, MAX_TOKEN_LEN, MIN_MESSAGE_SIZE,
 };
 use crate::proto;
 use crate::reason::{class_of, ReasonClass};
@@ -13,19 +12,10 @@ use crate::reason::{class_of, ReasonClass};
 use super::Frame;
 
 fn invalid(field: &'static str, why: &'static str, req: &'static str) -> DecodeError {
-    DecodeError::InvalidField {
-        field,
-        why,
-        req: ReqId(req),
-    }
+    DecodeError::InvalidField { field, why, req: ReqId(req) }
 }
 
-fn ensure(
-    ok: bool,
-    field: &'static str,
-    why: &'static str,
-    req: &'static str,
-) -> Result<(), DecodeError> {
+fn ensure(ok: bool, field: &'static str, why: &'static str, req: &'static str) -> Result<(), DecodeError> {
     if ok {
         Ok(())
     } else {
@@ -34,12 +24,7 @@ fn ensure(
 }
 
 fn check_reason(field: &'static str, reason: u32) -> Result<(), DecodeError> {
-    ensure(
-        class_of(reason) != ReasonClass::Unassigned,
-        field,
-        "reason code outside every class",
-        "REQ-ERR-002",
-    )
+    ensure(class_of(reason) != ReasonClass::Unassigned, field, "reason code outside every class", "REQ-ERR-002")
 }
 
 fn check_stream(field: &'static str, s: Option<&proto::StreamRef>) -> Result<(), DecodeError> {
@@ -52,75 +37,28 @@ fn check_stream(field: &'static str, s: Option<&proto::StreamRef>) -> Result<(),
 }
 
 fn check_package(field: &'static str, p: &proto::PackageRef, qos: u32) -> Result<(), DecodeError> {
-    ensure(
-        p.package_id != 0,
-        field,
-        "package_id must be non-zero",
-        "REQ-PKG-001",
-    )?;
-    ensure(
-        (1..=MAX_PACKAGE_COUNT).contains(&p.count),
-        field,
-        "count must be 1..=32",
-        "REQ-PKG-001",
-    )?;
-    ensure(
-        p.index < p.count,
-        field,
-        "index must be below count",
-        "REQ-PKG-001",
-    )?;
-    ensure(
-        qos >= 1,
-        field,
-        "package members need QoS 1 or 2",
-        "REQ-PKG-002",
-    )
+    ensure(p.package_id != 0, field, "package_id must be non-zero", "REQ-PKG-001")?;
+    ensure((1..=MAX_PACKAGE_COUNT).contains(&p.count), field, "count must be 1..=32", "REQ-PKG-001")?;
+    ensure(p.index < p.count, field, "index must be below count", "REQ-PKG-001")?;
+    ensure(qos >= 1, field, "package members need QoS 1 or 2", "REQ-PKG-002")
 }
 
 fn check_filters(filters: &[String]) -> Result<(), DecodeError> {
-    ensure(
-        !filters.is_empty(),
-        "subscribe.filters",
-        "must not be empty",
-        "REQ-TOP-005",
-    )?;
-    ensure(
-        filters.len() <= MAX_FILTERS_PER_SUBSCRIBE,
-        "subscribe.filters",
-        "more than 16 filters",
-        "REQ-TOP-005",
-    )?;
-    filters
-        .iter()
-        .try_for_each(|f| check_topic("subscribe.filters", f, TopicUse::Filter))
+    ensure(!filters.is_empty(), "subscribe.filters", "must not be empty", "REQ-TOP-005")?;
+    ensure(filters.len() <= MAX_FILTERS_PER_SUBSCRIBE, "subscribe.filters", "more than 16 filters", "REQ-TOP-005")?;
+    filters.iter().try_for_each(|f| check_topic("subscribe.filters", f, TopicUse::Filter))
 }
 
 /// Checks every context-free rule of a decoded frame.
 pub fn validate(frame: &Frame) -> Result<(), DecodeError> {
     match frame {
         Frame::Connect(c) => {
-            ensure(
-                !c.versions.is_empty(),
-                "connect.versions",
-                "must list at least one version",
-                "REQ-HSK-003",
-            )?;
-            ensure(
-                c.token.len() <= MAX_TOKEN_LEN,
-                "connect.token",
-                "longer than 512 bytes",
-                "REQ-HSK-005",
-            )?;
+            ensure(!c.versions.is_empty(), "connect.versions", "must list at least one version", "REQ-HSK-003")?;
+            ensure(c.token.len() <= MAX_TOKEN_LEN, "connect.token", "longer than 512 bytes", "REQ-HSK-005")?;
             check_identifier("connect.device_id", &c.device_id)?;
-            let size_ok = c.max_message_size == 0
-                || (MIN_MESSAGE_SIZE..=MAX_MESSAGE_SIZE).contains(&c.max_message_size);
-            ensure(
-                size_ok,
-                "connect.max_message_size",
-                "must be 0 or 1396..=1048576",
-                "REQ-HSK-007",
-            )?;
+            let size_ok =
+                c.max_message_size == 0 || (MIN_MESSAGE_SIZE..=MAX_MESSAGE_SIZE).contains(&c.max_message_size);
+            ensure(size_ok, "connect.max_message_size", "must be 0 or 1396..=1048576", "REQ-HSK-007")?;
             ensure(
                 c.receive_window <= MAX_RECEIVE_WINDOW,
                 "connect.receive_window",
@@ -132,18 +70,8 @@ pub fn validate(frame: &Frame) -> Result<(), DecodeError> {
         Frame::Ping(_) | Frame::Pong(_) => Ok(()),
         Frame::Disconnect(d) => check_reason("disconnect.reason", d.reason),
         Frame::Publish(p) => {
-            ensure(
-                p.qos <= 2,
-                "publish.qos",
-                "qos must be 0, 1 or 2",
-                "REQ-QOS-001",
-            )?;
-            ensure(
-                (p.qos == 0) == (p.cid == 0),
-                "publish.cid",
-                "cid is 0 exactly when qos is 0",
-                "REQ-QOS-002",
-            )?;
+            ensure(p.qos <= 2, "publish.qos", "qos must be 0, 1 or 2", "REQ-QOS-001")?;
+            ensure((p.qos == 0) == (p.cid == 0), "publish.cid", "cid is 0 exactly when qos is 0", "REQ-QOS-002")?;
             check_topic("publish.topic", &p.topic, TopicUse::Name)?;
             match &p.package {
                 Some(pkg) => check_package("publish.package", pkg, p.qos),
@@ -157,12 +85,7 @@ pub fn validate(frame: &Frame) -> Result<(), DecodeError> {
         Frame::Deliver(d) => {
             check_stream("deliver.stream", d.stream.as_ref())?;
             ensure(d.seq != 0, "deliver.seq", "seq starts at 1", "REQ-QOS-009")?;
-            ensure(
-                d.qos <= 2,
-                "deliver.qos",
-                "qos must be 0, 1 or 2",
-                "REQ-QOS-001",
-            )?;
+            ensure(d.qos <= 2, "deliver.qos", "qos must be 0, 1 or 2", "REQ-QOS-001")?;
             check_topic("deliver.topic", &d.topic, TopicUse::Name)?;
             match &d.package {
                 Some(pkg) => check_package("deliver.package", pkg, d.qos),
@@ -171,12 +94,7 @@ pub fn validate(frame: &Frame) -> Result<(), DecodeError> {
         }
         Frame::DeliverAck(a) => {
             check_stream("deliver_ack.stream", a.stream.as_ref())?;
-            ensure(
-                a.seq != 0,
-                "deliver_ack.seq",
-                "seq starts at 1",
-                "REQ-QOS-010",
-            )
+            ensure(a.seq != 0, "deliver_ack.seq", "seq starts at 1", "REQ-QOS-010")
         }
         Frame::Notify(n) => check_stream("notify.stream", n.stream.as_ref()),
         Frame::Sync(s) => check_stream("sync.stream", s.stream.as_ref()),
@@ -184,38 +102,17 @@ pub fn validate(frame: &Frame) -> Result<(), DecodeError> {
             check_stream("sync_done.stream", s.stream.as_ref())?;
             check_reason("sync_done.reason", s.reason)
         }
-        Frame::HistoryRequest(h) => ensure(
-            h.conversation_id != 0,
-            "history.conversation_id",
-            "must be non-zero",
-            "REQ-SYN-004",
-        ),
+        Frame::HistoryRequest(h) => {
+            ensure(h.conversation_id != 0, "history.conversation_id", "must be non-zero", "REQ-SYN-004")
+        }
         Frame::HistoryPage(h) => check_reason("history_page.reason", h.reason),
         Frame::Subscribe(s) => check_filters(&s.filters),
         Frame::Unsubscribe(s) => check_filters(&s.filters),
-        Frame::SubAck(s) | Frame::UnsubAck(s) => s
-            .reasons
-            .iter()
-            .try_for_each(|&r| check_reason("suback.reasons", r)),
+        Frame::SubAck(s) | Frame::UnsubAck(s) => s.reasons.iter().try_for_each(|&r| check_reason("suback.reasons", r)),
         Frame::Fragment(f) => {
-            ensure(
-                f.count >= 2,
-                "fragment.count",
-                "a fragmented body has at least 2 pieces",
-                "REQ-FRG-006",
-            )?;
-            ensure(
-                f.index < f.count,
-                "fragment.index",
-                "index must be below count",
-                "REQ-FRG-006",
-            )?;
-            ensure(
-                !f.chunk.is_empty(),
-                "fragment.chunk",
-                "must not be empty",
-                "REQ-FRG-004",
-            )?;
+            ensure(f.count >= 2, "fragment.count", "a fragmented body has at least 2 pieces", "REQ-FRG-006")?;
+            ensure(f.index < f.count, "fragment.index", "index must be below count", "REQ-FRG-006")?;
+            ensure(!f.chunk.is_empty(), "fragment.chunk", "must not be empty", "REQ-FRG-004")?;
             ensure(
                 (f.index == 0) == (f.total_length != 0),
                 "fragment.total_length",
@@ -223,30 +120,15 @@ pub fn validate(frame: &Frame) -> Result<(), DecodeError> {
                 "REQ-FRG-003",
             )
         }
-        Frame::ReadMark(r) => ensure(
-            r.conversation_id != 0,
-            "read.conversation_id",
-            "must be non-zero",
-            "REQ-GRP-006",
-        ),
+        Frame::ReadMark(r) => ensure(r.conversation_id != 0, "read.conversation_id", "must be non-zero", "REQ-GRP-006"),
         Frame::Receipt(r) => check_identifier("receipt.reader", &r.reader),
         Frame::Presence(p) => {
             check_identifier("presence.user_id", &p.user_id)?;
-            let known = proto::PresenceStatus::try_from(p.status)
-                .is_ok_and(|s| s != proto::PresenceStatus::Unspecified);
-            ensure(
-                known,
-                "presence.status",
-                "must be ONLINE or OFFLINE",
-                "REQ-PRS-002",
-            )
+            let known =
+                proto::PresenceStatus::try_from(p.status).is_ok_and(|s| s != proto::PresenceStatus::Unspecified);
+            ensure(known, "presence.status", "must be ONLINE or OFFLINE", "REQ-PRS-002")
         }
-        Frame::Request(r) => ensure(
-            r.op.is_some(),
-            "request.op",
-            "must name an operation",
-            "REQ-GRP-007",
-        ),
+        Frame::Request(r) => ensure(r.op.is_some(), "request.op", "must name an operation", "REQ-GRP-007"),
         Frame::Response(r) => check_reason("response.reason", r.reason),
     }
 }

@@ -24,16 +24,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::link::{disconnect_reason, wire, Link};
-use crate::delivery::{
-    Arrival, OrderedReceiver, PackageBuffer, PackageInsert, RetransmitQueue, Rto,
-};
+use crate::delivery::{Arrival, OrderedReceiver, PackageBuffer, PackageInsert, RetransmitQueue, Rto};
 use crate::error::{ApiError, PeerError, ProtocolViolation};
 use crate::frame::{Direction, Frame};
 use crate::ids::{Cid, PackageId, StreamId};
 use crate::limits::{
-    CONNECT_TIMEOUT, DEFAULT_KEEPALIVE_SECS, DEFAULT_MESSAGE_SIZE, DEFAULT_RECEIVE_WINDOW,
-    KEEPALIVE_TIMEOUT_TENTHS, MAX_KEEPALIVE_SECS, MAX_PACKAGE_COUNT, MIN_KEEPALIVE_SECS,
-    PACKAGE_TIMEOUT,
+    CONNECT_TIMEOUT, DEFAULT_KEEPALIVE_SECS, DEFAULT_MESSAGE_SIZE, DEFAULT_RECEIVE_WINDOW, KEEPALIVE_TIMEOUT_TENTHS,
+    MAX_KEEPALIVE_SECS, MAX_PACKAGE_COUNT, MIN_KEEPALIVE_SECS, PACKAGE_TIMEOUT,
 };
 use crate::proto;
 use crate::reason::ReasonCode;
@@ -134,14 +131,9 @@ pub enum BrokerEvent {
 
 #[derive(Debug, Clone, Copy)]
 enum State {
-    AwaitConnect {
-        deadline: Instant,
-    },
+    AwaitConnect { deadline: Instant },
     Authenticating,
-    Up {
-        dead_after: Duration,
-        dead_at: Instant,
-    },
+    Up { dead_after: Duration, dead_at: Instant },
     Closed,
 }
 
@@ -178,9 +170,7 @@ impl BrokerSession {
         let window = u64::from(config.receive_window.max(MAX_PACKAGE_COUNT));
         BrokerSession {
             link: Link::new(config.max_message_size as usize, Direction::ToBroker),
-            state: State::AwaitConnect {
-                deadline: now + CONNECT_TIMEOUT,
-            },
+            state: State::AwaitConnect { deadline: now + CONNECT_TIMEOUT },
             events: VecDeque::new(),
             connect: None,
             ledger: Ledger {
@@ -232,9 +222,7 @@ impl BrokerSession {
             return Err(ApiError::NotConnected);
         }
         let mut ready = Vec::new();
-        self.ledger
-            .receiver
-            .skip_to(accept.ledger.contiguous + 1, &mut ready);
+        self.ledger.receiver.skip_to(accept.ledger.contiguous + 1, &mut ready);
         for ack in accept.ledger.acks.iter().cloned() {
             self.ledger.acks.insert(ack.cid, ack);
         }
@@ -244,12 +232,7 @@ impl BrokerSession {
 
     /// Resumes this (older) session on `fresh`'s link: the state here is kept and every
     /// unacknowledged DELIVER is sent again with `dup` [REQ-HSK-011] [REQ-HSK-012].
-    pub fn resume_from(
-        &mut self,
-        now: Instant,
-        fresh: BrokerSession,
-        accept: Accept,
-    ) -> Result<(), ApiError> {
+    pub fn resume_from(&mut self, now: Instant, fresh: BrokerSession, accept: Accept) -> Result<(), ApiError> {
         if !matches!(fresh.state, State::Authenticating) || !self.accepted {
             return Err(ApiError::NotConnected);
         }
@@ -270,12 +253,7 @@ impl BrokerSession {
         Ok(())
     }
 
-    fn finish_accept(
-        &mut self,
-        now: Instant,
-        accept: &Accept,
-        session_present: bool,
-    ) -> Result<(), ApiError> {
+    fn finish_accept(&mut self, now: Instant, accept: &Accept, session_present: bool) -> Result<(), ApiError> {
         let connect = self.connect.as_ref().ok_or(ApiError::NotConnected)?;
         let keepalive = match connect.keepalive_secs {
             0 => self.config.default_keepalive_secs,
@@ -306,27 +284,18 @@ impl BrokerSession {
         };
         self.link.send(&Frame::ConnAck(ack))?;
         let dead_after = Duration::from_secs(u64::from(keepalive)) * KEEPALIVE_TIMEOUT_TENTHS / 10;
-        self.state = State::Up {
-            dead_after,
-            dead_at: now + dead_after,
-        };
+        self.state = State::Up { dead_after, dead_at: now + dead_after };
         self.accepted = true;
         Ok(())
     }
 
     /// Refuses the CONNECT with `reason` and closes [REQ-HSK-005].
     pub fn reject(&mut self, reason: ReasonCode) {
-        let ack = proto::ConnAck {
-            reason: wire(reason),
-            ..Default::default()
-        };
+        let ack = proto::ConnAck { reason: wire(reason), ..Default::default() };
         let _ = self.link.send(&Frame::ConnAck(ack));
         self.link.closed = true;
         self.state = State::Closed;
-        self.events.push_back(BrokerEvent::Closed {
-            reason: Some(reason),
-            by_peer: false,
-        });
+        self.events.push_back(BrokerEvent::Closed { reason: Some(reason), by_peer: false });
     }
 
     /// Closes the link with DISCONNECT(reason) (shutdown, takeover, a ban ...).
@@ -336,10 +305,7 @@ impl BrokerSession {
         }
         self.link.close(reason, detail.to_owned());
         self.state = State::Closed;
-        self.events.push_back(BrokerEvent::Closed {
-            reason: Some(reason),
-            by_peer: false,
-        });
+        self.events.push_back(BrokerEvent::Closed { reason: Some(reason), by_peer: false });
     }
 
     /// The transport closed under us. The session state stays for `resume_from`.
@@ -347,10 +313,7 @@ impl BrokerSession {
         if !matches!(self.state, State::Closed) {
             self.link.closed = true;
             self.state = State::Closed;
-            self.events.push_back(BrokerEvent::Closed {
-                reason: None,
-                by_peer: false,
-            });
+            self.events.push_back(BrokerEvent::Closed { reason: None, by_peer: false });
         }
     }
 
@@ -361,11 +324,7 @@ impl BrokerSession {
         if !self.ledger.awaiting.remove(&ack.cid) {
             return Err(ApiError::NotAwaitingOutcome(ack.cid));
         }
-        let floor = self
-            .ledger
-            .receiver
-            .next()
-            .saturating_sub(2 * self.ledger.window);
+        let floor = self.ledger.receiver.next().saturating_sub(2 * self.ledger.window);
         self.ledger.acks = self.ledger.acks.split_off(&floor);
         self.ledger.acks.insert(ack.cid, ack);
         if matches!(self.state, State::Up { .. }) {
@@ -426,10 +385,7 @@ impl BrokerSession {
             // DELIVER stays in flight and goes again on resume.
             self.link.send_control(&Frame::Deliver(d.clone()));
             let rto = self.config.rto;
-            self.streams
-                .entry(stream)
-                .or_insert_with(|| RetransmitQueue::new(rto))
-                .push(now, d.seq, d);
+            self.streams.entry(stream).or_insert_with(|| RetransmitQueue::new(rto)).push(now, d.seq, d);
             self.inflight += 1;
         }
     }
@@ -453,14 +409,7 @@ impl BrokerSession {
                 Err(e) => self.fail(e),
             }
         }
-        if let (
-            true,
-            State::Up {
-                dead_after,
-                dead_at,
-            },
-        ) = (got_any, &mut self.state)
-        {
+        if let (true, State::Up { dead_after, dead_at }) = (got_any, &mut self.state) {
             *dead_at = now + *dead_after;
         }
     }
@@ -468,62 +417,39 @@ impl BrokerSession {
     fn fail(&mut self, e: PeerError) {
         self.link.close(e.reason(), e.to_string());
         self.state = State::Closed;
-        self.events.push_back(BrokerEvent::Closed {
-            reason: Some(e.reason()),
-            by_peer: false,
-        });
+        self.events.push_back(BrokerEvent::Closed { reason: Some(e.reason()), by_peer: false });
     }
 
     fn on_frame(&mut self, now: Instant, frame: Frame) -> Result<(), PeerError> {
         if let Frame::Disconnect(d) = &frame {
             self.link.closed = true;
             self.state = State::Closed;
-            self.events.push_back(BrokerEvent::Closed {
-                reason: Some(disconnect_reason(d)),
-                by_peer: true,
-            });
+            self.events.push_back(BrokerEvent::Closed { reason: Some(disconnect_reason(d)), by_peer: true });
             return Ok(());
         }
         match self.state {
             State::AwaitConnect { .. } => match frame {
                 Frame::Connect(c) => self.on_connect(c),
-                other => Err(violation(
-                    "REQ-HSK-001",
-                    ReasonCode::ProtocolError,
-                    &other,
-                    "the first frame must be CONNECT",
-                )),
+                other => {
+                    Err(violation("REQ-HSK-001", ReasonCode::ProtocolError, &other, "the first frame must be CONNECT"))
+                }
             },
-            State::Authenticating => Err(violation(
-                "REQ-HSK-004",
-                ReasonCode::ProtocolError,
-                &frame,
-                "sent before CONNACK",
-            )),
+            State::Authenticating => {
+                Err(violation("REQ-HSK-004", ReasonCode::ProtocolError, &frame, "sent before CONNACK"))
+            }
             State::Up { .. } => self.on_live_frame(now, frame),
             State::Closed => Ok(()),
         }
     }
 
     fn on_connect(&mut self, c: proto::Connect) -> Result<(), PeerError> {
-        let common = c
-            .versions
-            .iter()
-            .copied()
-            .filter(|v| self.config.versions.contains(v))
-            .max();
+        let common = c.versions.iter().copied().filter(|v| self.config.versions.contains(v)).max();
         if common.is_none() {
-            let ack = proto::ConnAck {
-                reason: wire(ReasonCode::UnsupportedVersion),
-                ..Default::default()
-            };
+            let ack = proto::ConnAck { reason: wire(ReasonCode::UnsupportedVersion), ..Default::default() };
             let _ = self.link.send(&Frame::ConnAck(ack));
             self.link.closed = true;
             self.state = State::Closed;
-            self.events.push_back(BrokerEvent::Closed {
-                reason: Some(ReasonCode::UnsupportedVersion),
-                by_peer: false,
-            });
+            self.events.push_back(BrokerEvent::Closed { reason: Some(ReasonCode::UnsupportedVersion), by_peer: false });
             return Ok(());
         }
         self.connect = Some(c.clone());
@@ -534,12 +460,7 @@ impl BrokerSession {
 
     fn on_live_frame(&mut self, now: Instant, frame: Frame) -> Result<(), PeerError> {
         match frame {
-            Frame::Connect(_) => Err(violation(
-                "REQ-HSK-002",
-                ReasonCode::ProtocolError,
-                &frame,
-                "second CONNECT",
-            )),
+            Frame::Connect(_) => Err(violation("REQ-HSK-002", ReasonCode::ProtocolError, &frame, "second CONNECT")),
             Frame::Ping(p) => {
                 self.link.send_control(&Frame::Pong(p));
                 Ok(())
@@ -551,8 +472,7 @@ impl BrokerSession {
                     if let Some(q) = self.streams.get_mut(&stream) {
                         self.inflight -= q.ack_through(a.seq);
                     }
-                    self.events
-                        .push_back(BrokerEvent::StreamAcked { stream, seq: a.seq });
+                    self.events.push_back(BrokerEvent::StreamAcked { stream, seq: a.seq });
                     self.flush_pending(now);
                 }
                 Ok(())
@@ -584,11 +504,7 @@ impl BrokerSession {
             Arrival::Duplicate => {
                 if cid < self.ledger.receiver.next() {
                     // Decided so long ago its record is gone: the client broke the window.
-                    let ack = proto::PubAck {
-                        cid,
-                        reason: wire(ReasonCode::Duplicate),
-                        ..Default::default()
-                    };
+                    let ack = proto::PubAck { cid, reason: wire(ReasonCode::Duplicate), ..Default::default() };
                     self.link.send_control(&Frame::PubAck(ack));
                 }
                 return Ok(());
@@ -597,10 +513,7 @@ impl BrokerSession {
                 return Err(ProtocolViolation::new(
                     "REQ-QOS-006",
                     ReasonCode::ReceiveWindowExceeded,
-                    format!(
-                        "cid {cid} beyond window from {}",
-                        self.ledger.receiver.next()
-                    ),
+                    format!("cid {cid} beyond window from {}", self.ledger.receiver.next()),
                 )
                 .into());
             }
@@ -626,20 +539,13 @@ impl BrokerSession {
                 let first = members.first().map(|m| (&m.topic, m.qos));
                 if members.iter().any(|m| Some((&m.topic, m.qos)) != first) {
                     let why = "package members differ in topic or qos";
-                    return Err(ProtocolViolation::new(
-                        "REQ-PKG-002",
-                        ReasonCode::PackageInvalid,
-                        why,
-                    )
-                    .into());
+                    return Err(ProtocolViolation::new("REQ-PKG-002", ReasonCode::PackageInvalid, why).into());
                 }
                 self.events.push_back(BrokerEvent::Package(members));
             }
             PackageInsert::Expired => {
-                self.events.push_back(BrokerEvent::PackageExpired {
-                    package_id: PackageId(pkg.package_id),
-                    cids: vec![cid],
-                });
+                self.events
+                    .push_back(BrokerEvent::PackageExpired { package_id: PackageId(pkg.package_id), cids: vec![cid] });
             }
         }
         Ok(())
@@ -649,25 +555,14 @@ impl BrokerSession {
     pub fn handle_timeout(&mut self, now: Instant) {
         for (package_id, members) in self.ledger.packages.handle_timeout(now) {
             let cids = members.iter().map(|m| Cid(m.cid)).collect();
-            self.events
-                .push_back(BrokerEvent::PackageExpired { package_id, cids });
+            self.events.push_back(BrokerEvent::PackageExpired { package_id, cids });
         }
         match self.state {
             State::AwaitConnect { deadline } if now >= deadline => {
-                self.fail(
-                    ProtocolViolation::new("REQ-HSK-001", ReasonCode::ConnectTimeout, "no CONNECT")
-                        .into(),
-                );
+                self.fail(ProtocolViolation::new("REQ-HSK-001", ReasonCode::ConnectTimeout, "no CONNECT").into());
             }
             State::Up { dead_at, .. } if now >= dead_at => {
-                self.fail(
-                    ProtocolViolation::new(
-                        "REQ-KAL-002",
-                        ReasonCode::KeepaliveTimeout,
-                        "client silent",
-                    )
-                    .into(),
-                );
+                self.fail(ProtocolViolation::new("REQ-KAL-002", ReasonCode::KeepaliveTimeout, "client silent").into());
             }
             State::Up { .. } => {
                 let mut due = Vec::new();
@@ -689,11 +584,7 @@ impl BrokerSession {
         let state = match self.state {
             State::AwaitConnect { deadline } => Some(deadline),
             State::Up { dead_at, .. } => {
-                let retransmit = self
-                    .streams
-                    .values()
-                    .filter_map(RetransmitQueue::next_deadline)
-                    .min();
+                let retransmit = self.streams.values().filter_map(RetransmitQueue::next_deadline).min();
                 Some(retransmit.map_or(dead_at, |r| r.min(dead_at)))
             }
             State::Authenticating | State::Closed => None,

@@ -24,16 +24,13 @@ use bytes::Bytes;
 use rand_core::RngCore;
 
 use super::link::{disconnect_reason, wire, Link};
-use crate::delivery::{
-    Arrival, OrderedReceiver, PackageBuffer, PackageInsert, RetransmitQueue, Rto,
-};
+use crate::delivery::{Arrival, OrderedReceiver, PackageBuffer, PackageInsert, RetransmitQueue, Rto};
 use crate::error::{ApiError, PeerError, ProtocolViolation};
 use crate::frame::{Direction, Frame};
 use crate::ids::{check_topic, Cid, PackageId, StreamId, TopicUse};
 use crate::limits::{
-    CONNECT_TIMEOUT, DEFAULT_KEEPALIVE_SECS, DEFAULT_MESSAGE_SIZE, DEFAULT_RECEIVE_WINDOW,
-    DEFAULT_SYNC_LIMIT, KEEPALIVE_TIMEOUT_TENTHS, MAX_PACKAGE_COUNT, PACKAGE_TIMEOUT,
-    SAFETY_SYNC_INTERVAL,
+    CONNECT_TIMEOUT, DEFAULT_KEEPALIVE_SECS, DEFAULT_MESSAGE_SIZE, DEFAULT_RECEIVE_WINDOW, DEFAULT_SYNC_LIMIT,
+    KEEPALIVE_TIMEOUT_TENTHS, MAX_PACKAGE_COUNT, PACKAGE_TIMEOUT, SAFETY_SYNC_INTERVAL,
 };
 use crate::proto;
 use crate::reason::ReasonCode;
@@ -241,9 +238,7 @@ impl ClientSession {
 
     /// Highest seq released to the application on a stream (its sync point).
     pub fn sync_point(&self, stream: StreamId) -> u64 {
-        self.streams
-            .get(&stream)
-            .map_or(0, |s| s.receiver.released())
+        self.streams.get(&stream).map_or(0, |s| s.receiver.released())
     }
 
     /// Reconnect backoff bounds from the last CONNACK, in milliseconds.
@@ -268,9 +263,7 @@ impl ClientSession {
         };
         link.send(&Frame::Connect(connect))?;
         self.link = Some(link);
-        self.state = State::Connecting {
-            deadline: now + CONNECT_TIMEOUT,
-        };
+        self.state = State::Connecting { deadline: now + CONNECT_TIMEOUT };
         Ok(())
     }
 
@@ -291,32 +284,17 @@ impl ClientSession {
         }
     }
 
-    fn go_down(
-        &mut self,
-        reason: Option<ReasonCode>,
-        by_peer: bool,
-        retry_after: Option<Duration>,
-    ) {
+    fn go_down(&mut self, reason: Option<ReasonCode>, by_peer: bool, retry_after: Option<Duration>) {
         self.state = State::Down;
         for s in self.streams.values_mut() {
             s.sync_outstanding = false;
         }
-        self.events.push_back(ClientEvent::Disconnected {
-            reason,
-            by_peer,
-            retry_after,
-        });
+        self.events.push_back(ClientEvent::Disconnected { reason, by_peer, retry_after });
     }
 
     /// Publishes one message; returns its cid (`None` for QoS 0). QoS 1/2 messages are kept
     /// and sent, or resent, until acknowledged, across reconnects.
-    pub fn publish(
-        &mut self,
-        now: Instant,
-        topic: &str,
-        payload: Bytes,
-        qos: u32,
-    ) -> Result<Option<Cid>, ApiError> {
+    pub fn publish(&mut self, now: Instant, topic: &str, payload: Bytes, qos: u32) -> Result<Option<Cid>, ApiError> {
         self.publish_inner(now, topic, payload, qos, None)
     }
 
@@ -334,29 +312,16 @@ impl ClientSession {
             return Err(ApiError::InvalidQos(qos));
         }
         if count == 0 || count > MAX_PACKAGE_COUNT as usize {
-            return Err(ApiError::PackageSize {
-                got: count,
-                max: MAX_PACKAGE_COUNT as usize,
-            });
+            return Err(ApiError::PackageSize { got: count, max: MAX_PACKAGE_COUNT as usize });
         }
         check_topic("publish.topic", topic, TopicUse::Name)?;
         let package_id = self.next_package_id;
         self.next_package_id += 1;
         let count32 = u32::try_from(count).unwrap_or(MAX_PACKAGE_COUNT);
-        self.packages.insert(
-            package_id,
-            PackageProgress {
-                outstanding: count32,
-                failure: None,
-            },
-        );
+        self.packages.insert(package_id, PackageProgress { outstanding: count32, failure: None });
         for (index, payload) in payloads.into_iter().enumerate() {
             let index = u32::try_from(index).unwrap_or(0);
-            let pkg = proto::PackageRef {
-                package_id,
-                index,
-                count: count32,
-            };
+            let pkg = proto::PackageRef { package_id, index, count: count32 };
             self.publish_inner(now, topic, payload, qos, Some(pkg))?;
         }
         Ok(PackageId(package_id))
@@ -386,17 +351,11 @@ impl ClientSession {
         // Room for the cid that is filled in below (a varint of at most 10 bytes).
         let size = prost::Message::encoded_len(&publish) + 11;
         if size > self.peer_max_message_size {
-            return Err(ApiError::MessageTooLarge {
-                size,
-                max: self.peer_max_message_size,
-            });
+            return Err(ApiError::MessageTooLarge { size, max: self.peer_max_message_size });
         }
         if qos == 0 {
-            let link = self
-                .link
-                .as_mut()
-                .filter(|_| matches!(self.state, State::Up(_)))
-                .ok_or(ApiError::NotConnected)?;
+            let link =
+                self.link.as_mut().filter(|_| matches!(self.state, State::Up(_))).ok_or(ApiError::NotConnected)?;
             link.send(&Frame::Publish(publish))?;
             self.sent(now);
             return Ok(None);
@@ -427,11 +386,7 @@ impl ClientSession {
             self.next_request_id = self.next_request_id.wrapping_add(1).max(1);
         }
         crate::frame::validate(&frame)?;
-        let link = self
-            .link
-            .as_mut()
-            .filter(|_| matches!(self.state, State::Up(_)))
-            .ok_or(ApiError::NotConnected)?;
+        let link = self.link.as_mut().filter(|_| matches!(self.state, State::Up(_))).ok_or(ApiError::NotConnected)?;
         link.send(&frame)?;
         self.sent(now);
         Ok(used)
@@ -483,8 +438,7 @@ impl ClientSession {
             if let Some(link) = self.link.as_mut() {
                 link.closed = true;
             }
-            let retry =
-                (d.retry_after_ms > 0).then(|| Duration::from_millis(u64::from(d.retry_after_ms)));
+            let retry = (d.retry_after_ms > 0).then(|| Duration::from_millis(u64::from(d.retry_after_ms)));
             self.go_down(Some(disconnect_reason(d)), true, retry);
             return Ok(());
         }
@@ -528,12 +482,8 @@ impl ClientSession {
         });
         self.session_id = ack.session_id.clone();
         self.broker_window = u64::from(ack.receive_window.max(1));
-        self.backoff = (
-            ack.backoff_min_ms.max(100),
-            ack.backoff_max_ms.max(ack.backoff_min_ms.max(100)),
-        );
-        self.peer_max_message_size =
-            ack.max_message_size.max(crate::limits::MIN_MESSAGE_SIZE) as usize;
+        self.backoff = (ack.backoff_min_ms.max(100), ack.backoff_max_ms.max(ack.backoff_min_ms.max(100)));
+        self.peer_max_message_size = ack.max_message_size.max(crate::limits::MIN_MESSAGE_SIZE) as usize;
         if let Some(link) = self.link.as_mut() {
             link.peer_max_message_size = self.peer_max_message_size;
         }
@@ -541,23 +491,15 @@ impl ClientSession {
             self.renumber(ack.last_cid + 1);
         }
         let window = u64::from(self.config.receive_window.max(1));
-        let inbox = self
-            .streams
-            .entry(StreamId::Inbox)
-            .or_insert_with(|| StreamState {
-                receiver: OrderedReceiver::new(1, window),
-                sync_outstanding: false,
-                ack_due: false,
-            });
-        let mut released = Vec::new();
-        inbox
-            .receiver
-            .skip_to(ack.inbox_acked_seq + 1, &mut released);
-        self.release(now, StreamId::Inbox, released)?;
-        self.events.push_back(ClientEvent::Connected {
-            session_present: ack.session_present,
-            user_id: ack.user_id,
+        let inbox = self.streams.entry(StreamId::Inbox).or_insert_with(|| StreamState {
+            receiver: OrderedReceiver::new(1, window),
+            sync_outstanding: false,
+            ack_due: false,
         });
+        let mut released = Vec::new();
+        inbox.receiver.skip_to(ack.inbox_acked_seq + 1, &mut released);
+        self.release(now, StreamId::Inbox, released)?;
+        self.events.push_back(ClientEvent::Connected { session_present: ack.session_present, user_id: ack.user_id });
         // Whatever is unacknowledged goes again, in cid order, within the new window
         // [REQ-HSK-012].
         for p in self.inflight.take_all().into_iter().rev() {
@@ -570,11 +512,7 @@ impl ClientSession {
     /// The broker already stored cids up to `first - 1` that were not ours: shift every
     /// unacknowledged message so none collides.
     fn renumber(&mut self, first: u64) {
-        let lowest = self
-            .inflight
-            .lowest()
-            .or_else(|| self.unsent.front().map(|p| p.cid))
-            .unwrap_or(self.next_cid);
+        let lowest = self.inflight.lowest().or_else(|| self.unsent.front().map(|p| p.cid)).unwrap_or(self.next_cid);
         let offset = first.saturating_sub(lowest);
         for (key, p) in self.inflight.iter_mut() {
             *key += offset;
@@ -584,8 +522,7 @@ impl ClientSession {
             p.cid += offset;
         }
         self.next_cid += offset;
-        self.events
-            .push_back(ClientEvent::CidsRenumbered { offset });
+        self.events.push_back(ClientEvent::CidsRenumbered { offset });
     }
 
     fn on_live_frame(&mut self, now: Instant, frame: Frame) -> Result<(), PeerError> {
@@ -612,8 +549,7 @@ impl ClientSession {
                         self.request_sync(now, stream)?;
                     }
                 }
-                self.events
-                    .push_back(ClientEvent::Frame(Box::new(Frame::Notify(n))));
+                self.events.push_back(ClientEvent::Frame(Box::new(Frame::Notify(n))));
             }
             Frame::SyncDone(done) => {
                 if let Some(stream) = StreamId::from_proto(done.stream.as_ref()) {
@@ -624,8 +560,7 @@ impl ClientSession {
                         self.request_sync(now, stream)?;
                     }
                 }
-                self.events
-                    .push_back(ClientEvent::Frame(Box::new(Frame::SyncDone(done))));
+                self.events.push_back(ClientEvent::Frame(Box::new(Frame::SyncDone(done))));
             }
             Frame::ConnAck(_) => return Err(unexpected(&frame, "REQ-HSK-002")),
             other => self.events.push_back(ClientEvent::Frame(Box::new(other))),
@@ -643,9 +578,7 @@ impl ClientSession {
         if let Some(pkg) = publish.package {
             if let Some(progress) = self.packages.get_mut(&pkg.package_id) {
                 progress.outstanding = progress.outstanding.saturating_sub(1);
-                if !matches!(reason, ReasonCode::Success | ReasonCode::Duplicate)
-                    && progress.failure.is_none()
-                {
+                if !matches!(reason, ReasonCode::Success | ReasonCode::Duplicate) && progress.failure.is_none() {
                     progress.failure = Some(reason);
                 }
                 if progress.outstanding == 0 {
@@ -711,14 +644,8 @@ impl ClientSession {
                 continue;
             };
             // Members arrive consecutively (REQ-PKG-006); the buffer checks and holds them.
-            match self
-                .package_rx
-                .insert(now, &pkg, d)
-                .map_err(PeerError::from)?
-            {
-                PackageInsert::Complete(members) => {
-                    self.events.push_back(ClientEvent::Package(members))
-                }
+            match self.package_rx.insert(now, &pkg, d).map_err(PeerError::from)? {
+                PackageInsert::Complete(members) => self.events.push_back(ClientEvent::Package(members)),
                 PackageInsert::Pending | PackageInsert::Expired => {}
             }
         }
@@ -734,12 +661,7 @@ impl ClientSession {
         }
         s.sync_outstanding = true;
         let after_seq = s.receiver.released();
-        let sync = proto::Sync {
-            request_id: 0,
-            stream: Some(stream.to_proto()),
-            after_seq,
-            limit: DEFAULT_SYNC_LIMIT,
-        };
+        let sync = proto::Sync { request_id: 0, stream: Some(stream.to_proto()), after_seq, limit: DEFAULT_SYNC_LIMIT };
         // SYNC is a small control frame; it can only fail on a closed link, where the sync
         // point is sent again after the next CONNACK anyway.
         let _ = self.send(now, Frame::Sync(sync));
@@ -758,10 +680,7 @@ impl ClientSession {
             .collect();
         for (stream, seq) in due {
             // Cumulative: everything through the released point [REQ-QOS-010].
-            let ack = proto::DeliverAck {
-                stream: Some(stream.to_proto()),
-                seq,
-            };
+            let ack = proto::DeliverAck { stream: Some(stream.to_proto()), seq };
             if self.link_send(&Frame::DeliverAck(ack)).is_ok() {
                 self.sent(now);
             }
@@ -784,11 +703,7 @@ impl ClientSession {
             if self.link_send(&Frame::Publish(p.clone())).is_err() {
                 // Only a message above the broker's (lowered) limit cannot be sent: refuse it
                 // locally rather than block everything behind it.
-                let ack = proto::PubAck {
-                    cid: p.cid,
-                    reason: wire(ReasonCode::MessageTooLarge),
-                    ..Default::default()
-                };
+                let ack = proto::PubAck { cid: p.cid, reason: wire(ReasonCode::MessageTooLarge), ..Default::default() };
                 self.inflight.push(now, p.cid, p);
                 self.on_puback(now, ack);
                 return;
@@ -817,26 +732,14 @@ impl ClientSession {
             State::Down => {}
             State::Connecting { deadline } => {
                 if now >= deadline {
-                    self.fail(
-                        ProtocolViolation::new(
-                            "REQ-HSK-006",
-                            ReasonCode::ConnectTimeout,
-                            "no CONNACK",
-                        )
-                        .into(),
-                    );
+                    self.fail(ProtocolViolation::new("REQ-HSK-006", ReasonCode::ConnectTimeout, "no CONNACK").into());
                 }
             }
             State::Up(live) => {
                 if now >= live.dead_at {
                     // Nothing heard for 1.5 intervals: the link is dead, even if TCP says not [REQ-KAL-005].
                     self.fail(
-                        ProtocolViolation::new(
-                            "REQ-KAL-005",
-                            ReasonCode::KeepaliveTimeout,
-                            "broker silent",
-                        )
-                        .into(),
+                        ProtocolViolation::new("REQ-KAL-005", ReasonCode::KeepaliveTimeout, "broker silent").into(),
                     );
                     return;
                 }
@@ -900,12 +803,8 @@ fn fill(slot: &mut u32, id: u32) -> u32 {
 }
 
 fn unexpected(frame: &Frame, req: &'static str) -> PeerError {
-    ProtocolViolation::new(
-        req,
-        ReasonCode::UnexpectedFrame,
-        format!("{} not allowed now", frame.frame_type().name()),
-    )
-    .into()
+    ProtocolViolation::new(req, ReasonCode::UnexpectedFrame, format!("{} not allowed now", frame.frame_type().name()))
+        .into()
 }
 
 /// Reconnect delay after `attempt` failures: uniform in `[min, min(max, min * 2^attempt)]`
@@ -913,8 +812,6 @@ fn unexpected(frame: &Frame, req: &'static str) -> PeerError {
 /// [REQ-KAL-006].
 pub fn backoff(attempt: u32, min_ms: u32, max_ms: u32, rng: &mut dyn RngCore) -> Duration {
     let min = u64::from(min_ms.max(1));
-    let cap = u64::from(max_ms)
-        .max(min)
-        .min(min.saturating_mul(1u64 << attempt.min(20)));
+    let cap = u64::from(max_ms).max(min).min(min.saturating_mul(1u64 << attempt.min(20)));
     Duration::from_millis(min + rng.next_u64() % (cap - min + 1))
 }

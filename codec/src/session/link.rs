@@ -55,10 +55,7 @@ impl Link {
             return Err(ProtocolViolation::new(
                 "REQ-FRM-007",
                 ReasonCode::UnexpectedFrame,
-                format!(
-                    "{} may not be sent in this direction",
-                    frame.frame_type().name()
-                ),
+                format!("{} may not be sent in this direction", frame.frame_type().name()),
             )
             .into());
         }
@@ -70,9 +67,7 @@ impl Link {
         if self.closed {
             return Err(ApiError::NotConnected);
         }
-        self.writer
-            .encode(frame, self.peer_max_message_size, &mut self.out)
-            .map(|_| ())
+        self.writer.encode(frame, self.peer_max_message_size, &mut self.out).map(|_| ())
     }
 
     /// Queues a small control frame (PING, PONG, PUBACK, DELIVER_ACK, SYNC, CONNACK ...).

@@ -1,0 +1,55 @@
+//! The operations listener: health, Prometheus metrics that move with traffic, and dispatch.
+// Test code: a panic is how it reports a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod common;
+
+use common::{next_message, start_with};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn http(addr: std::net::SocketAddr, request: &str) -> (String, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_owned(), body.to_owned())
+}
+
+fn metric(body: &str, name: &str) -> u64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.parse().ok()))
+        .unwrap_or_else(|| panic!("{name} missing"))
+}
+
+#[tokio::test]
+async fn health_metrics_and_dispatch() {
+    let t = start_with(|o| o.http = Some("127.0.0.1:0".parse().unwrap())).await;
+    let web = t.broker.http_addr().unwrap();
+    let (status, body) = http(web, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", "ok\n"));
+
+    let (_, before) = http(web, "GET /metrics HTTP/1.1\r\n\r\n").await;
+    assert_eq!(metric(&before, "tern_messages_stored_total"), 0);
+    let alice = t.client("alice", "phone").await;
+    let mut bob = t.client("bob", "laptop").await;
+    let ack = alice.publish("user/bob", "counted").await.unwrap();
+    next_message(&mut bob).await;
+    let (_, after) = http(web, "GET /metrics HTTP/1.1\r\n\r\n").await;
+    assert_eq!(metric(&after, "tern_messages_stored_total"), 1);
+    assert_eq!(metric(&after, "tern_connections"), 2);
+    assert_eq!(metric(&after, "tern_store_commit_seconds_count"), 1);
+    assert!(metric(&after, "tern_deliveries_total") >= 2, "bob's copy and alice's own");
+    assert_eq!(
+        metric(&after, &format!("tern_hot_conversation_messages_total{{conversation=\"{}\"}}", ack.conversation_id)),
+        1
+    );
+
+    let (status, body) = http(web, "GET /v1/dispatch HTTP/1.1\r\n\r\n").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(body.contains(&format!("\"address\":\"{}\"", t.broker.local_addr())), "{body}");
+    assert!(body.contains("\"connections\":2"), "{body}");
+
+    assert_eq!(http(web, "GET /nope HTTP/1.1\r\n\r\n").await.0, "HTTP/1.1 404 Not Found");
+    assert_eq!(http(web, "POST /metrics HTTP/1.1\r\n\r\n").await.0, "HTTP/1.1 405 Method Not Allowed");
+}
