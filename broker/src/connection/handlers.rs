@@ -1,256 +1,20 @@
-//! One connection: a task that moves bytes between the socket and the codec's
-//! [`BrokerSession`], and carries out what the session asks for (authenticate, store, deliver).
+//! What a session asks the broker to do: store and route messages, answer SYNC, HISTORY and
+//! REQUEST, record read markers.
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
-use bytes::Bytes;
 use tern_codec::ids::{check_identifier, Cid, StreamId};
 use tern_codec::limits::{DEFAULT_SYNC_LIMIT, MAX_HISTORY_LIMIT, MAX_SYNC_LIMIT};
 use tern_codec::proto;
-use tern_codec::session::{Accept, BrokerEvent, BrokerSession};
 use tern_codec::{Frame, ReasonCode};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
-use tracing::Instrument;
 
-use crate::server::{Live, Parked, Shared, ToConnection};
+use super::{now, wire, Conn};
 use crate::store::NewMessage;
 
-/// Most inbox messages pushed at connect; beyond them the client is told by NOTIFY and pulls.
-const CONNECT_PUSH: usize = 256;
-
-fn now() -> std::time::Instant {
-    tokio::time::Instant::now().into_std()
-}
-
-fn wire(reason: ReasonCode) -> u32 {
-    u32::from(reason as u8)
-}
-
-/// Who this connection is, once CONNECT is accepted.
-struct Identity {
-    user: String,
-    device: String,
-    session_id: Vec<u8>,
-}
-
-struct Conn {
-    shared: Arc<Shared>,
-    conn_id: u64,
-    machine: BrokerSession,
-    me: Option<Identity>,
-    tx: mpsc::UnboundedSender<ToConnection>,
-}
-
-/// Drives one accepted TCP connection to its end.
-pub(crate) async fn run<S>(shared: Arc<Shared>, stream: S, peer: SocketAddr)
-where
-    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-{
-    let count = shared.connections.fetch_add(1, Ordering::AcqRel) + 1;
-    let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
-    shared.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
-    let span = tracing::info_span!("conn", id = conn_id, %peer);
-    let (tx, rx) = mpsc::unbounded_channel();
-    let mut conn = Conn {
-        machine: BrokerSession::new(now(), shared.options.session.clone()),
-        shared: shared.clone(),
-        conn_id,
-        me: None,
-        tx,
-    };
-    if count as usize > shared.options.max_connections {
-        conn.machine.close(ReasonCode::ServerBusy, "too many connections");
-    }
-    async {
-        conn.serve(stream, rx).await;
-        conn.finish();
-    }
-    .instrument(span)
-    .await;
-    if shared.connections.fetch_sub(1, Ordering::AcqRel) == 1 {
-        shared.idle.notify_waiters();
-    }
-}
-
 impl Conn {
-    async fn serve<S>(&mut self, stream: S, mut rx: mpsc::UnboundedReceiver<ToConnection>)
-    where
-        S: AsyncRead + AsyncWrite + Send + Unpin,
-    {
-        let (mut rd, mut wr) = tokio::io::split(stream);
-        let mut buf = vec![0u8; 16 * 1024];
-        let mut shutdown = self.shared.shutdown.clone();
-        loop {
-            let over = self.process_events().await;
-            if let Some(bytes) = self.machine.poll_transmit() {
-                self.shared.metrics.bytes_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                if wr.write_all(&bytes).await.is_err() {
-                    self.machine.link_lost(now());
-                    continue;
-                }
-            }
-            if over {
-                let _ = wr.shutdown().await;
-                return;
-            }
-            let deadline = self.machine.poll_timeout().map(tokio::time::Instant::from_std);
-            tokio::select! {
-                // Cancel-safe: a read that loses the race has consumed nothing.
-                read = rd.read(&mut buf) => match read {
-                    Ok(0) | Err(_) => self.machine.link_lost(now()),
-                    Ok(n) => {
-                        self.shared.metrics.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-                        self.machine.handle_bytes(now(), buf.get(..n).unwrap_or_default());
-                    }
-                },
-                // Cancel-safe: mpsc::recv keeps unreceived messages in the channel.
-                Some(cmd) = rx.recv() => match cmd {
-                    ToConnection::Deliver(d) => { self.deliver(*d); }
-                    ToConnection::Close(reason) => self.machine.close(reason, ""),
-                    ToConnection::Notify { conversation_id } => self.notify(conversation_id),
-                    ToConnection::Frame(frame) => { let _ = self.machine.send(&frame); }
-                },
-                // Cancel-safe: a sleep can be dropped and recreated.
-                _ = crate::sleep_until(deadline) => self.machine.handle_timeout(now()),
-                // Cancel-safe: watch::changed only observes.
-                _ = shutdown.changed() => self.machine.close(ReasonCode::ServerShuttingDown, "shutting down"),
-            }
-        }
-    }
-
-    /// Handles the machine's events; returns true when the connection is over.
-    async fn process_events(&mut self) -> bool {
-        while let Some(event) = self.machine.poll_event() {
-            match event {
-                BrokerEvent::Connect(c) => self.on_connect(c),
-                BrokerEvent::Publish(p) => self.on_publish(vec![p]).await,
-                BrokerEvent::Package(members) => self.on_publish(members).await,
-                BrokerEvent::PackageExpired { cids, .. } => self.refuse(&cids, ReasonCode::PackageTimeout).await,
-                BrokerEvent::StreamAcked { stream: StreamId::Inbox, seq } => {
-                    if let Some(me) = &self.me {
-                        let latest = self.shared.store.inbox_latest(&me.user).unwrap_or(0);
-                        if let Err(e) = self.shared.store.advance_cursor(&me.user, &me.device, seq.min(latest)) {
-                            tracing::error!(error = %e, "cursor update failed");
-                        }
-                    }
-                }
-                BrokerEvent::StreamAcked { stream: StreamId::Conversation(conv), seq } => {
-                    if let Some(me) = &self.me {
-                        let store = &self.shared.store;
-                        let latest = store.conversation_latest(conv.0).unwrap_or(0);
-                        if let Err(e) = store.advance_conversation_cursor(&me.user, &me.device, conv.0, seq.min(latest))
-                        {
-                            tracing::error!(error = %e, "cursor update failed");
-                        }
-                    }
-                }
-                BrokerEvent::Frame(frame) => self.on_frame(*frame),
-                BrokerEvent::Closed { reason, by_peer } => {
-                    self.shared.metrics.closed(reason);
-                    tracing::debug!(?reason, by_peer, "closed");
-                    return true;
-                }
-            }
-        }
-        false
-    }
-
-    fn on_connect(&mut self, c: proto::Connect) {
-        let claims = match self.shared.tokens.verify(&c.token, &c.device_id, crate::unix_now()) {
-            Ok(claims) => claims,
-            Err(reason) => {
-                tracing::info!(device = %c.device_id, %reason, "CONNECT refused");
-                self.machine.reject(reason);
-                return;
-            }
-        };
-        let (user, device) = (claims.user, claims.device);
-        let ledger = match self.shared.store.ledger(&user, &device) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(error = %e, "ledger read failed");
-                self.machine.reject(ReasonCode::StoreUnavailable);
-                return;
-            }
-        };
-        let cursor = self.shared.store.cursor(&user, &device).unwrap_or(0);
-        let mut session_id = [0u8; 16];
-        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut session_id);
-        let mut accept = Accept {
-            user_id: user.clone(),
-            session_id: Bytes::copy_from_slice(&session_id),
-            ledger,
-            inbox_acked_seq: cursor,
-            server_time_ms: crate::unix_now_ms(),
-        };
-        let (resumed, previous) = {
-            let mut router = self.shared.router();
-            // Takeover: the same device connected again while still live (REQ-HSK-013).
-            if let Some(old) = router.live.get_mut(&user).and_then(|d| d.remove(&device)) {
-                let _ = old.tx.send(ToConnection::Close(ReasonCode::SessionTakenOver));
-            }
-            router.live.entry(user.clone()).or_default().insert(
-                device.clone(),
-                Live { conn_id: self.conn_id, tx: self.tx.clone(), since_ms: crate::unix_now_ms() },
-            );
-            router.announce(&user, &device, true, crate::unix_now_ms());
-            let parked = router.parked.remove(&(user.clone(), device.clone()));
-            let grace = self.shared.options.resume_grace;
-            let resumable = parked.filter(|p| {
-                !c.resume_session_id.is_empty()
-                    && p.session_id == c.resume_session_id.as_ref()
-                    && p.parked_at.elapsed() < grace
-            });
-            (resumable.is_some(), resumable)
-        };
-        if let Some(mut old) = previous {
-            accept.session_id = Bytes::from(old.session_id.clone());
-            let fresh =
-                std::mem::replace(&mut self.machine, BrokerSession::new(now(), self.shared.options.session.clone()));
-            match old.machine.resume_from(now(), fresh, accept.clone()) {
-                Ok(()) => self.machine = old.machine,
-                Err(e) => tracing::error!(error = %e, "resume failed"),
-            }
-        } else if let Err(e) = self.machine.accept(now(), accept.clone()) {
-            tracing::warn!(error = %e, "accept failed (link gone)");
-            return;
-        }
-        tracing::info!(%user, %device, resumed, "session open");
-        self.shared.metrics.sessions_total.fetch_add(1, Ordering::Relaxed);
-        if resumed {
-            self.shared.metrics.resumes_total.fetch_add(1, Ordering::Relaxed);
-        }
-        self.me = Some(Identity { user: user.clone(), device, session_id: accept.session_id.to_vec() });
-        if !resumed {
-            self.push_backlog(&user, cursor);
-        }
-    }
-
-    /// Offline messages: push the first part of the backlog, announce the rest (REQ-SYN-009).
-    fn push_backlog(&mut self, user: &str, cursor: u64) {
-        let store = &self.shared.store;
-        let latest = store.inbox_latest(user).unwrap_or(0);
-        match store.inbox_after(user, cursor, CONNECT_PUSH) {
-            Ok(batch) => {
-                for d in batch {
-                    self.deliver(d);
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "backlog read failed"),
-        }
-        if latest > cursor + CONNECT_PUSH as u64 {
-            let notify =
-                proto::Notify { stream: Some(StreamId::Inbox.to_proto()), latest_seq: latest, acked_seq: cursor };
-            let _ = self.machine.send(&Frame::Notify(notify));
-        }
-    }
-
     /// Stores QoS 1/2 messages (one, or a whole package atomically), acknowledges them after
     /// the commit is durable, and pushes them to every device of every recipient.
-    async fn on_publish(&mut self, messages: Vec<proto::Publish>) {
+    pub(super) async fn on_publish(&mut self, messages: Vec<proto::Publish>) {
         let Some(me) = &self.me else { return };
         let (user, device) = (me.user.clone(), me.device.clone());
         if messages.iter().all(|p| p.qos == 0) {
@@ -362,7 +126,7 @@ impl Conn {
     }
 
     /// Records and sends an outcome that stored nothing.
-    async fn refuse(&mut self, cids: &[Cid], reason: ReasonCode) {
+    pub(super) async fn refuse(&mut self, cids: &[Cid], reason: ReasonCode) {
         let Some(me) = &self.me else { return };
         for &Cid(cid) in cids {
             let ack = proto::PubAck { cid, reason: wire(reason), ..Default::default() };
@@ -376,7 +140,7 @@ impl Conn {
         let _ = self.shared.store.flush().await;
     }
 
-    fn on_frame(&mut self, frame: Frame) {
+    pub(super) fn on_frame(&mut self, frame: Frame) {
         let Some(me) = &self.me else { return };
         let user = me.user.clone();
         match frame {
@@ -575,16 +339,8 @@ impl Conn {
         }
     }
 
-    /// Hands a DELIVER to the session (which windows, sends and retransmits it).
-    fn deliver(&mut self, d: proto::Deliver) {
-        self.shared.metrics.deliveries.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = self.machine.deliver(now(), d) {
-            tracing::warn!(error = %e, "DELIVER refused by the session");
-        }
-    }
-
     /// Tells this device that a read fan-out conversation has news (REQ-SYN-001).
-    fn notify(&mut self, conversation_id: u64) {
+    pub(super) fn notify(&mut self, conversation_id: u64) {
         let Some(me) = &self.me else { return };
         let store = &self.shared.store;
         let latest = store.conversation_latest(conversation_id).unwrap_or(0);
@@ -599,37 +355,6 @@ impl Conn {
         let members = store.members(conversation_id).ok()?;
         let read_fanout = members.len() > self.shared.options.write_fanout_threshold;
         Some(proto::GroupInfo { group_id: group.to_owned(), conversation_id, members, read_fanout })
-    }
-
-    /// The connection is over: drop the live entry (if still ours) and park the session for
-    /// resume.
-    fn finish(&mut self) {
-        let Some(me) = self.me.take() else { return };
-        let mut router = self.shared.router();
-        let ours = router.live.get(&me.user).and_then(|d| d.get(&me.device)).is_some_and(|l| l.conn_id == self.conn_id);
-        // After a takeover the live entry belongs to the new connection: leave it alone.
-        if ours {
-            if let Some(devices) = router.live.get_mut(&me.user) {
-                devices.remove(&me.device);
-                if devices.is_empty() {
-                    router.live.remove(&me.user);
-                    router.last_seen.insert(me.user.clone(), crate::unix_now_ms());
-                }
-            }
-            // Offline once the connection is gone, whatever ended it: DISCONNECT, takeover, or
-            // a keepalive timeout that caught a silent dead link.
-            router.announce(&me.user, &me.device, false, crate::unix_now_ms());
-            let machine =
-                std::mem::replace(&mut self.machine, BrokerSession::new(now(), self.shared.options.session.clone()));
-            // Sessions past their grace period can no longer be resumed: drop them.
-            let grace = self.shared.options.resume_grace;
-            router.parked.retain(|_, p| p.parked_at.elapsed() < grace);
-            if machine.has_session() {
-                let parked = Parked { session_id: me.session_id, machine, parked_at: tokio::time::Instant::now() };
-                router.parked.insert((me.user.clone(), me.device.clone()), parked);
-            }
-        }
-        tracing::info!(user = %me.user, device = %me.device, "session closed");
     }
 }
 
