@@ -109,6 +109,8 @@ pub(crate) struct Router {
     pub(crate) watchers: HashMap<String, HashMap<u64, mpsc::UnboundedSender<ToConnection>>>,
     /// When each user's last device went offline (ms).
     pub(crate) last_seen: HashMap<String, u64>,
+    /// Room subscribers: room conversation → connection → its channel.
+    pub(crate) rooms: HashMap<u64, HashMap<u64, mpsc::UnboundedSender<ToConnection>>>,
 }
 
 impl Router {
@@ -129,6 +131,33 @@ impl Router {
 }
 
 impl Router {
+    /// Adds a connection to a room's audience.
+    pub(crate) fn subscribe_room(&mut self, room: u64, conn_id: u64, tx: mpsc::UnboundedSender<ToConnection>) {
+        self.rooms.entry(room).or_default().insert(conn_id, tx);
+    }
+
+    /// Removes a connection from a room's audience; whether it was there.
+    pub(crate) fn unsubscribe_room(&mut self, room: u64, conn_id: u64) -> bool {
+        let removed = self.rooms.get_mut(&room).is_some_and(|subs| subs.remove(&conn_id).is_some());
+        self.rooms.retain(|_, subs| !subs.is_empty());
+        removed
+    }
+
+    /// Removes a closing connection from every room.
+    pub(crate) fn leave_all_rooms(&mut self, conn_id: u64) {
+        for subs in self.rooms.values_mut() {
+            subs.remove(&conn_id);
+        }
+        self.rooms.retain(|_, subs| !subs.is_empty());
+    }
+
+    /// Sends a room message to everyone subscribed now.
+    pub(crate) fn broadcast_room(&mut self, room: u64, d: &proto::Deliver) {
+        if let Some(subs) = self.rooms.get_mut(&room) {
+            subs.retain(|_, tx| tx.send(ToConnection::Deliver(Box::new(d.clone()))).is_ok());
+        }
+    }
+
     /// Tells `user`'s watchers that one of their devices changed state (REQ-PRS-001).
     pub(crate) fn announce(&mut self, user: &str, device: &str, online: bool, since_ms: u64) {
         let status = if online { proto::PresenceStatus::Online } else { proto::PresenceStatus::Offline };

@@ -17,8 +17,11 @@ impl Conn {
     pub(super) async fn on_publish(&mut self, messages: Vec<proto::Publish>) {
         let Some(me) = &self.me else { return };
         let (user, device) = (me.user.clone(), me.device.clone());
+        if messages.first().is_some_and(|p| p.topic.starts_with("room/")) {
+            return self.on_room_publish(&user, &device, messages).await;
+        }
         if messages.iter().all(|p| p.qos == 0) {
-            // QoS 0 has no store and no ack; there is no ephemeral route yet, so it is dropped.
+            // QoS 0 outside rooms has no store and no ack, and no ephemeral route: dropped.
             return;
         }
         let mut batch = Vec::with_capacity(messages.len());
@@ -171,12 +174,11 @@ impl Conn {
             Frame::Request(r) => self.on_request(&user, r),
             Frame::ReadMark(r) => self.on_read(&user, r),
             Frame::Subscribe(s) => {
-                // Rooms and device telemetry are not routed yet: every filter is refused.
-                let reasons = s.filters.iter().map(|_| wire(ReasonCode::NotAuthorized)).collect();
+                let reasons = s.filters.iter().map(|f| wire(self.subscribe(&user, f))).collect();
                 let _ = self.machine.send(&Frame::SubAck(proto::SubAck { request_id: s.request_id, reasons }));
             }
             Frame::Unsubscribe(s) => {
-                let reasons = s.filters.iter().map(|_| wire(ReasonCode::NotFound)).collect();
+                let reasons = s.filters.iter().map(|f| wire(self.unsubscribe(f))).collect();
                 let _ = self.machine.send(&Frame::UnsubAck(proto::SubAck { request_id: s.request_id, reasons }));
             }
             _ => {}
@@ -244,6 +246,16 @@ impl Conn {
                     Ok(Ok(_)) => resp.result = self.group_info(&g.group_id).map(proto::response::Result::Group),
                     Ok(Err(reason)) => resp.reason = wire(reason),
                     Err(_) => resp.reason = wire(ReasonCode::StoreUnavailable),
+                }
+            }
+            Some(Op::RoomJoin(r)) => {
+                if let Err(reason) = self.room_membership(user, &r.room_id, true) {
+                    resp.reason = wire(reason);
+                }
+            }
+            Some(Op::RoomLeave(r)) => {
+                if let Err(reason) = self.room_membership(user, &r.room_id, false) {
+                    resp.reason = wire(reason);
                 }
             }
             Some(Op::UnreadQuery(q)) => match self.shared.store.unread(user, &q.conversation_ids) {

@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 mod handlers;
+mod rooms;
 
 use crate::server::{Live, Parked, Shared, ToConnection};
 
@@ -261,6 +262,7 @@ impl Conn {
     fn finish(&mut self) {
         let Some(me) = self.me.take() else { return };
         let mut router = self.shared.router();
+        router.leave_all_rooms(self.conn_id);
         let ours = router.live.get(&me.user).and_then(|d| d.get(&me.device)).is_some_and(|l| l.conn_id == self.conn_id);
         // After a takeover the live entry belongs to the new connection: leave it alone.
         if ours {

@@ -1,4 +1,4 @@
-//! Groups and conversation streams (read fan-out): membership, and the per-device sync points
+//! Groups, rooms and conversation streams (read fan-out): membership, and the per-device sync points
 //! on conversation streams.
 
 use tern_codec::ids::{ConversationId, StreamId};
@@ -104,6 +104,44 @@ impl Store {
             out.push(String::from_utf8_lossy(k.get(prefix.len()..).unwrap_or_default()).into_owned());
         }
         Ok(out)
+    }
+
+    /// The conversation of room `room`, created when `create` and absent.
+    pub fn room(&self, room: &str, create: bool) -> Result<Option<u64>, StoreError> {
+        let rk = key(&[b"room/", room.as_bytes()]);
+        if let Some(v) = self.tree.get(&rk)? {
+            return Ok(Some(read_u64(Some(v))));
+        }
+        if !create {
+            return Ok(None);
+        }
+        let conv = self.tree.transaction(|tx| {
+            if let Some(v) = tx.get(&rk)? {
+                return Ok(read_u64(Some(v)));
+            }
+            let conv = bump(tx, b"g/next_conv")?;
+            tx.insert(rk.as_slice(), &be(conv))?;
+            Ok(conv)
+        })?;
+        Ok(Some(conv))
+    }
+
+    /// Makes `user` a member of conversation `conv` (rooms).
+    pub fn join(&self, conv: u64, user: &str) -> Result<(), StoreError> {
+        let latest = self.conversation_latest(conv)?;
+        let _ = self.tree.compare_and_swap(member_key(conv, user), None as Option<&[u8]>, Some(&be(latest)[..]))?;
+        Ok(())
+    }
+
+    /// Removes `user` from conversation `conv` (rooms).
+    pub fn leave(&self, conv: u64, user: &str) -> Result<(), StoreError> {
+        self.tree.remove(member_key(conv, user))?;
+        Ok(())
+    }
+
+    /// Numbers the next room message (rooms keep no messages, only the count).
+    pub fn next_room_seq(&self, conv: u64) -> Result<u64, StoreError> {
+        Ok(self.tree.transaction(|tx| bump(tx, &conv_last_key(conv)))?)
     }
 
     /// Whether two users have a 1:1 conversation or a group in common.

@@ -11,6 +11,7 @@
 //! - `g/msg_id` → last msg_id; `g/next_conv` → last conversation id
 //! - `r/pair/{a}\0{b}` → conversation id of the 1:1 pair (a < b)
 //! - `r/m/{conv}/{user}` → the conversation seq at which `user` joined (membership)
+//! - `room/{room}` → the room's conversation id (rooms keep only `c/{conv}/last`)
 //! - `g/{group}` → the group's conversation id; `ug/{user}/{group}` → (index of a user's groups)
 //! - `d/{user}/{device}/conv/{conv}` → the device's sync point on a conversation stream
 //! - `c/{conv}/last` → last conversation seq; `c/{conv}/m/{seq}` → message (`proto::Deliver`)
