@@ -4,6 +4,7 @@
 //! `tern-codec`'s sans-IO machines, which it drives.
 //!
 //! # Layout
+//! - [`config`]: `tern serve` settings (TOML file, environment, flags).
 //! - [`server`]: listener, shared state, the router from users to live connections.
 //! - `connection`: one task per connection, driving a `BrokerSession`.
 //! - `http`, [`metrics`]: `/healthz`, `/metrics`, `/v1/dispatch`.
@@ -14,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod config;
 mod connection;
 mod http;
 pub mod metrics;

@@ -8,8 +8,9 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use tern_broker::client::{Client, ClientOptions, Incoming};
+use tern_broker::config::{resolve, FileConfig, FileTls, Overrides};
 use tern_broker::token::{load_or_create_secret, TokenKey};
-use tern_broker::{Broker, BrokerOptions, TlsOptions};
+use tern_broker::Broker;
 
 /// Tern: a protocol-first instant-messaging broker.
 #[derive(Parser)]
@@ -23,18 +24,22 @@ struct Cli {
 enum Command {
     /// Run the broker on its embedded store.
     Serve {
-        /// Native protocol listener (port 0 picks a free port; the bound address is printed).
-        #[arg(long, env = "TERN_LISTEN", default_value = "127.0.0.1:7420")]
-        listen: SocketAddr,
-        /// Directory of the store and the token secret.
-        #[arg(long, env = "TERN_DATA_DIR", default_value = "tern-data")]
-        data_dir: PathBuf,
-        /// Log format.
-        #[arg(long, value_parser = ["text", "json"], default_value = "text")]
-        log_format: String,
-        /// Operations HTTP listener: /healthz, /metrics, /v1/dispatch.
-        #[arg(long, env = "TERN_HTTP_LISTEN", default_value = "127.0.0.1:7480")]
-        http_listen: SocketAddr,
+        /// TOML config file (flags and environment variables override it).
+        #[arg(long, env = "TERN_CONFIG")]
+        config: Option<PathBuf>,
+        /// Native protocol listener [default: 127.0.0.1:7420] (port 0 picks a free port; the
+        /// bound address is printed).
+        #[arg(long, env = "TERN_LISTEN")]
+        listen: Option<SocketAddr>,
+        /// Directory of the store and the token secret [default: tern-data].
+        #[arg(long, env = "TERN_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Log format [default: text].
+        #[arg(long, env = "TERN_LOG_FORMAT", value_parser = ["text", "json"])]
+        log_format: Option<String>,
+        /// Operations HTTP listener: /healthz, /metrics, /v1/dispatch [default: 127.0.0.1:7480].
+        #[arg(long, env = "TERN_HTTP_LISTEN")]
+        http_listen: Option<SocketAddr>,
         /// TLS listener (TLS 1.3, ALPN tern/1); needs --tls-cert and --tls-key.
         #[arg(long, env = "TERN_TLS_LISTEN", requires_all = ["tls_cert", "tls_key"])]
         tls_listen: Option<SocketAddr>,
@@ -163,13 +168,19 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { listen, data_dir, log_format, http_listen, tls_listen, tls_cert, tls_key } => {
-            init_logs(log_format == "json");
-            let mut options = BrokerOptions::new(listen, data_dir.clone());
-            options.http = Some(http_listen);
-            if let (Some(listen), Some(cert), Some(key)) = (tls_listen, tls_cert, tls_key) {
-                options.tls = Some(TlsOptions { listen, cert, key });
-            }
+        Command::Serve { config, listen, data_dir, log_format, http_listen, tls_listen, tls_cert, tls_key } => {
+            let file = match &config {
+                Some(path) => FileConfig::load(path)?,
+                None => FileConfig::default(),
+            };
+            let tls = match (tls_listen, tls_cert, tls_key) {
+                (Some(listen), Some(cert), Some(key)) => Some(FileTls { listen, cert, key }),
+                _ => None,
+            };
+            let overrides = Overrides { listen, data_dir, http_listen, log_format, tls };
+            let (options, json_logs) = resolve(file, overrides)?;
+            init_logs(json_logs);
+            let data_dir = options.data_dir.clone();
             let broker = Broker::start(options)
                 .await
                 .with_context(|| format!("starting with data dir {}", data_dir.display()))?;
