@@ -10,6 +10,10 @@
 //! receipt_threshold = 100
 //! max_connections = 19000
 //! resume_grace_secs = 120
+//! publish_rate_per_sec = 1000
+//! publish_burst = 2000
+//! retention_max_age_secs = 7776000   # 90 days
+//! retention_max_count = 100000
 //!
 //! [tls]
 //! listen = "0.0.0.0:7421"
@@ -53,6 +57,14 @@ pub struct FileConfig {
     pub max_connections: Option<usize>,
     /// How long a dropped session stays resumable.
     pub resume_grace_secs: Option<u64>,
+    /// PUBLISHes per second one connection may sustain.
+    pub publish_rate_per_sec: Option<f64>,
+    /// PUBLISHes one connection may send in a burst.
+    pub publish_burst: Option<f64>,
+    /// Remove messages older than this many seconds (per conversation).
+    pub retention_max_age_secs: Option<u64>,
+    /// Keep at most this many messages per conversation.
+    pub retention_max_count: Option<u64>,
     /// The TLS listener.
     pub tls: Option<FileTls>,
 }
@@ -114,6 +126,14 @@ pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<(BrokerOptio
     if let Some(s) = file.resume_grace_secs {
         options.resume_grace = Duration::from_secs(s);
     }
+    if let Some(r) = file.publish_rate_per_sec {
+        options.publish_rate.0 = r;
+    }
+    if let Some(b) = file.publish_burst {
+        options.publish_rate.1 = b;
+    }
+    options.retention.max_age = file.retention_max_age_secs.map(Duration::from_secs);
+    options.retention.max_count = file.retention_max_count;
     let json = match over.log_format.or(file.log_format).as_deref() {
         None | Some("text") => false,
         Some("json") => true,

@@ -38,6 +38,13 @@ pub struct BrokerOptions {
     pub receipt_threshold: usize,
     /// The operations HTTP listener (`/healthz`, `/metrics`, `/v1/dispatch`), when set.
     pub http: Option<SocketAddr>,
+    /// PUBLISHes per second one connection may sustain, and its burst; beyond it PUBACK says
+    /// RATE_LIMITED and nothing is stored.
+    pub publish_rate: (f64, f64),
+    /// Message retention per conversation, enforced every `compaction_interval`.
+    pub retention: crate::store::Retention,
+    /// How often compaction runs when retention is set.
+    pub compaction_interval: Duration,
 }
 
 /// The TLS listener's address and PEM files.
@@ -64,6 +71,9 @@ impl BrokerOptions {
             tls: None,
             receipt_threshold: 100,
             http: None,
+            publish_rate: (1000.0, 2000.0),
+            retention: crate::store::Retention::default(),
+            compaction_interval: Duration::from_secs(60),
         }
     }
 }
@@ -306,6 +316,9 @@ impl Broker {
             tracing::info!(addr = ?http_addr, "listening (HTTP operations)");
             tasks.push(tokio::spawn(crate::http::serve(l, shared.clone())));
         }
+        if shared.options.retention != crate::store::Retention::default() {
+            tasks.push(tokio::spawn(compaction(shared.clone())));
+        }
         tracing::info!(%addr, "listening (native protocol)");
         Ok(Broker { addr, tls_addr, http_addr, shared, stop, accept_tasks: tasks })
     }
@@ -361,6 +374,20 @@ impl Broker {
         }
         self.shared.store.flush().await?;
         Ok(())
+    }
+}
+
+/// Background retention: one compaction pass per interval, off the async threads.
+async fn compaction(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(shared.options.compaction_interval);
+    loop {
+        tick.tick().await;
+        let (store, retention) = (shared.store.clone(), shared.options.retention);
+        match tokio::task::spawn_blocking(move || store.compact(retention, crate::unix_now_ms())).await {
+            Ok(Ok(n)) if n > 0 => tracing::info!(removed = n, "retention compaction"),
+            Ok(Err(e)) => tracing::error!(error = %e, "retention compaction failed"),
+            _ => {}
+        }
     }
 }
 

@@ -235,3 +235,17 @@ async fn a_package_is_stored_whole_and_arrives_whole_in_order() {
         Err(ClientError::Rejected(ReasonCode::NotFound))
     ));
 }
+
+#[tokio::test]
+async fn publishing_beyond_the_rate_limit_is_refused_and_not_stored() {
+    // A burst of 3 that practically never refills.
+    let t = common::start_with(|o| o.publish_rate = (0.0001, 3.0)).await;
+    let alice = t.client("alice", "phone").await;
+    for i in 0..3 {
+        assert_eq!(alice.publish("user/bob", format!("ok {i}")).await.unwrap().seq, i + 1);
+    }
+    assert!(matches!(alice.publish("user/bob", "too many").await, Err(ClientError::Rejected(ReasonCode::RateLimited))));
+    // Others are unaffected.
+    let carol = t.client("carol", "phone").await;
+    assert_eq!(carol.publish("user/bob", "fine").await.unwrap().seq, 1);
+}

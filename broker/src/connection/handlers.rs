@@ -17,6 +17,11 @@ impl Conn {
     pub(super) async fn on_publish(&mut self, messages: Vec<proto::Publish>) {
         let Some(me) = &self.me else { return };
         let (user, device) = (me.user.clone(), me.device.clone());
+        // Per-connection rate limit: a burst, then a sustained rate (a package costs its size).
+        if !self.publish_budget.take(messages.len() as f64) {
+            let cids: Vec<Cid> = messages.iter().filter(|p| p.qos > 0).map(|p| Cid(p.cid)).collect();
+            return self.refuse(&cids, ReasonCode::RateLimited).await;
+        }
         if messages.first().is_some_and(|p| p.topic.starts_with("room/")) {
             return self.on_room_publish(&user, &device, messages).await;
         }

@@ -37,12 +37,40 @@ struct Identity {
     session_id: Vec<u8>,
 }
 
+/// A token bucket: `rate` tokens per second up to `burst`.
+struct Bucket {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    at: std::time::Instant,
+}
+
+impl Bucket {
+    fn new((rate, burst): (f64, f64)) -> Self {
+        Bucket { tokens: burst, rate, burst, at: now() }
+    }
+
+    /// Takes `n` tokens if there are enough.
+    fn take(&mut self, n: f64) -> bool {
+        let t = now();
+        self.tokens = (self.tokens + t.saturating_duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
+        self.at = t;
+        if self.tokens >= n {
+            self.tokens -= n;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 struct Conn {
     shared: Arc<Shared>,
     conn_id: u64,
     machine: BrokerSession,
     me: Option<Identity>,
     tx: mpsc::UnboundedSender<ToConnection>,
+    publish_budget: Bucket,
 }
 
 /// Drives one accepted TCP connection to its end.
@@ -61,6 +89,7 @@ where
         conn_id,
         me: None,
         tx,
+        publish_budget: Bucket::new(shared.options.publish_rate),
     };
     if count as usize > shared.options.max_connections {
         conn.machine.close(ReasonCode::ServerBusy, "too many connections");

@@ -21,6 +21,9 @@
 
 mod groups;
 mod reads;
+mod retention;
+
+pub use retention::Retention;
 
 pub use reads::UserConversation;
 
@@ -234,9 +237,19 @@ impl Store {
                 (Some(c), Some(s)) => (read_u64(Some(c.into())), read_u64(Some(s.into()))),
                 _ => return Err(StoreError::Corrupt(String::from_utf8_lossy(&k).into_owned())),
             };
-            let (Some(seq), Some(mut d)) = (seq, self.message(conv, conv_seq)?) else {
+            let Some(seq) = seq else {
                 return Err(StoreError::Corrupt(String::from_utf8_lossy(&k).into_owned()));
             };
+            // A message removed by retention keeps its place in the stream, without content
+            // (REQ-SYN-010), so the device's stream stays continuous.
+            let mut d = self.message(conv, conv_seq)?.unwrap_or_else(|| proto::Deliver {
+                conversation_id: conv,
+                conversation_seq: conv_seq,
+                topic: format!("conv/{conv}"),
+                qos: 2,
+                payload_omitted: true,
+                ..Default::default()
+            });
             d.stream = Some(StreamId::Inbox.to_proto());
             d.seq = seq;
             out.push(d);
