@@ -495,3 +495,24 @@ fn package_members_that_disagree_on_topic_are_invalid() {
     assert_eq!(disconnect_reason(&frames(b.poll_transmit())), Some(ReasonCode::PackageInvalid));
     assert!(!std::iter::from_fn(|| b.poll_event()).any(|e| matches!(e, BrokerEvent::Package(_))));
 }
+
+#[test]
+fn sync_done_waits_for_the_delivers_held_back_by_the_window() {
+    let t0 = Instant::now();
+    let connect =
+        proto::Connect { versions: vec![1], device_id: "phone".into(), receive_window: 1, ..Default::default() };
+    let mut b = broker_accepting(t0, connect);
+    b.deliver(t0, inbox_deliver(1)).unwrap();
+    b.deliver(t0, inbox_deliver(2)).unwrap();
+    let done =
+        proto::SyncDone { request_id: 1, stream: Some(StreamId::Inbox.to_proto()), last_seq: 2, ..Default::default() };
+    b.send(&Frame::SyncDone(done)).unwrap();
+    let sent = frames(b.poll_transmit());
+    assert!(matches!(sent.as_slice(), [Frame::Deliver(d)] if d.seq == 1), "{sent:?}");
+    b.handle_bytes(
+        t0,
+        &raw(&Frame::DeliverAck(proto::DeliverAck { stream: Some(StreamId::Inbox.to_proto()), seq: 1 })),
+    );
+    let sent = frames(b.poll_transmit());
+    assert!(matches!(sent.as_slice(), [Frame::Deliver(d), Frame::SyncDone(_)] if d.seq == 2), "{sent:?}");
+}

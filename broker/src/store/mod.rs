@@ -19,6 +19,7 @@
 //! - `d/{user}/{device}/cursor` → inbox sync point; `d/{user}/{device}/floor` → contiguous cid;
 //!   `d/{user}/{device}/cid/{cid}` → the cid's PUBACK
 
+mod flush;
 mod groups;
 mod reads;
 mod retention;
@@ -88,6 +89,7 @@ pub struct Committed {
 pub struct Store {
     db: sled::Db,
     pub(crate) tree: sled::Tree,
+    group_commit: std::sync::Arc<flush::GroupCommit>,
 }
 
 pub(crate) fn be(n: u64) -> [u8; 8] {
@@ -122,13 +124,13 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         let db = sled::Config::new().path(dir.join("sled")).open()?;
         let tree = db.open_tree("tern")?;
-        Ok(Store { db, tree })
+        let group_commit = std::sync::Arc::new(flush::GroupCommit::start(db.clone()).map_err(sled::Error::Io)?);
+        Ok(Store { db, tree, group_commit })
     }
 
-    /// Waits until everything committed so far is on disk.
+    /// Waits until everything committed so far is on disk; concurrent callers share fsyncs.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
-        Ok(())
+        self.group_commit.flush().await
     }
 
     /// The conversation of a 1:1 pair, created on first use (REQ-GRP-001).

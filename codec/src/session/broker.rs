@@ -147,6 +147,14 @@ struct Ledger {
     window: u64,
 }
 
+/// Frames waiting to go out in order: DELIVERs wait for window, and a SYNC_DONE waits for
+/// the DELIVERs queued before it.
+#[derive(Debug)]
+enum Outgoing {
+    Deliver(Box<proto::Deliver>),
+    After(Box<Frame>),
+}
+
 /// The broker side of one Tern session. See the module docs.
 #[derive(Debug)]
 pub struct BrokerSession {
@@ -159,7 +167,7 @@ pub struct BrokerSession {
     client_window: usize,
     streams: HashMap<StreamId, RetransmitQueue<proto::Deliver>>,
     inflight: usize,
-    pending: VecDeque<proto::Deliver>,
+    pending: VecDeque<Outgoing>,
     pending_keys: HashSet<(StreamId, u64)>,
     accepted: bool,
 }
@@ -351,7 +359,7 @@ impl BrokerSession {
         if in_flight || !self.pending_keys.insert((stream, d.seq)) {
             return Ok(());
         }
-        self.pending.push_back(d);
+        self.pending.push_back(Outgoing::Deliver(Box::new(d)));
         self.flush_pending(now);
         Ok(())
     }
@@ -364,14 +372,32 @@ impl BrokerSession {
         if !self.is_up() {
             return Err(ApiError::NotConnected);
         }
+        if matches!(frame, Frame::SyncDone(_)) && !self.pending.is_empty() {
+            // SYNC_DONE follows the DELIVERs that answer the SYNC (REQ-SYN-002), even those
+            // still waiting for window.
+            self.pending.push_back(Outgoing::After(Box::new(frame.clone())));
+            return Ok(());
+        }
         self.link.send(frame)
     }
 
     fn flush_pending(&mut self, now: Instant) {
-        while self.is_up() && self.inflight < self.client_window {
-            let Some(mut d) = self.pending.pop_front() else {
+        while self.is_up() {
+            match self.pending.front() {
+                None => break,
+                Some(Outgoing::After(_)) => {
+                    if let Some(Outgoing::After(frame)) = self.pending.pop_front() {
+                        self.link.send_control(&frame);
+                    }
+                    continue;
+                }
+                Some(Outgoing::Deliver(_)) if self.inflight >= self.client_window => break,
+                Some(Outgoing::Deliver(_)) => {}
+            }
+            let Some(Outgoing::Deliver(boxed)) = self.pending.pop_front() else {
                 break;
             };
+            let mut d = *boxed;
             let Some(stream) = StreamId::from_proto(d.stream.as_ref()) else {
                 continue;
             };
