@@ -66,6 +66,8 @@ pub struct Metrics {
     pub deliveries: AtomicU64,
     /// Store commit + flush latency (what a PUBLISH waits for before its PUBACK).
     pub commit_seconds: Histogram,
+    /// From the store commit to the recipient device's DELIVER_ACK (send-to-deliver).
+    pub deliver_seconds: Histogram,
     closes: Mutex<HashMap<&'static str, u64>>,
     hot: Mutex<HashMap<u64, u64>>,
 }
@@ -115,6 +117,11 @@ impl Metrics {
         self.commit_seconds.render(
             "tern_store_commit_seconds",
             "Store commit and flush latency before a PUBACK.",
+            &mut out,
+        );
+        self.deliver_seconds.render(
+            "tern_deliver_seconds",
+            "From the store commit to the recipient device's DELIVER_ACK.",
             &mut out,
         );
         let _ = writeln!(

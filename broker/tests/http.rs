@@ -31,14 +31,25 @@ async fn health_metrics_and_dispatch() {
 
     let (_, before) = http(web, "GET /metrics HTTP/1.1\r\n\r\n").await;
     assert_eq!(metric(&before, "tern_messages_stored_total"), 0);
-    let alice = t.client("alice", "phone").await;
+    let mut alice = t.client("alice", "phone").await;
     let mut bob = t.client("bob", "laptop").await;
     let ack = alice.publish("user/bob", "counted").await.unwrap();
     next_message(&mut bob).await;
+    // Both devices got the message (alice's own copy too) and acknowledged it before sending
+    // this request on the same connection, so once the answers are back the broker has
+    // processed both acks.
+    next_message(&mut alice).await;
+    for c in [&mut alice, &mut bob] {
+        let op = tern_codec::proto::request::Op::OpenConversation(tern_codec::proto::OpenConversation {
+            peer_user: "x".into(),
+        });
+        common::request(c, op).await;
+    }
     let (_, after) = http(web, "GET /metrics HTTP/1.1\r\n\r\n").await;
     assert_eq!(metric(&after, "tern_messages_stored_total"), 1);
     assert_eq!(metric(&after, "tern_connections"), 2);
     assert_eq!(metric(&after, "tern_store_commit_seconds_count"), 1);
+    assert_eq!(metric(&after, "tern_deliver_seconds_count"), 2);
     assert!(metric(&after, "tern_deliveries_total") >= 2, "bob's copy and alice's own");
     assert_eq!(
         metric(&after, &format!("tern_hot_conversation_messages_total{{conversation=\"{}\"}}", ack.conversation_id)),

@@ -161,9 +161,17 @@ impl Conn {
                 BrokerEvent::PackageExpired { cids, .. } => self.refuse(&cids, ReasonCode::PackageTimeout).await,
                 BrokerEvent::StreamAcked { stream: StreamId::Inbox, seq } => {
                     if let Some(me) = &self.me {
-                        let latest = self.shared.store.inbox_latest(&me.user).unwrap_or(0);
-                        if let Err(e) = self.shared.store.advance_cursor(&me.user, &me.device, seq.min(latest)) {
-                            tracing::error!(error = %e, "cursor update failed");
+                        let store = &self.shared.store;
+                        let seq = seq.min(store.inbox_latest(&me.user).unwrap_or(0));
+                        match store.advance_cursor(&me.user, &me.device, seq) {
+                            Ok(previous) if seq > previous => {
+                                if let Ok(Some(stored_ms)) = store.inbox_stored_at(&me.user, seq) {
+                                    let ms = crate::unix_now_ms().saturating_sub(stored_ms);
+                                    self.shared.metrics.deliver_seconds.observe(std::time::Duration::from_millis(ms));
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(e) => tracing::error!(error = %e, "cursor update failed"),
                         }
                     }
                 }

@@ -305,14 +305,23 @@ impl Store {
         Ok(read_u64(self.tree.get(&k)?))
     }
 
-    /// Advances the device's inbox sync point (never backwards).
-    pub fn advance_cursor(&self, user: &str, device: &str, seq: u64) -> Result<(), StoreError> {
+    /// Advances the device's inbox sync point (never backwards); returns the previous one.
+    pub fn advance_cursor(&self, user: &str, device: &str, seq: u64) -> Result<u64, StoreError> {
         let k = device_key(user, device, b"cursor");
-        self.tree.fetch_and_update(&k, |old| {
+        let old = self.tree.fetch_and_update(&k, |old| {
             let cur = old.and_then(|v| <[u8; 8]>::try_from(v).ok()).map_or(0, u64::from_be_bytes);
             Some(be(cur.max(seq)).to_vec())
         })?;
-        Ok(())
+        Ok(read_u64(old))
+    }
+
+    /// When the message at `seq` of `user`'s inbox was stored (ms), if it still exists.
+    pub fn inbox_stored_at(&self, user: &str, seq: u64) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .inbox_after(user, seq.saturating_sub(1), 1)?
+            .first()
+            .filter(|d| d.seq == seq && !d.payload_omitted)
+            .map(|d| d.server_time_ms))
     }
 
     /// Raw payload size of the store on disk, for metrics.
