@@ -1,8 +1,10 @@
-//! The operations listener: `/healthz`, `/metrics` (Prometheus text) and `/v1/dispatch` (the
-//! seeds' IPConf: a ranked list of broker endpoints for clients to try, by load).
+//! The operations listener: `/healthz`, `/metrics` (Prometheus text), `/v1/dispatch` (the
+//! seeds' IPConf: a ranked list of broker endpoints for clients to try, by load) and the
+//! admin API under `/v1/admin/` (see [`crate::admin`]).
 //!
-//! A deliberately small HTTP/1.1 responder: GET only, one request per connection, request head
-//! at most 8 KiB and read within 5 seconds. Anything else gets a 4xx and a close.
+//! A deliberately small HTTP/1.1 responder: one request per connection, request head at most
+//! 8 KiB, body (admin only) at most 64 KiB, all read within 5 seconds. Anything else gets a 4xx
+//! and a close.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -47,13 +49,38 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
             .await;
         }
     }
-    let text = String::from_utf8_lossy(&head);
-    let mut parts = text.lines().next().unwrap_or_default().split_whitespace();
-    let (method, path) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    let end = head.windows(4).position(|w| w == b"\r\n\r\n").map_or(head.len(), |p| p + 4);
+    let text = String::from_utf8_lossy(head.get(..end).unwrap_or_default()).into_owned();
+    let mut body = head.get(end..).unwrap_or_default().to_vec();
+    let mut lines = text.lines();
+    let mut parts = lines.next().unwrap_or_default().split_whitespace();
+    let (method, path) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default().to_owned());
+    let header = |name: &str| {
+        text.lines().skip(1).find_map(|l| {
+            l.split_once(':').filter(|(k, _)| k.trim().eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_owned())
+        })
+    };
+    let path = path.split('?').next().unwrap_or_default().to_owned();
+    if let Some(admin_path) = path.strip_prefix("/v1/admin/") {
+        let length: usize = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+        if length > crate::admin::MAX_BODY {
+            return respond(&mut stream, "413 Payload Too Large", "text/plain", "body too large\n").await;
+        }
+        while body.len() < length {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            body.extend_from_slice(buf.get(..n).unwrap_or_default());
+        }
+        body.truncate(length);
+        let reply = crate::admin::handle(shared, method, admin_path, header("authorization").as_deref(), &body);
+        return respond(&mut stream, reply.status, "application/json", &reply.body).await;
+    }
     if method != "GET" {
         return respond(&mut stream, "405 Method Not Allowed", "text/plain", "only GET\n").await;
     }
-    match path.split('?').next().unwrap_or_default() {
+    match path.as_str() {
         "/healthz" => respond(&mut stream, "200 OK", "text/plain", "ok\n").await,
         "/metrics" => {
             let body = shared.metrics.render(shared.connections.load(Ordering::Relaxed));

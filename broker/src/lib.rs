@@ -7,13 +7,14 @@
 //! - [`config`]: `tern serve` settings (TOML file, environment, flags).
 //! - [`server`]: listener, shared state, the router from users to live connections.
 //! - `connection`: one task per connection, driving a `BrokerSession`.
-//! - `http`, [`metrics`]: `/healthz`, `/metrics`, `/v1/dispatch`.
+//! - `http`, [`metrics`], [`admin`]: `/healthz`, `/metrics`, `/v1/dispatch`, `/v1/admin/`.
 //! - [`store`]: the embedded sled store (messages, inboxes, sync points, dedup ledger).
 //! - [`token`]: HMAC-SHA256 auth tokens.
 //! - [`tls`]: the TLS 1.3 profile (rustls, ring) and development certificates.
 //! - [`client`]: the tokio client library (`tern send`/`tern listen` and the tests use it).
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod client;
 pub mod config;
 mod connection;

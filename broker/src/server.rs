@@ -234,6 +234,8 @@ impl Router {
 pub(crate) struct Shared {
     pub(crate) store: Store,
     pub(crate) tokens: TokenKey,
+    /// The data directory's secret (tokens and the admin key derive from it).
+    pub(crate) secret: [u8; 32],
     pub(crate) options: BrokerOptions,
     router: Mutex<Router>,
     pub(crate) next_conn_id: AtomicU64,
@@ -270,7 +272,8 @@ impl Broker {
     pub async fn start(options: BrokerOptions) -> anyhow::Result<Broker> {
         std::fs::create_dir_all(&options.data_dir)?;
         let store = Store::open(&options.data_dir)?;
-        let tokens = TokenKey::new(&crate::token::load_or_create_secret(&options.data_dir)?);
+        let secret = crate::token::load_or_create_secret(&options.data_dir)?;
+        let tokens = TokenKey::new(&secret);
         let listener = TcpListener::bind(options.listen).await?;
         let addr = listener.local_addr()?;
         let tls = match &options.tls {
@@ -297,6 +300,7 @@ impl Broker {
         let shared = Arc::new(Shared {
             store,
             tokens,
+            secret,
             options,
             router: Mutex::new(Router::default()),
             next_conn_id: AtomicU64::new(1),
@@ -336,6 +340,11 @@ impl Broker {
     /// The bound HTTP operations address, if configured.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http_addr
+    }
+
+    /// The admin API key (`Authorization: Bearer <key>`).
+    pub fn admin_key(&self) -> String {
+        crate::admin::admin_key(&self.shared.secret)
     }
 
     /// Mints a token for `user` on `device` valid for `ttl`.

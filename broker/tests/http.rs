@@ -64,3 +64,59 @@ async fn health_metrics_and_dispatch() {
     assert_eq!(http(web, "GET /nope HTTP/1.1\r\n\r\n").await.0, "HTTP/1.1 404 Not Found");
     assert_eq!(http(web, "POST /metrics HTTP/1.1\r\n\r\n").await.0, "HTTP/1.1 405 Method Not Allowed");
 }
+
+async fn admin(
+    t: &common::TestBroker,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: &str,
+) -> (String, serde_json::Value) {
+    let auth = key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
+    let req = format!("{method} {path} HTTP/1.1\r\n{auth}Content-Length: {}\r\n\r\n{body}", body.len());
+    let (status, body) = http(t.broker.http_addr().unwrap(), &req).await;
+    (status, serde_json::from_str(&body).unwrap())
+}
+
+#[tokio::test]
+async fn the_admin_api_mints_tokens_and_manages_groups_and_rooms() {
+    let t = start_with(|o| o.http = Some("127.0.0.1:0".parse().unwrap())).await;
+    let key = t.broker.admin_key();
+    let (status, _) = admin(&t, "POST", "/v1/admin/tokens", None, r#"{"user":"a","device":"d"}"#).await;
+    assert_eq!(status, "HTTP/1.1 401 Unauthorized");
+    let (status, _) = admin(&t, "POST", "/v1/admin/tokens", Some("00ff"), r#"{"user":"a","device":"d"}"#).await;
+    assert_eq!(status, "HTTP/1.1 401 Unauthorized");
+
+    let (status, token) =
+        admin(&t, "POST", "/v1/admin/tokens", Some(&key), r#"{"user":"alice","device":"phone","ttl_secs":60}"#).await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let opts =
+        tern_broker::client::ClientOptions::new(t.broker.local_addr(), "phone", token["token"].as_str().unwrap());
+    let mut alice = tern_broker::client::Client::connect(opts).await.unwrap();
+
+    let (status, g) =
+        admin(&t, "POST", "/v1/admin/groups", Some(&key), r#"{"group_id":"ops","creator":"alice","members":["bob"]}"#)
+            .await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert_eq!(g["members"], serde_json::json!(["alice", "bob"]));
+    let (status, _) =
+        admin(&t, "POST", "/v1/admin/groups", Some(&key), r#"{"group_id":"ops","creator":"alice"}"#).await;
+    assert_eq!(status, "HTTP/1.1 409 Conflict");
+    let (status, _) =
+        admin(&t, "POST", "/v1/admin/groups", Some(&key), r#"{"group_id":"a/b","creator":"alice"}"#).await;
+    assert_eq!(status, "HTTP/1.1 400 Bad Request");
+    let (status, _) = admin(&t, "POST", "/v1/admin/groups", Some(&key), r#"{"group":"x"}"#).await;
+    assert_eq!(status, "HTTP/1.1 400 Bad Request");
+    alice.publish("group/ops", "provisioned").await.unwrap();
+
+    let (status, r) =
+        admin(&t, "POST", "/v1/admin/rooms", Some(&key), r#"{"room_id":"hall","members":["alice"]}"#).await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(r["conversation_id"].as_u64().unwrap() > 0);
+
+    let (status, u) = admin(&t, "GET", "/v1/admin/users/bob", Some(&key), "").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert_eq!((u["groups"].clone(), u["unread_total"].clone()), (serde_json::json!(["ops"]), serde_json::json!(1)));
+    let (status, _) = admin(&t, "GET", "/v1/admin/groups/none", Some(&key), "").await;
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+}

@@ -127,6 +127,12 @@ impl Connection {
 
 #[derive(Subcommand)]
 enum TokenCommand {
+    /// Print the admin API key (`Authorization: Bearer <key>` for /v1/admin/).
+    Admin {
+        /// Directory holding the secret (the broker's data directory).
+        #[arg(long, env = "TERN_DATA_DIR", default_value = "tern-data")]
+        data_dir: PathBuf,
+    },
     /// Mint a token for a user's device (HMAC-SHA256 with the data directory's secret).
     Issue {
         /// User id.
@@ -198,6 +204,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cert { command: CertCommand::Dev { out_dir, hosts } } => {
             let (cert, key) = tern_broker::tls::write_dev_cert(&out_dir, &hosts)?;
             println!("wrote {} and {} (self-signed, for local use only)", cert.display(), key.display());
+        }
+        Command::Token { command: TokenCommand::Admin { data_dir } } => {
+            let secret = load_or_create_secret(&data_dir)
+                .with_context(|| format!("reading the secret in {}", data_dir.display()))?;
+            println!("{}", tern_broker::admin::admin_key(&secret));
         }
         Command::Token { command: TokenCommand::Issue { user, device, ttl, data_dir } } => {
             let secret = load_or_create_secret(&data_dir)
