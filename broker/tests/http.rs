@@ -92,7 +92,7 @@ async fn the_admin_api_mints_tokens_and_manages_groups_and_rooms() {
     assert_eq!(status, "HTTP/1.1 200 OK");
     let opts =
         tern_broker::client::ClientOptions::new(t.broker.local_addr(), "phone", token["token"].as_str().unwrap());
-    let mut alice = tern_broker::client::Client::connect(opts).await.unwrap();
+    let alice = tern_broker::client::Client::connect(opts).await.unwrap();
 
     let (status, g) =
         admin(&t, "POST", "/v1/admin/groups", Some(&key), r#"{"group_id":"ops","creator":"alice","members":["bob"]}"#)
