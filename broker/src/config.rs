@@ -4,6 +4,7 @@
 //! ```toml
 //! listen = "0.0.0.0:7420"
 //! data_dir = "/var/lib/tern"
+//! store = "sled"            # or "redb"
 //! http_listen = "127.0.0.1:7480"
 //! log_format = "json"
 //! write_fanout_threshold = 500
@@ -45,6 +46,8 @@ pub struct FileConfig {
     pub listen: Option<SocketAddr>,
     /// Store and secret directory.
     pub data_dir: Option<PathBuf>,
+    /// Store engine: `sled` or `redb`.
+    pub store: Option<String>,
     /// Operations HTTP listener.
     pub http_listen: Option<SocketAddr>,
     /// `text` or `json`.
@@ -100,6 +103,8 @@ pub struct Overrides {
     pub http_listen: Option<SocketAddr>,
     /// `--log-format`.
     pub log_format: Option<String>,
+    /// `--store`.
+    pub store: Option<String>,
     /// `--tls-listen`, `--tls-cert`, `--tls-key`.
     pub tls: Option<FileTls>,
 }
@@ -110,6 +115,9 @@ pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<(BrokerOptio
     let listen = over.listen.or(file.listen).map_or_else(|| parse(DEFAULT_LISTEN), Ok)?;
     let data_dir = over.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
     let mut options = BrokerOptions::new(listen, data_dir);
+    if let Some(engine) = over.store.or(file.store) {
+        options.engine = engine.parse().map_err(anyhow::Error::msg)?;
+    }
     options.http = Some(over.http_listen.or(file.http_listen).map_or_else(|| parse(DEFAULT_HTTP_LISTEN), Ok)?);
     if let Some(t) = over.tls.or(file.tls) {
         options.tls = Some(TlsOptions { listen: t.listen, cert: t.cert, key: t.key });

@@ -83,7 +83,7 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     match path.as_str() {
         "/healthz" => respond(&mut stream, "200 OK", "text/plain", "ok\n").await,
         "/metrics" => {
-            let body = shared.metrics.render(shared.connections.load(Ordering::Relaxed));
+            let body = shared.metrics.render(shared.gauge.count.load(Ordering::Relaxed));
             respond(&mut stream, "200 OK", "text/plain; version=0.0.4", &body).await
         }
         "/v1/dispatch" => respond(&mut stream, "200 OK", "application/json", &dispatch(shared)).await,
@@ -95,7 +95,7 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
 /// its nodes ranked by load (fewest connections first); clients cache it for `ttl_secs` and try
 /// the next entry when one fails (REQ-HSK-017).
 fn dispatch(shared: &Shared) -> String {
-    let load = shared.connections.load(Ordering::Relaxed);
+    let load = shared.gauge.count.load(Ordering::Relaxed);
     let advertise = |addr: std::net::SocketAddr, tls: bool| {
         format!("{{\"address\":\"{addr}\",\"tls\":{tls},\"connections\":{load}}}")
     };

@@ -45,6 +45,8 @@ pub struct BrokerOptions {
     pub retention: crate::store::Retention,
     /// How often compaction runs when retention is set.
     pub compaction_interval: Duration,
+    /// The store engine.
+    pub engine: crate::store::Engine,
 }
 
 /// The TLS listener's address and PEM files.
@@ -74,6 +76,7 @@ impl BrokerOptions {
             publish_rate: (1000.0, 2000.0),
             retention: crate::store::Retention::default(),
             compaction_interval: Duration::from_secs(60),
+            engine: crate::store::Engine::default(),
         }
     }
 }
@@ -230,6 +233,22 @@ impl Router {
     }
 }
 
+/// Counts open connections and signals when the last one ends.
+#[derive(Debug, Default)]
+pub(crate) struct Gauge {
+    pub(crate) count: AtomicU64,
+    pub(crate) idle: Notify,
+}
+
+impl Gauge {
+    /// A connection ended.
+    pub(crate) fn leave(&self) {
+        if self.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+}
+
 /// State shared by every connection task.
 pub(crate) struct Shared {
     pub(crate) store: Store,
@@ -239,14 +258,14 @@ pub(crate) struct Shared {
     pub(crate) options: BrokerOptions,
     router: Mutex<Router>,
     pub(crate) next_conn_id: AtomicU64,
-    pub(crate) connections: AtomicU64,
+    /// Open connections; kept apart from the rest so a finished connection task can drop
+    /// its handle on the store before it counts itself out (shutdown then closes the store).
+    pub(crate) gauge: Arc<Gauge>,
     /// Counters for `/metrics`.
     pub(crate) metrics: crate::metrics::Metrics,
     /// Bound addresses, advertised by `/v1/dispatch`.
     pub(crate) native_addr: SocketAddr,
     pub(crate) tls_addr: Option<SocketAddr>,
-    /// Signalled when the last connection task ends.
-    pub(crate) idle: Notify,
     pub(crate) shutdown: watch::Receiver<bool>,
 }
 
@@ -271,7 +290,7 @@ impl Broker {
     /// Opens the store, binds the listener and starts accepting.
     pub async fn start(options: BrokerOptions) -> anyhow::Result<Broker> {
         std::fs::create_dir_all(&options.data_dir)?;
-        let store = Store::open(&options.data_dir)?;
+        let store = Store::open_with(&options.data_dir, options.engine)?;
         let secret = crate::token::load_or_create_secret(&options.data_dir)?;
         let tokens = TokenKey::new(&secret);
         let listener = TcpListener::bind(options.listen).await?;
@@ -304,8 +323,7 @@ impl Broker {
             options,
             router: Mutex::new(Router::default()),
             next_conn_id: AtomicU64::new(1),
-            connections: AtomicU64::new(0),
-            idle: Notify::new(),
+            gauge: Arc::new(Gauge::default()),
             metrics: crate::metrics::Metrics::default(),
             native_addr: addr,
             tls_addr,
@@ -354,7 +372,7 @@ impl Broker {
 
     /// Connections open right now.
     pub fn connections(&self) -> u64 {
-        self.shared.connections.load(Ordering::Relaxed)
+        self.shared.gauge.count.load(Ordering::Relaxed)
     }
 
     /// Graceful shutdown: stop accepting, tell every client SERVER_SHUTTING_DOWN, wait for the
@@ -375,8 +393,8 @@ impl Broker {
         }
         // Each connection task drops its count when it ends and the last one signals `idle`.
         loop {
-            let idle = self.shared.idle.notified();
-            if self.shared.connections.load(Ordering::Acquire) == 0 {
+            let idle = self.shared.gauge.idle.notified();
+            if self.shared.gauge.count.load(Ordering::Acquire) == 0 {
                 break;
             }
             idle.await;

@@ -13,14 +13,14 @@ use std::time::Duration;
 use common::payloads;
 use tern_broker::client::{Client, ClientOptions, Incoming};
 use tern_broker::token::{load_or_create_secret, TokenKey};
-use tern_broker::{Broker, BrokerOptions};
+use tern_broker::BrokerOptions;
 
 #[tokio::test]
 async fn acknowledged_messages_survive_a_graceful_restart_and_cids_stay_deduplicated() {
     let dir = tempfile::tempdir().unwrap();
     let opts = || BrokerOptions::new("127.0.0.1:0".parse().unwrap(), dir.path().to_path_buf());
-    let broker = Broker::start(opts()).await.unwrap();
-    let token = |b: &Broker, u: &str, d: &str| b.issue_token(u, d, Duration::from_secs(600)).unwrap();
+    let broker = tern_broker::Broker::start(opts()).await.unwrap();
+    let token = |b: &tern_broker::Broker, u: &str, d: &str| b.issue_token(u, d, Duration::from_secs(600)).unwrap();
     // Register bob's device first so the messages are after its sync point.
     Client::connect(ClientOptions::new(broker.local_addr(), "laptop", &token(&broker, "bob", "laptop")))
         .await
@@ -36,7 +36,7 @@ async fn acknowledged_messages_survive_a_graceful_restart_and_cids_stay_deduplic
     alice.close().await;
     broker.shutdown().await.unwrap();
 
-    let broker = Broker::start(opts()).await.unwrap();
+    let broker = tern_broker::Broker::start(opts()).await.unwrap();
     // A fresh client machine for the same device starts at cid 1; CONNACK's last_cid makes it
     // renumber, so its message is stored, not mistaken for a duplicate.
     let alice = Client::connect(ClientOptions::new(broker.local_addr(), "phone", &token(&broker, "alice", "phone")))
@@ -50,10 +50,21 @@ async fn acknowledged_messages_survive_a_graceful_restart_and_cids_stay_deduplic
     assert_eq!(payloads(&mut bob, 6).await, ["before-0", "before-1", "before-2", "before-3", "before-4", "after"]);
 }
 
-/// `tern serve` as a child process; its first stdout line names the bound address.
-fn spawn_broker(dir: &std::path::Path) -> (Child, std::net::SocketAddr) {
+/// A child broker that is killed (SIGKILL) when dropped, even if the test panics.
+struct Broker(Child);
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `tern serve` as a child process; its first stdout line names the bound address, and its
+/// stdout is drained for as long as it runs.
+fn spawn_broker(dir: &std::path::Path, engine: &str) -> (Broker, std::net::SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--store", engine, "--data-dir"])
         .arg(dir)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -61,17 +72,30 @@ fn spawn_broker(dir: &std::path::Path) -> (Child, std::net::SocketAddr) {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    out.read_line(&mut line).unwrap();
+    // Keep draining stdout so the broker never writes into a closed pipe.
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
     let addr = line.split_whitespace().find_map(|w| w.parse().ok()).unwrap_or_else(|| panic!("no address in {line:?}"));
-    (child, addr)
+    (Broker(child), addr)
 }
 
 #[tokio::test]
-async fn sigkill_mid_stream_loses_nothing_acknowledged_and_duplicates_nothing() {
+async fn sigkill_mid_stream_loses_nothing_acknowledged_and_duplicates_nothing_on_sled() {
+    // A watchdog, not a timing assertion: a broken run fails instead of hanging CI.
+    tokio::time::timeout(Duration::from_secs(300), sigkill_mid_stream("sled")).await.expect("the test hung");
+}
+
+#[tokio::test]
+async fn sigkill_mid_stream_loses_nothing_acknowledged_and_duplicates_nothing_on_redb() {
+    tokio::time::timeout(Duration::from_secs(300), sigkill_mid_stream("redb")).await.expect("the test hung");
+}
+
+async fn sigkill_mid_stream(engine: &str) {
     let dir = tempfile::tempdir().unwrap();
     let key = TokenKey::new(&load_or_create_secret(dir.path()).unwrap());
     let token = |u: &str, d: &str| key.issue(u, d, u64::MAX / 2).unwrap();
-    let (mut child, addr) = spawn_broker(dir.path());
+    let (child, addr) = spawn_broker(dir.path(), engine);
     Client::connect(ClientOptions::new(addr, "laptop", &token("bob", "laptop"))).await.unwrap().close().await;
     let alice = Client::connect(ClientOptions::new(addr, "phone", &token("alice", "phone"))).await.unwrap();
     // Publish concurrently so commits are in flight when the broker dies.
@@ -91,8 +115,7 @@ async fn sigkill_mid_stream_loses_nothing_acknowledged_and_duplicates_nothing() 
             acked.insert(p);
         }
     }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    drop(child); // SIGKILL
     for task in pending {
         task.abort();
         if let Ok(Some(p)) = task.await {
@@ -100,8 +123,7 @@ async fn sigkill_mid_stream_loses_nothing_acknowledged_and_duplicates_nothing() 
         }
     }
     assert!(acked.len() >= 50, "only {} acknowledged before the kill", acked.len());
-
-    let (mut child, addr) = spawn_broker(dir.path());
+    let (_child, addr) = spawn_broker(dir.path(), engine);
     let mut bob = Client::connect(ClientOptions::new(addr, "laptop", &token("bob", "laptop"))).await.unwrap();
     // Drain what bob gets until a SYNC shows nothing more.
     let mut got = Vec::new();
@@ -128,6 +150,4 @@ async fn sigkill_mid_stream_loses_nothing_acknowledged_and_duplicates_nothing() 
     for p in &got {
         assert!(p.starts_with('m') && p[1..].parse::<u32>().is_ok_and(|n| n < 200), "garbage {p:?}");
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
 }

@@ -34,6 +34,9 @@ enum Command {
         /// Directory of the store and the token secret [default: tern-data].
         #[arg(long, env = "TERN_DATA_DIR")]
         data_dir: Option<PathBuf>,
+        /// Store engine: sled or redb [default: sled].
+        #[arg(long, env = "TERN_STORE", value_parser = ["sled", "redb"])]
+        store: Option<String>,
         /// Log format [default: text].
         #[arg(long, env = "TERN_LOG_FORMAT", value_parser = ["text", "json"])]
         log_format: Option<String>,
@@ -174,7 +177,7 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { config, listen, data_dir, log_format, http_listen, tls_listen, tls_cert, tls_key } => {
+        Command::Serve { config, listen, data_dir, store, log_format, http_listen, tls_listen, tls_cert, tls_key } => {
             let file = match &config {
                 Some(path) => FileConfig::load(path)?,
                 None => FileConfig::default(),
@@ -183,22 +186,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 (Some(listen), Some(cert), Some(key)) => Some(FileTls { listen, cert, key }),
                 _ => None,
             };
-            let overrides = Overrides { listen, data_dir, http_listen, log_format, tls };
+            let overrides = Overrides { listen, data_dir, http_listen, log_format, store, tls };
             let (options, json_logs) = resolve(file, overrides)?;
             init_logs(json_logs);
             let data_dir = options.data_dir.clone();
             let broker = Broker::start(options)
                 .await
                 .with_context(|| format!("starting with data dir {}", data_dir.display()))?;
-            println!("tern: listening on {} (native protocol), data in {}", broker.local_addr(), data_dir.display());
+            say(format_args!(
+                "tern: listening on {} (native protocol), data in {}",
+                broker.local_addr(),
+                data_dir.display()
+            ));
             if let Some(addr) = broker.tls_addr() {
-                println!("tern: listening on {addr} (TLS)");
+                say(format_args!("tern: listening on {addr} (TLS)"));
             }
             if let Some(addr) = broker.http_addr() {
-                println!("tern: listening on {addr} (HTTP: /healthz /metrics /v1/dispatch)");
+                say(format_args!("tern: listening on {addr} (HTTP: /healthz /metrics /v1/dispatch)"));
             }
             wait_for_signal().await?;
-            println!("tern: shutting down");
+            say(format_args!("tern: shutting down"));
             broker.shutdown().await?;
         }
         Command::Cert { command: CertCommand::Dev { out_dir, hosts } } => {
@@ -267,6 +274,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Prints a line for the operator; a closed stdout (`tern serve | head -1`) must not stop the
+/// broker, so write errors are ignored.
+fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_fmt(line).and_then(|()| out.write_all(b"\n")).and_then(|()| out.flush());
 }
 
 /// Ctrl-C or SIGTERM.

@@ -78,7 +78,8 @@ pub(crate) async fn run<S>(shared: Arc<Shared>, stream: S, peer: SocketAddr)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let count = shared.connections.fetch_add(1, Ordering::AcqRel) + 1;
+    let gauge = shared.gauge.clone();
+    let count = gauge.count.fetch_add(1, Ordering::AcqRel) + 1;
     let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
     shared.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("conn", id = conn_id, %peer);
@@ -100,9 +101,11 @@ where
     }
     .instrument(span)
     .await;
-    if shared.connections.fetch_sub(1, Ordering::AcqRel) == 1 {
-        shared.idle.notify_waiters();
-    }
+    // Let go of the store before counting out, so a shutdown that waits for the count
+    // finds the store free to close.
+    drop(conn);
+    drop(shared);
+    gauge.leave();
 }
 
 impl Conn {

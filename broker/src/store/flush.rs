@@ -37,7 +37,7 @@ pub(super) struct GroupCommit {
 
 impl GroupCommit {
     /// Starts the flusher thread for `db`.
-    pub(super) fn start(db: sled::Db) -> std::io::Result<GroupCommit> {
+    pub(super) fn start(db: Arc<super::kv::Kv>) -> std::io::Result<GroupCommit> {
         let (done, _) = watch::channel(Ok(0));
         let signals =
             Arc::new(Signals { issued: AtomicU64::new(0), state: Mutex::default(), cond: Condvar::new(), done });
@@ -55,7 +55,7 @@ impl GroupCommit {
             }
             // Every ticket issued up to now is covered by this flush.
             let covered = s.issued.load(Ordering::Acquire);
-            let result = db.flush().map(|_| covered).map_err(|e| e.to_string());
+            let result = db.flush().map(|()| covered).map_err(|e| e.to_string());
             let _ = s.done.send_replace(result);
         })?;
         Ok(GroupCommit { signals, thread: Some(thread) })

@@ -30,14 +30,14 @@ impl Store {
         members: &[String],
     ) -> Result<Result<u64, ReasonCode>, StoreError> {
         let gk = group_key(group);
-        let result = self.tree.transaction(|tx| {
+        let result = self.kv.transaction(|tx| {
             if tx.get(&gk)?.is_some() {
                 return Ok(Err(ReasonCode::AlreadyExists));
             }
             let conv = bump(tx, b"g/next_conv")?;
-            tx.insert(gk.as_slice(), &be(conv))?;
+            tx.insert(gk.as_slice(), be(conv))?;
             for m in members.iter().map(String::as_str).chain(std::iter::once(creator)) {
-                tx.insert(member_key(conv, m), &be(0))?;
+                tx.insert(member_key(conv, m), be(0))?;
                 tx.insert(user_group_key(m, group), &[][..])?;
             }
             Ok(Ok(conv))
@@ -47,15 +47,14 @@ impl Store {
 
     /// The group's conversation id, if it exists.
     pub fn group_conversation(&self, group: &str) -> Result<Option<u64>, StoreError> {
-        Ok(self.tree.get(group_key(group))?.map(|v| read_u64(Some(v))))
+        Ok(self.kv.get(group_key(group))?.map(|v| read_u64(Some(v))))
     }
 
     /// The members of a conversation, in id order.
     pub fn members(&self, conv: u64) -> Result<Vec<String>, StoreError> {
         let prefix = key(&[b"r/m/", &be(conv), b"/"]);
         let mut out = Vec::new();
-        for item in self.tree.scan_prefix(&prefix) {
-            let (k, _) = item?;
+        for (k, _) in self.kv.scan_prefix(&prefix)? {
             out.push(String::from_utf8_lossy(k.get(prefix.len()..).unwrap_or_default()).into_owned());
         }
         Ok(out)
@@ -71,7 +70,7 @@ impl Store {
         add: bool,
     ) -> Result<Result<u64, ReasonCode>, StoreError> {
         let gk = group_key(group);
-        let result = self.tree.transaction(|tx| {
+        let result = self.kv.transaction(|tx| {
             let Some(conv) = tx.get(&gk)?.map(|v| read_u64(Some(v))) else {
                 return Ok(Err(ReasonCode::NotFound));
             };
@@ -82,7 +81,7 @@ impl Store {
             for m in members {
                 if add {
                     if tx.get(member_key(conv, m))?.is_none() {
-                        tx.insert(member_key(conv, m), &be(joined_at))?;
+                        tx.insert(member_key(conv, m), be(joined_at))?;
                         tx.insert(user_group_key(m, group), &[][..])?;
                     }
                 } else {
@@ -99,8 +98,7 @@ impl Store {
     pub fn groups_of(&self, user: &str) -> Result<Vec<String>, StoreError> {
         let prefix = key(&[b"ug/", user.as_bytes(), b"/"]);
         let mut out = Vec::new();
-        for item in self.tree.scan_prefix(&prefix) {
-            let (k, _) = item?;
+        for (k, _) in self.kv.scan_prefix(&prefix)? {
             out.push(String::from_utf8_lossy(k.get(prefix.len()..).unwrap_or_default()).into_owned());
         }
         Ok(out)
@@ -109,18 +107,18 @@ impl Store {
     /// The conversation of room `room`, created when `create` and absent.
     pub fn room(&self, room: &str, create: bool) -> Result<Option<u64>, StoreError> {
         let rk = key(&[b"room/", room.as_bytes()]);
-        if let Some(v) = self.tree.get(&rk)? {
+        if let Some(v) = self.kv.get(&rk)? {
             return Ok(Some(read_u64(Some(v))));
         }
         if !create {
             return Ok(None);
         }
-        let conv = self.tree.transaction(|tx| {
+        let conv = self.kv.transaction(|tx| {
             if let Some(v) = tx.get(&rk)? {
                 return Ok(read_u64(Some(v)));
             }
             let conv = bump(tx, b"g/next_conv")?;
-            tx.insert(rk.as_slice(), &be(conv))?;
+            tx.insert(rk.as_slice(), be(conv))?;
             Ok(conv)
         })?;
         Ok(Some(conv))
@@ -129,25 +127,29 @@ impl Store {
     /// Makes `user` a member of conversation `conv` (rooms).
     pub fn join(&self, conv: u64, user: &str) -> Result<(), StoreError> {
         let latest = self.conversation_latest(conv)?;
-        let _ = self.tree.compare_and_swap(member_key(conv, user), None as Option<&[u8]>, Some(&be(latest)[..]))?;
-        Ok(())
+        let k = member_key(conv, user);
+        self.kv.transaction(|tx| {
+            if tx.get(&k)?.is_none() {
+                tx.insert(&k, be(latest))?;
+            }
+            Ok(())
+        })
     }
 
     /// Removes `user` from conversation `conv` (rooms).
     pub fn leave(&self, conv: u64, user: &str) -> Result<(), StoreError> {
-        self.tree.remove(member_key(conv, user))?;
-        Ok(())
+        self.kv.transaction(|tx| tx.remove(member_key(conv, user)))
     }
 
     /// Numbers the next room message (rooms keep no messages, only the count).
     pub fn next_room_seq(&self, conv: u64) -> Result<u64, StoreError> {
-        Ok(self.tree.transaction(|tx| bump(tx, &conv_last_key(conv)))?)
+        self.kv.transaction(|tx| bump(tx, &conv_last_key(conv)))
     }
 
     /// Whether two users have a 1:1 conversation or a group in common.
     pub fn share_conversation(&self, a: &str, b: &str) -> Result<bool, StoreError> {
         let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
-        if self.tree.contains_key(key(&[b"r/pair/", lo.as_bytes(), b"\0", hi.as_bytes()]))? {
+        if self.kv.get(key(&[b"r/pair/", lo.as_bytes(), b"\0", hi.as_bytes()]))?.is_some() {
             return Ok(true);
         }
         let theirs: std::collections::HashSet<String> = self.groups_of(b)?.into_iter().collect();
@@ -156,7 +158,7 @@ impl Store {
 
     /// Highest seq of a conversation.
     pub fn conversation_latest(&self, conv: u64) -> Result<u64, StoreError> {
-        Ok(read_u64(self.tree.get(conv_last_key(conv))?))
+        Ok(read_u64(self.kv.get(conv_last_key(conv))?))
     }
 
     /// Up to `limit` messages of a conversation after `after`, as DELIVERs on its stream.
@@ -178,19 +180,18 @@ impl Store {
     /// The device's sync point on a conversation stream; without one, the seq at which the
     /// user joined (so a new member starts at their join, REQ-GRP-003).
     pub fn conversation_cursor(&self, user: &str, device: &str, conv: u64) -> Result<u64, StoreError> {
-        if let Some(v) = self.tree.get(device_key(user, device, &key(&[b"conv/", &be(conv)])))? {
+        if let Some(v) = self.kv.get(device_key(user, device, &key(&[b"conv/", &be(conv)])))? {
             return Ok(read_u64(Some(v)));
         }
-        Ok(read_u64(self.tree.get(member_key(conv, user))?))
+        Ok(read_u64(self.kv.get(member_key(conv, user))?))
     }
 
     /// Advances the device's sync point on a conversation stream (never backwards).
     pub fn advance_conversation_cursor(&self, user: &str, device: &str, conv: u64, seq: u64) -> Result<(), StoreError> {
         let k = device_key(user, device, &key(&[b"conv/", &be(conv)]));
-        self.tree.fetch_and_update(&k, |old| {
-            let cur = old.and_then(|v| <[u8; 8]>::try_from(v).ok()).map_or(0, u64::from_be_bytes);
-            Some(be(cur.max(seq)).to_vec())
-        })?;
-        Ok(())
+        self.kv.transaction(|tx| {
+            let cur = read_u64(tx.get(&k)?);
+            tx.insert(&k, be(cur.max(seq)))
+        })
     }
 }

@@ -1,7 +1,7 @@
-//! The embedded store (sled): conversations, messages, inboxes, sync points and the upstream
-//! dedup ledger.
+//! The embedded store: conversations, messages, inboxes, sync points and the upstream dedup
+//! ledger, on sled or redb ([`Engine`]; the logic is written once, against `kv`).
 //!
-//! Everything lives in one sled tree under prefixed big-endian keys, so one transaction can
+//! Everything lives in one ordered keyspace under prefixed big-endian keys, so one transaction can
 //! commit a message (or a whole package) together with its inbox entries and the sender's
 //! cid outcomes: a crash leaves either all of it or none. Durability comes from
 //! [`Store::flush`], which the broker awaits before acknowledging; concurrent commits share one
@@ -21,17 +21,21 @@
 
 mod flush;
 mod groups;
+mod kv;
 mod reads;
 mod retention;
+#[cfg(test)]
+mod suite;
 
+pub use kv::Engine;
 pub use retention::Retention;
 
 pub use reads::UserConversation;
 
 use std::path::Path;
 
+use kv::{Kv, Tx};
 use prost::Message;
-use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use tern_codec::ids::StreamId;
 use tern_codec::proto;
 use tern_codec::session::LedgerSnapshot;
@@ -46,21 +50,18 @@ pub enum StoreError {
     /// sled reported an error.
     #[error("store: {0}")]
     Sled(#[from] sled::Error),
+    /// redb reported an error.
+    #[error("store: {0}")]
+    Engine(String),
+    /// A sled transaction met a concurrent one; it is retried, never reported.
+    #[error("store: transaction conflict")]
+    Conflict(sled::transaction::UnabortableTransactionError),
     /// A stored record does not decode.
     #[error("store: corrupt record under {0}")]
     Corrupt(String),
 }
 
-impl From<TransactionError<StoreError>> for StoreError {
-    fn from(e: TransactionError<StoreError>) -> Self {
-        match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => StoreError::Sled(e),
-        }
-    }
-}
-
-pub(crate) type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+pub(crate) type TxResult<T> = Result<T, StoreError>;
 
 /// One message to commit: where it goes and who receives it in their inbox.
 #[derive(Debug, Clone)]
@@ -87,8 +88,8 @@ pub struct Committed {
 /// The broker's embedded store.
 #[derive(Debug, Clone)]
 pub struct Store {
-    db: sled::Db,
-    pub(crate) tree: sled::Tree,
+    kv: std::sync::Arc<Kv>,
+    dir: std::path::PathBuf,
     group_commit: std::sync::Arc<flush::GroupCommit>,
 }
 
@@ -100,14 +101,14 @@ pub(crate) fn key(parts: &[&[u8]]) -> Vec<u8> {
     parts.concat()
 }
 
-pub(crate) fn read_u64(v: Option<sled::IVec>) -> u64 {
+pub(crate) fn read_u64(v: Option<impl AsRef<[u8]>>) -> u64 {
     v.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok()).map_or(0, u64::from_be_bytes)
 }
 
 /// Increments the counter at `k` inside a transaction, returning the new value.
-pub(crate) fn bump(tx: &TransactionalTree, k: &[u8]) -> TxResult<u64> {
+pub(super) fn bump(tx: &Tx<'_>, k: &[u8]) -> TxResult<u64> {
     let next = read_u64(tx.get(k)?) + 1;
-    tx.insert(k, &be(next))?;
+    tx.insert(k, be(next))?;
     Ok(next)
 }
 
@@ -120,12 +121,16 @@ pub(crate) fn device_key(user: &str, device: &str, rest: &[u8]) -> Vec<u8> {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`.
+    /// Opens (or creates) the store in `dir` on the default engine (sled).
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        let db = sled::Config::new().path(dir.join("sled")).open()?;
-        let tree = db.open_tree("tern")?;
-        let group_commit = std::sync::Arc::new(flush::GroupCommit::start(db.clone()).map_err(sled::Error::Io)?);
-        Ok(Store { db, tree, group_commit })
+        Store::open_with(dir, Engine::default())
+    }
+
+    /// Opens (or creates) the store in `dir` on `engine`.
+    pub fn open_with(dir: &Path, engine: Engine) -> Result<Store, StoreError> {
+        let kv = std::sync::Arc::new(Kv::open(dir, engine)?);
+        let group_commit = std::sync::Arc::new(flush::GroupCommit::start(kv.clone()).map_err(sled::Error::Io)?);
+        Ok(Store { kv, dir: dir.to_path_buf(), group_commit })
     }
 
     /// Waits until everything committed so far is on disk; concurrent callers share fsyncs.
@@ -137,14 +142,14 @@ impl Store {
     pub fn conversation_for_pair(&self, a: &str, b: &str) -> Result<u64, StoreError> {
         let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
         let pair = key(&[b"r/pair/", lo.as_bytes(), b"\0", hi.as_bytes()]);
-        let id = self.tree.transaction(|tx| {
+        let id = self.kv.transaction(|tx| {
             if let Some(v) = tx.get(&pair)? {
                 return Ok(read_u64(Some(v)));
             }
             let id = bump(tx, b"g/next_conv")?;
-            tx.insert(pair.as_slice(), &be(id))?;
-            tx.insert(member_key(id, lo), &be(0))?;
-            tx.insert(member_key(id, hi), &be(0))?;
+            tx.insert(pair.as_slice(), be(id))?;
+            tx.insert(member_key(id, lo), be(0))?;
+            tx.insert(member_key(id, hi), be(0))?;
             Ok(id)
         })?;
         Ok(id)
@@ -152,7 +157,7 @@ impl Store {
 
     /// Whether `user` is a member of the conversation.
     pub fn is_member(&self, conversation_id: u64, user: &str) -> Result<bool, StoreError> {
-        Ok(self.tree.contains_key(member_key(conversation_id, user))?)
+        Ok(self.kv.get(member_key(conversation_id, user))?.is_some())
     }
 
     /// Commits messages atomically (a package commits whole or not at all, REQ-PKG-003): each
@@ -165,7 +170,7 @@ impl Store {
         messages: &[NewMessage],
         now_ms: u64,
     ) -> Result<Vec<Committed>, StoreError> {
-        let out = self.tree.transaction(|tx| {
+        let out = self.kv.transaction(|tx| {
             let mut out = Vec::with_capacity(messages.len());
             for m in messages {
                 let conv = m.conversation_id;
@@ -201,16 +206,15 @@ impl Store {
 
     /// Records an outcome that stored nothing (refused, package timeout) for dedup.
     pub fn record_outcome(&self, user: &str, device: &str, ack: &proto::PubAck) -> Result<(), StoreError> {
-        self.tree.transaction(|tx| record_outcome_tx(tx, user, device, ack))?;
+        self.kv.transaction(|tx| record_outcome_tx(tx, user, device, ack))?;
         Ok(())
     }
 
     /// The device's upstream ledger, to restore a session's dedup state.
     pub fn ledger(&self, user: &str, device: &str) -> Result<LedgerSnapshot, StoreError> {
-        let contiguous = read_u64(self.tree.get(device_key(user, device, b"floor"))?);
+        let contiguous = read_u64(self.kv.get(device_key(user, device, b"floor"))?);
         let mut acks = Vec::new();
-        for item in self.tree.scan_prefix(device_key(user, device, b"cid/")) {
-            let (k, v) = item?;
+        for (k, v) in self.kv.scan_prefix(&device_key(user, device, b"cid/"))? {
             acks.push(
                 proto::PubAck::decode(v.as_ref())
                     .map_err(|_| StoreError::Corrupt(String::from_utf8_lossy(&k).into_owned()))?,
@@ -221,7 +225,7 @@ impl Store {
 
     /// Highest seq of a user's inbox.
     pub fn inbox_latest(&self, user: &str) -> Result<u64, StoreError> {
-        Ok(read_u64(self.tree.get(key(&[b"u/", user.as_bytes(), b"/last"]))?))
+        Ok(read_u64(self.kv.get(key(&[b"u/", user.as_bytes(), b"/last"]))?))
     }
 
     /// Up to `limit` inbox messages after `after`, as DELIVERs on the inbox stream.
@@ -229,14 +233,13 @@ impl Store {
         let prefix = key(&[b"u/", user.as_bytes(), b"/i/"]);
         let start = key(&[&prefix, &be(after.saturating_add(1))]);
         let mut out = Vec::new();
-        for item in self.tree.range(start..).take(limit) {
-            let (k, v) = item?;
+        for (k, v) in self.kv.range(&start, None, false, limit)? {
             if !k.starts_with(&prefix) {
                 break;
             }
             let seq = k.get(prefix.len()..).and_then(|s| <[u8; 8]>::try_from(s).ok()).map(u64::from_be_bytes);
             let (conv, conv_seq) = match (v.get(..8), v.get(8..16)) {
-                (Some(c), Some(s)) => (read_u64(Some(c.into())), read_u64(Some(s.into()))),
+                (Some(c), Some(s)) => (read_u64(Some(c)), read_u64(Some(s))),
                 _ => return Err(StoreError::Corrupt(String::from_utf8_lossy(&k).into_owned())),
             };
             let Some(seq) = seq else {
@@ -261,7 +264,7 @@ impl Store {
 
     fn message(&self, conv: u64, seq: u64) -> Result<Option<proto::Deliver>, StoreError> {
         let k = key(&[b"c/", &be(conv), b"/m/", &be(seq)]);
-        match self.tree.get(&k)? {
+        match self.kv.get(&k)? {
             None => Ok(None),
             Some(v) => proto::Deliver::decode(v.as_ref())
                 .map(Some)
@@ -275,8 +278,7 @@ impl Store {
         let prefix = key(&[b"c/", &be(conv), b"/m/"]);
         let end = if before == 0 { key(&[&prefix, &be(u64::MAX)]) } else { key(&[&prefix, &be(before)]) };
         let mut entries = Vec::new();
-        for item in self.tree.range(prefix.clone()..end).rev().take(limit) {
-            let (k, v) = item?;
+        for (k, v) in self.kv.range(&prefix, Some(&end), true, limit)? {
             let d = proto::Deliver::decode(v.as_ref())
                 .map_err(|_| StoreError::Corrupt(String::from_utf8_lossy(&k).into_owned()))?;
             entries.push(proto::HistoryEntry {
@@ -297,22 +299,27 @@ impl Store {
     /// latest seq (spec 8.1).
     pub fn cursor(&self, user: &str, device: &str) -> Result<u64, StoreError> {
         let k = device_key(user, device, b"cursor");
-        if let Some(v) = self.tree.get(&k)? {
+        if let Some(v) = self.kv.get(&k)? {
             return Ok(read_u64(Some(v)));
         }
         let latest = self.inbox_latest(user)?;
-        let _ = self.tree.compare_and_swap(&k, None as Option<&[u8]>, Some(&be(latest)[..]))?;
-        Ok(read_u64(self.tree.get(&k)?))
+        self.kv.transaction(|tx| match tx.get(&k)? {
+            Some(v) => Ok(read_u64(Some(v))),
+            None => {
+                tx.insert(&k, be(latest))?;
+                Ok(latest)
+            }
+        })
     }
 
     /// Advances the device's inbox sync point (never backwards); returns the previous one.
     pub fn advance_cursor(&self, user: &str, device: &str, seq: u64) -> Result<u64, StoreError> {
         let k = device_key(user, device, b"cursor");
-        let old = self.tree.fetch_and_update(&k, |old| {
-            let cur = old.and_then(|v| <[u8; 8]>::try_from(v).ok()).map_or(0, u64::from_be_bytes);
-            Some(be(cur.max(seq)).to_vec())
-        })?;
-        Ok(read_u64(old))
+        self.kv.transaction(|tx| {
+            let cur = read_u64(tx.get(&k)?);
+            tx.insert(&k, be(cur.max(seq)))?;
+            Ok(cur)
+        })
     }
 
     /// When the message at `seq` of `user`'s inbox was stored (ms), if it still exists.
@@ -326,13 +333,13 @@ impl Store {
 
     /// Raw payload size of the store on disk, for metrics.
     pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        self.kv.size_on_disk(&self.dir)
     }
 }
 
 /// Records a cid outcome and advances the device's contiguous floor, pruning outcomes that
 /// fell more than [`LEDGER_KEEP`] behind it.
-fn record_outcome_tx(tx: &TransactionalTree, user: &str, device: &str, ack: &proto::PubAck) -> TxResult<()> {
+fn record_outcome_tx(tx: &Tx<'_>, user: &str, device: &str, ack: &proto::PubAck) -> TxResult<()> {
     let cid_key = device_key(user, device, &key(&[b"cid/", &be(ack.cid)]));
     if tx.get(&cid_key)?.is_some() {
         // Decided before: the first outcome stands (REQ-QOS-005).
@@ -347,6 +354,6 @@ fn record_outcome_tx(tx: &TransactionalTree, user: &str, device: &str, ack: &pro
             tx.remove(device_key(user, device, &key(&[b"cid/", &be(floor - LEDGER_KEEP)])))?;
         }
     }
-    tx.insert(floor_key, &be(floor))?;
+    tx.insert(floor_key, be(floor))?;
     Ok(())
 }

@@ -7,8 +7,8 @@
 //! - `ut/{user}` → total unread over the user's conversations
 //! - `ur/{user}/{u64::MAX - last_ms}/{conv}` → recency index (ascending = newest first)
 
+use super::kv::Tx;
 use prost::Message;
-use sled::transaction::TransactionalTree;
 use tern_codec::proto;
 
 use super::{be, key, read_u64, Store, StoreError, TxResult};
@@ -34,7 +34,7 @@ impl UserConversation {
     }
 
     fn decode(v: &[u8]) -> Option<UserConversation> {
-        let field = |i: usize| v.get(i * 8..i * 8 + 8).map(|b| read_u64(Some(b.into())));
+        let field = |i: usize| v.get(i * 8..i * 8 + 8).map(|b| read_u64(Some(b)));
         Some(UserConversation {
             read_seq: field(0)?,
             unread: field(1)?,
@@ -57,17 +57,11 @@ fn recency_key(user: &str, last_ms: u64, conv: u64) -> Vec<u8> {
     key(&[b"ur/", user.as_bytes(), b"/", &be(u64::MAX - last_ms), &be(conv)])
 }
 
-fn get_uc(tx: &TransactionalTree, user: &str, conv: u64) -> TxResult<Option<UserConversation>> {
+fn get_uc(tx: &Tx<'_>, user: &str, conv: u64) -> TxResult<Option<UserConversation>> {
     Ok(tx.get(uc_key(user, conv))?.and_then(|v| UserConversation::decode(&v)))
 }
 
-fn put_uc(
-    tx: &TransactionalTree,
-    user: &str,
-    conv: u64,
-    old: Option<&UserConversation>,
-    new: &UserConversation,
-) -> TxResult<()> {
+fn put_uc(tx: &Tx<'_>, user: &str, conv: u64, old: Option<&UserConversation>, new: &UserConversation) -> TxResult<()> {
     if let Some(old) = old {
         tx.remove(recency_key(user, old.last_ms, conv))?;
     }
@@ -76,16 +70,16 @@ fn put_uc(
     Ok(())
 }
 
-fn add_total(tx: &TransactionalTree, user: &str, delta: i64) -> TxResult<()> {
+fn add_total(tx: &Tx<'_>, user: &str, delta: i64) -> TxResult<()> {
     let k = total_key(user);
     let total = read_u64(tx.get(&k)?).saturating_add_signed(delta);
-    tx.insert(k, &be(total))?;
+    tx.insert(k, be(total))?;
     Ok(())
 }
 
 /// Inside a commit: a new message `seq` in `conv` reached `user`'s inbox.
 pub(super) fn touch(
-    tx: &TransactionalTree,
+    tx: &Tx<'_>,
     user: &str,
     sender: &str,
     conv: u64,
@@ -123,7 +117,7 @@ impl Store {
     /// recounts the conversation's unread messages, adjusting the total in the same
     /// transaction. Returns the new marker, or `None` when nothing changed.
     pub fn mark_read(&self, user: &str, conv: u64, seq: u64) -> Result<Option<u64>, StoreError> {
-        let result = self.tree.transaction(|tx| {
+        let result = self.kv.transaction(|tx| {
             let Some(old) = get_uc(tx, user, conv)? else {
                 return Ok(None);
             };
@@ -153,7 +147,7 @@ impl Store {
     /// read at one instant: the total always equals the sum over all conversations.
     pub fn unread(&self, user: &str, convs: &[u64]) -> Result<(Vec<(u64, u64)>, u64), StoreError> {
         if !convs.is_empty() {
-            let out = self.tree.transaction(|tx| {
+            let out = self.kv.transaction(|tx| {
                 let mut counts = Vec::with_capacity(convs.len());
                 for &c in convs {
                     counts.push((c, get_uc(tx, user, c)?.map_or(0, |u| u.unread)));
@@ -165,15 +159,14 @@ impl Store {
         // A scan is not transactional: retry until the total did not move during it.
         let mut attempt = 0;
         loop {
-            let before = read_u64(self.tree.get(total_key(user))?);
+            let before = read_u64(self.kv.get(total_key(user))?);
             let mut counts = Vec::new();
-            for item in self.tree.scan_prefix(key(&[b"uc/", user.as_bytes(), b"/"])) {
-                let (k, v) = item?;
-                let conv = k.get(k.len().saturating_sub(8)..).map_or(0, |b| read_u64(Some(b.into())));
+            for (k, v) in self.kv.scan_prefix(&key(&[b"uc/", user.as_bytes(), b"/"]))? {
+                let conv = k.get(k.len().saturating_sub(8)..).map_or(0, |b| read_u64(Some(b)));
                 counts.push((conv, UserConversation::decode(&v).map_or(0, |u| u.unread)));
             }
             let sum: u64 = counts.iter().map(|c| c.1).sum();
-            let after = read_u64(self.tree.get(total_key(user))?);
+            let after = read_u64(self.kv.get(total_key(user))?);
             attempt += 1;
             if (before == after && after == sum) || attempt >= 8 {
                 return Ok((counts, sum));
@@ -193,8 +186,8 @@ impl Store {
         let start = if before_ms == 0 { prefix.clone() } else { key(&[&prefix, &be(u64::MAX - before_ms + 1)]) };
         let mut out = Vec::new();
         let mut more = false;
-        for item in self.tree.range(start..) {
-            let (k, _) = item?;
+        // One more than asked for tells whether there is a next page.
+        for (k, _) in self.kv.range(&start, None, false, limit.saturating_add(1))? {
             if !k.starts_with(&prefix) {
                 break;
             }
@@ -202,8 +195,8 @@ impl Store {
                 more = true;
                 break;
             }
-            let conv = k.get(k.len().saturating_sub(8)..).map_or(0, |b| read_u64(Some(b.into())));
-            let Some(uc) = self.tree.get(uc_key(user, conv))?.and_then(|v| UserConversation::decode(&v)) else {
+            let conv = k.get(k.len().saturating_sub(8)..).map_or(0, |b| read_u64(Some(b)));
+            let Some(uc) = self.kv.get(uc_key(user, conv))?.and_then(|v| UserConversation::decode(&v)) else {
                 continue;
             };
             let last_message = self.message(conv, uc.last_seq)?.map(|d| proto::HistoryEntry {

@@ -1,0 +1,154 @@
+//! One test suite, run against both engines: whatever the broker relies on must hold on sled
+//! and on redb alike.
+
+use std::time::Duration;
+
+use tern_codec::proto;
+
+use super::{Engine, NewMessage, Retention, Store};
+
+fn open(engine: Engine) -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(dir.path(), engine).unwrap();
+    (dir, store)
+}
+
+fn message(text: &str, sender: &str, topic: &str) -> proto::Deliver {
+    proto::Deliver {
+        topic: topic.into(),
+        sender_user: sender.into(),
+        qos: 2,
+        payload: text.as_bytes().to_vec().into(),
+        ..Default::default()
+    }
+}
+
+fn send(store: &Store, cid: u64, conv: u64, inboxes: &[&str], text: &str, at_ms: u64) -> proto::PubAck {
+    let m = NewMessage {
+        cid,
+        conversation_id: conv,
+        inboxes: inboxes.iter().map(|s| s.to_string()).collect(),
+        message: message(text, "alice", "user/bob"),
+    };
+    store.commit("alice", "phone", &[m], at_ms).unwrap().remove(0).ack
+}
+
+fn conversations_and_ledger(engine: Engine) {
+    let (_d, store) = open(engine);
+    let conv = store.conversation_for_pair("alice", "bob").unwrap();
+    assert_eq!(store.conversation_for_pair("bob", "alice").unwrap(), conv, "one id per pair, either order");
+    assert!(store.is_member(conv, "alice").unwrap() && !store.is_member(conv, "carol").unwrap());
+    for cid in 1..=3 {
+        let ack = send(&store, cid, conv, &["bob", "alice"], &format!("m{cid}"), cid * 10);
+        assert_eq!((ack.cid, ack.seq), (cid, cid));
+    }
+    let refused = proto::PubAck { cid: 5, reason: 0xA0, ..Default::default() };
+    store.record_outcome("alice", "phone", &refused).unwrap();
+    // The first outcome of a cid stands.
+    store.record_outcome("alice", "phone", &proto::PubAck { cid: 5, reason: 0, ..Default::default() }).unwrap();
+    let ledger = store.ledger("alice", "phone").unwrap();
+    assert_eq!(ledger.contiguous, 3);
+    assert_eq!(ledger.acks.iter().map(|a| (a.cid, a.reason)).collect::<Vec<_>>(), [(1, 0), (2, 0), (3, 0), (5, 0xA0)]);
+}
+
+fn inboxes_history_and_cursors(engine: Engine) {
+    let (_d, store) = open(engine);
+    let conv = store.conversation_for_pair("alice", "bob").unwrap();
+    // A device seen before any message starts at 0; one seen later starts at the latest seq.
+    assert_eq!(store.cursor("bob", "old").unwrap(), 0);
+    for cid in 1..=25 {
+        send(&store, cid, conv, &["bob"], &format!("h{cid}"), cid);
+    }
+    assert_eq!(store.cursor("bob", "new").unwrap(), 25);
+    assert_eq!(store.advance_cursor("bob", "old", 7).unwrap(), 0);
+    assert_eq!(store.advance_cursor("bob", "old", 3).unwrap(), 7, "never backwards");
+    assert_eq!(store.cursor("bob", "old").unwrap(), 7);
+    let inbox = store.inbox_after("bob", 20, 100).unwrap();
+    assert_eq!(inbox.iter().map(|d| d.seq).collect::<Vec<_>>(), [21, 22, 23, 24, 25]);
+    assert_eq!(&inbox[0].payload[..], b"h21");
+    assert_eq!(store.inbox_latest("bob").unwrap(), 25);
+    let (page, next) = store.history(conv, 0, 10).unwrap();
+    assert_eq!((page.first().unwrap().seq, page.last().unwrap().seq, next), (25, 16, 16));
+    let (page, next) = store.history(conv, 6, 10).unwrap();
+    assert_eq!((page.len(), next), (5, 0));
+}
+
+fn groups_unread_and_recent(engine: Engine) {
+    let (_d, store) = open(engine);
+    let g = store.create_group("team", "alice", &["bob".into()]).unwrap().unwrap();
+    assert_eq!(store.create_group("team", "carol", &[]).unwrap(), Err(tern_codec::ReasonCode::AlreadyExists));
+    assert_eq!(
+        store.change_members("team", "carol", &["dave".into()], true).unwrap(),
+        Err(tern_codec::ReasonCode::NotAMember)
+    );
+    store.change_members("team", "alice", &["carol".into()], true).unwrap().unwrap();
+    assert_eq!(store.members(g).unwrap(), ["alice", "bob", "carol"]);
+    assert_eq!(store.groups_of("carol").unwrap(), ["team"]);
+    assert!(store.share_conversation("bob", "carol").unwrap());
+    for cid in 1..=3 {
+        let m = NewMessage {
+            cid,
+            conversation_id: g,
+            inboxes: vec!["alice".into(), "bob".into(), "carol".into()],
+            message: message("x", "alice", "group/team"),
+        };
+        store.commit("alice", "phone", &[m], 100 + cid).unwrap();
+    }
+    let (counts, total) = store.unread("bob", &[]).unwrap();
+    assert_eq!((counts, total), (vec![(g, 3)], 3));
+    assert_eq!(store.mark_read("bob", g, 2).unwrap(), Some(2));
+    assert_eq!(store.mark_read("bob", g, 1).unwrap(), None);
+    assert_eq!(store.unread("bob", &[g]).unwrap(), (vec![(g, 1)], 1));
+    assert_eq!(store.unread("alice", &[]).unwrap().1, 0, "own messages are not unread");
+    let (recent, next) = store.recent("carol", 0, 10).unwrap();
+    assert_eq!((recent.len(), recent[0].topic.as_str(), recent[0].unread, next), (1, "group/team", 3, 0));
+}
+
+fn retention(engine: Engine) {
+    let (_d, store) = open(engine);
+    let conv = store.conversation_for_pair("alice", "bob").unwrap();
+    for (i, t) in [(1u64, 1_000u64), (2, 2_000), (3, 3_000), (4, 4_000), (5, 5_000)] {
+        send(&store, i, conv, &["bob"], &format!("m{i}"), t);
+    }
+    // Keep the newest 3 (3, 4, 5), and nothing older than 1.5 s at t = 5 s: only 4 and 5 remain.
+    let policy = Retention { max_age: Some(Duration::from_millis(1_500)), max_count: Some(3) };
+    assert_eq!(store.compact(policy, 5_000).unwrap(), 3);
+    let (page, _) = store.history(conv, 0, 10).unwrap();
+    assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [5, 4]);
+    let inbox = store.inbox_after("bob", 0, 10).unwrap();
+    assert_eq!(inbox.iter().map(|d| d.seq).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+    assert!(inbox[..3].iter().all(|d| d.payload_omitted && d.payload.is_empty()));
+    assert_eq!(store.compact(policy, 5_000).unwrap(), 0);
+}
+
+fn durable_after_flush_and_reopen(engine: Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open_with(dir.path(), engine).unwrap();
+        let conv = store.conversation_for_pair("alice", "bob").unwrap();
+        send(&store, 1, conv, &["bob"], "kept", 1);
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(store.flush()).unwrap();
+    }
+    let store = Store::open_with(dir.path(), engine).unwrap();
+    assert_eq!(&store.inbox_after("bob", 0, 10).unwrap()[0].payload[..], b"kept");
+    assert_eq!(store.ledger("alice", "phone").unwrap().contiguous, 1);
+}
+
+macro_rules! both_engines {
+    ($($name:ident),*) => {
+        mod sled_engine {
+            $(#[test] fn $name() { super::$name(super::Engine::Sled) })*
+        }
+        mod redb_engine {
+            $(#[test] fn $name() { super::$name(super::Engine::Redb) })*
+        }
+    };
+}
+
+both_engines!(
+    conversations_and_ledger,
+    inboxes_history_and_cursors,
+    groups_unread_and_recent,
+    retention,
+    durable_after_flush_and_reopen
+);
