@@ -1,0 +1,99 @@
+//! The README's promise: `tern serve` starts on an empty data directory, and `tern send` /
+//! `tern listen` exchange a message with it, with tokens from `tern token issue`.
+// Test code: a panic is how it reports a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, Stdio};
+
+const TERN: &str = env!("CARGO_BIN_EXE_tern");
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn run(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    let mut child = Command::new(TERN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn serve_token_send_and_listen_work_as_the_readme_shows() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let mut serve = Command::new(TERN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir", data])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(serve.stdout.take().unwrap());
+    let _serve = Killed(serve);
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let addr = line.split_whitespace().find(|w| w.parse::<std::net::SocketAddr>().is_ok()).unwrap().to_owned();
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+
+    let token = |user: &str, device: &str| {
+        let (ok, out, err) = run(&["token", "issue", "--user", user, "--device", device, "--data-dir", data], None);
+        assert!(ok, "{err}");
+        out.trim().to_owned()
+    };
+    let (alice, bob) = (token("alice", "phone"), token("bob", "laptop"));
+
+    // Register bob's device (connect and leave) so both messages are after its sync point,
+    // whenever the listener below gets connected.
+    let (ok, _, err) = run(&["listen", "--server", &addr, "--token", &bob, "--device", "laptop", "--count", "0"], None);
+    assert!(ok, "{err}");
+    let mut listen = Command::new(TERN)
+        .args(["listen", "--server", &addr, "--token", &bob, "--device", "laptop", "--count", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (ok, out, err) = run(
+        &["send", "--server", &addr, "--token", &alice, "--device", "phone", "--to", "user/bob", "hello bob"],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert!(out.starts_with("stored: conversation"), "{out}");
+    let (ok, _, err) = run(
+        &["send", "--server", &addr, "--token", &alice, "--device", "phone", "--to", "user/bob"],
+        Some("from stdin\n"),
+    );
+    assert!(ok, "{err}");
+    let mut printed = String::new();
+    listen.stdout.take().unwrap().read_to_string(&mut printed).unwrap();
+    assert!(listen.wait().unwrap().success());
+    let lines: Vec<&str> = printed.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines.len(), 2, "{printed}");
+    assert!(lines[0].starts_with("seq=1 from=alice/phone") && lines[0].ends_with(": hello bob"), "{printed}");
+    assert!(lines[1].starts_with("seq=2 from=alice/phone") && lines[1].ends_with(": from stdin"), "{printed}");
+
+    // Bad input gets a clear message and a failing exit status.
+    let (ok, _, err) =
+        run(&["send", "--server", &addr, "--token", "forged", "--device", "phone", "--to", "user/bob", "x"], None);
+    assert!(!ok);
+    assert!(err.contains("BAD_TOKEN"), "{err}");
+    let (ok, _, err) = run(&["token", "issue", "--user", "a:b", "--device", "d", "--data-dir", data], None);
+    assert!(!ok && err.starts_with("tern: error:"), "{err}");
+}
