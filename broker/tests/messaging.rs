@@ -5,12 +5,10 @@
 
 mod common;
 
-use bytes::BytesMut;
 use common::{next_message, payloads, start};
 use tern_broker::client::{Client, ClientError, Incoming};
-use tern_codec::{decode_frame, encode_frame, proto, Frame, ReasonCode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tern_codec::{proto, Frame, ReasonCode};
+use tokio::io::AsyncWriteExt;
 
 #[tokio::test]
 async fn one_to_one_with_the_recipient_online() {
@@ -168,36 +166,11 @@ async fn a_malformed_frame_closes_only_its_own_connection() {
     let mut bob = t.client("bob", "laptop").await;
     // A raw connection: valid CONNECT, wait for CONNACK, then a PING whose nonce is an
     // overlong varint.
-    let token = t.broker.issue_token("mallory", "pc", std::time::Duration::from_secs(60)).unwrap();
-    let mut raw = TcpStream::connect(t.broker.local_addr()).await.unwrap();
-    let mut out = BytesMut::new();
-    let connect = proto::Connect {
-        versions: vec![1],
-        token: token.into_bytes().into(),
-        device_id: "pc".into(),
-        ..Default::default()
-    };
-    encode_frame(&Frame::Connect(connect), &mut out).unwrap();
-    raw.write_all(&out).await.unwrap();
-    let mut input = BytesMut::new();
-    let mut frames = Vec::new();
-    let mut sent_garbage = false;
-    loop {
-        let mut buf = [0u8; 1024];
-        let n = raw.read(&mut buf).await.unwrap();
-        if n == 0 {
-            break;
-        }
-        input.extend_from_slice(&buf[..n]);
-        while let Some(f) = decode_frame(&mut input).unwrap() {
-            frames.push(f);
-        }
-        if !sent_garbage && !frames.is_empty() {
-            raw.write_all(&[0x03, 0x00, 0x00, 0x03, 0x08, 0x81, 0x00]).await.unwrap();
-            sent_garbage = true;
-        }
-    }
-    assert!(matches!(&frames[0], Frame::ConnAck(a) if a.reason == 0), "{frames:?}");
+    let mut raw = common::Raw::connect(&t, "mallory", "pc", 0).await;
+    let connack = raw.next().await;
+    assert!(matches!(&connack, Some(Frame::ConnAck(a)) if a.reason == 0), "{connack:?}");
+    raw.stream.write_all(&[0x03, 0x00, 0x00, 0x03, 0x08, 0x81, 0x00]).await.unwrap();
+    let frames = raw.rest().await;
     assert!(
         matches!(frames.last(), Some(Frame::Disconnect(d)) if d.reason == ReasonCode::NonCanonicalEncoding as u32),
         "{frames:?}"

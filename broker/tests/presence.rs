@@ -5,13 +5,11 @@
 
 mod common;
 
-use bytes::BytesMut;
 use common::{request, start};
 use tern_broker::client::{Client, Incoming};
 use tern_codec::proto::request::Op;
 use tern_codec::proto::{self, response::Result as Answer, PresenceStatus};
-use tern_codec::{decode_frame, encode_frame, Frame};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tern_codec::Frame;
 
 async fn next_presence(c: &mut Client) -> proto::Presence {
     loop {
@@ -48,34 +46,11 @@ async fn presence_follows_connections_including_a_silent_dead_link() {
     assert_eq!(status(&next_presence(&mut alice).await), ("bob", "laptop", PresenceStatus::Offline));
 
     // A device that connects with a 5 s keepalive and then goes silent (no PING, no close).
-    let token = t.broker.issue_token("bob", "tablet", std::time::Duration::from_secs(60)).unwrap();
-    let mut raw = tokio::net::TcpStream::connect(t.broker.local_addr()).await.unwrap();
-    let mut out = BytesMut::new();
-    let connect = proto::Connect {
-        versions: vec![1],
-        token: token.into_bytes().into(),
-        device_id: "tablet".into(),
-        keepalive_secs: 5,
-        ..Default::default()
-    };
-    encode_frame(&Frame::Connect(connect), &mut out).unwrap();
-    raw.write_all(&out).await.unwrap();
+    let mut raw = common::Raw::connect(&t, "bob", "tablet", 5).await;
     assert_eq!(status(&next_presence(&mut alice).await), ("bob", "tablet", PresenceStatus::Online));
     // The broker declares it offline after 1.5 keepalives of silence, with KEEPALIVE_TIMEOUT.
     assert_eq!(status(&next_presence(&mut alice).await), ("bob", "tablet", PresenceStatus::Offline));
-    let mut input = BytesMut::new();
-    let mut frames = Vec::new();
-    loop {
-        let mut buf = [0u8; 512];
-        let n = raw.read(&mut buf).await.unwrap();
-        if n == 0 {
-            break;
-        }
-        input.extend_from_slice(&buf[..n]);
-        while let Some(f) = decode_frame(&mut input).unwrap() {
-            frames.push(f);
-        }
-    }
+    let frames = raw.rest().await;
     let reason = frames.iter().find_map(|f| if let Frame::Disconnect(d) = f { Some(d.reason) } else { None });
     assert_eq!(reason, Some(tern_codec::ReasonCode::KeepaliveTimeout as u32));
 }

@@ -197,37 +197,25 @@ impl Conn {
         } as usize;
         let mut done =
             proto::SyncDone { request_id: s.request_id, stream: s.stream, last_seq: s.after_seq, ..Default::default() };
-        match StreamId::from_proto(s.stream.as_ref()) {
-            Some(StreamId::Inbox) => {
-                let latest = self.shared.store.inbox_latest(user).unwrap_or(0);
-                match self.shared.store.inbox_after(user, s.after_seq, limit) {
-                    Ok(batch) => {
-                        for d in batch {
-                            done.last_seq = done.last_seq.max(d.seq);
-                            self.deliver(d);
-                        }
-                        done.more = done.last_seq < latest;
-                    }
-                    Err(_) => done.reason = wire(ReasonCode::StoreUnavailable),
-                }
-            }
-            // No conversation is in read fan-out yet, so no conversation stream is readable.
-            Some(StreamId::Conversation(conv)) if self.shared.store.is_member(conv.0, user).unwrap_or(false) => {
-                let store = &self.shared.store;
-                let latest = store.conversation_latest(conv.0).unwrap_or(0);
-                match store.conversation_after(conv.0, s.after_seq, limit) {
-                    Ok(batch) => {
-                        for d in batch {
-                            done.last_seq = done.last_seq.max(d.seq);
-                            self.deliver(d);
-                        }
-                        done.more = done.last_seq < latest;
-                    }
-                    Err(_) => done.reason = wire(ReasonCode::StoreUnavailable),
-                }
+        let store = &self.shared.store;
+        let answer = match StreamId::from_proto(s.stream.as_ref()) {
+            Some(StreamId::Inbox) => Some((store.inbox_latest(user), store.inbox_after(user, s.after_seq, limit))),
+            Some(StreamId::Conversation(conv)) if store.is_member(conv.0, user).unwrap_or(false) => {
+                Some((store.conversation_latest(conv.0), store.conversation_after(conv.0, s.after_seq, limit)))
             }
             // Not a member (or no such stream): nothing is readable (REQ-SYN-006).
-            _ => done.reason = wire(ReasonCode::NotAuthorized),
+            _ => None,
+        };
+        match answer {
+            Some((Ok(latest), Ok(batch))) => {
+                for d in batch {
+                    done.last_seq = done.last_seq.max(d.seq);
+                    self.deliver(d);
+                }
+                done.more = done.last_seq < latest;
+            }
+            Some(_) => done.reason = wire(ReasonCode::StoreUnavailable),
+            None => done.reason = wire(ReasonCode::NotAuthorized),
         }
         let _ = self.machine.send(&Frame::SyncDone(done));
     }

@@ -112,6 +112,19 @@ pub(super) fn bump(tx: &Tx<'_>, k: &[u8]) -> TxResult<u64> {
     Ok(next)
 }
 
+/// A stored message as a history entry.
+pub(crate) fn history_entry(d: proto::Deliver) -> proto::HistoryEntry {
+    proto::HistoryEntry {
+        seq: d.conversation_seq,
+        msg_id: d.msg_id,
+        sender_user: d.sender_user,
+        sender_device: d.sender_device,
+        payload: d.payload,
+        content_type: d.content_type,
+        server_time_ms: d.server_time_ms,
+    }
+}
+
 pub(crate) fn member_key(conv: u64, user: &str) -> Vec<u8> {
     key(&[b"r/m/", &be(conv), b"/", user.as_bytes()])
 }
@@ -281,15 +294,7 @@ impl Store {
         for (k, v) in self.kv.range(&prefix, Some(&end), true, limit)? {
             let d = proto::Deliver::decode(v.as_ref())
                 .map_err(|_| StoreError::Corrupt(String::from_utf8_lossy(&k).into_owned()))?;
-            entries.push(proto::HistoryEntry {
-                seq: d.conversation_seq,
-                msg_id: d.msg_id,
-                sender_user: d.sender_user,
-                sender_device: d.sender_device,
-                payload: d.payload,
-                content_type: d.content_type,
-                server_time_ms: d.server_time_ms,
-            });
+            entries.push(history_entry(d));
         }
         let next = entries.last().map_or(0, |e| if e.seq > 1 { e.seq } else { 0 });
         Ok((entries, next))

@@ -199,15 +199,7 @@ impl Store {
             let Some(uc) = self.kv.get(uc_key(user, conv))?.and_then(|v| UserConversation::decode(&v)) else {
                 continue;
             };
-            let last_message = self.message(conv, uc.last_seq)?.map(|d| proto::HistoryEntry {
-                seq: d.conversation_seq,
-                msg_id: d.msg_id,
-                sender_user: d.sender_user,
-                sender_device: d.sender_device,
-                payload: d.payload,
-                content_type: d.content_type,
-                server_time_ms: d.server_time_ms,
-            });
+            let last_message = self.message(conv, uc.last_seq)?.map(super::history_entry);
             out.push(proto::ConversationSummary {
                 conversation_id: conv,
                 topic: uc.topic,

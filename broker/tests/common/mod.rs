@@ -68,3 +68,54 @@ pub async fn request(c: &mut Client, op: proto::request::Op) -> proto::Response 
         }
     }
 }
+
+/// A raw protocol connection, for sending bytes no well-behaved client would.
+pub struct Raw {
+    pub stream: tokio::net::TcpStream,
+    input: bytes::BytesMut,
+}
+
+impl Raw {
+    /// Connects and sends a valid CONNECT for `user`'s `device` with `keepalive_secs`.
+    pub async fn connect(t: &TestBroker, user: &str, device: &str, keepalive_secs: u32) -> Raw {
+        use tokio::io::AsyncWriteExt;
+        let token = t.broker.issue_token(user, device, Duration::from_secs(60)).unwrap();
+        let mut stream = tokio::net::TcpStream::connect(t.broker.local_addr()).await.unwrap();
+        let connect = proto::Connect {
+            versions: vec![1],
+            token: token.into_bytes().into(),
+            device_id: device.into(),
+            keepalive_secs,
+            ..Default::default()
+        };
+        let mut out = bytes::BytesMut::new();
+        tern_codec::encode_frame(&tern_codec::Frame::Connect(connect), &mut out).unwrap();
+        stream.write_all(&out).await.unwrap();
+        Raw { stream, input: bytes::BytesMut::new() }
+    }
+
+    /// The next frame from the broker, or `None` once it has closed the connection.
+    pub async fn next(&mut self) -> Option<tern_codec::Frame> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if let Some(f) = tern_codec::decode_frame(&mut self.input).unwrap() {
+                return Some(f);
+            }
+            let mut buf = [0u8; 1024];
+            let n = self.stream.read(&mut buf).await.unwrap();
+            if n == 0 {
+                return None;
+            }
+            self.input.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    /// Every frame until the broker closes the connection.
+    pub async fn rest(&mut self) -> Vec<tern_codec::Frame> {
+        let mut frames = Vec::new();
+        while let Some(f) = self.next().await {
+            frames.push(f);
+        }
+        frames
+    }
+}
