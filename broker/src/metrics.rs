@@ -45,6 +45,16 @@ impl Histogram {
     }
 }
 
+/// One counter per frame type byte.
+#[derive(Debug)]
+struct FrameTable([AtomicU64; 64]);
+
+impl Default for FrameTable {
+    fn default() -> Self {
+        FrameTable(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
 /// Every metric the broker exports.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -64,6 +74,10 @@ pub struct Metrics {
     pub messages_refused: AtomicU64,
     /// DELIVERs handed to sessions (pushes, SYNC answers, backlog).
     pub deliveries: AtomicU64,
+    /// DELIVERs sent again (retransmission timer or resume).
+    pub retransmits: AtomicU64,
+    frames_sent: FrameTable,
+    frames_received: FrameTable,
     /// Store commit + flush latency (what a PUBLISH waits for before its PUBACK).
     pub commit_seconds: Histogram,
     /// From the store commit to the recipient device's DELIVER_ACK (send-to-deliver).
@@ -73,6 +87,18 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Adds a session's frame and retransmission counts.
+    pub fn add_session(&self, c: &tern_codec::session::SessionCounters) {
+        for (total, n) in
+            self.frames_sent.0.iter().zip(&c.frames.sent).chain(self.frames_received.0.iter().zip(&c.frames.received))
+        {
+            if *n > 0 {
+                total.fetch_add(*n, Ordering::Relaxed);
+            }
+        }
+        self.retransmits.fetch_add(c.retransmits, Ordering::Relaxed);
+    }
+
     /// Counts a connection closed for `reason` (`none` when the transport just ended).
     pub fn closed(&self, reason: Option<ReasonCode>) {
         let name = reason.map_or("none", ReasonCode::name);
@@ -124,6 +150,24 @@ impl Metrics {
             "From the store commit to the recipient device's DELIVER_ACK.",
             &mut out,
         );
+        counter(&mut out, "tern_retransmits_total", "DELIVERs sent again (timer or resume).", &self.retransmits);
+        for (name, help, table) in [
+            (
+                "tern_frames_sent_total",
+                "Frames sent, by type (acknowledgements are PUBACK and DELIVER_ACK).",
+                &self.frames_sent,
+            ),
+            ("tern_frames_received_total", "Frames received, by type.", &self.frames_received),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (code, n) in table.0.iter().enumerate() {
+                let n = n.load(Ordering::Relaxed);
+                let ty = u8::try_from(code).ok().and_then(tern_codec::FrameType::from_u8);
+                if let (Some(ty), true) = (ty, n > 0) {
+                    let _ = writeln!(out, "{name}{{type=\"{}\"}} {n}", ty.name());
+                }
+            }
+        }
         let _ = writeln!(
             out,
             "# HELP tern_closes_total Connections closed, by reason code.\n# TYPE tern_closes_total counter"

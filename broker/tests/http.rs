@@ -50,6 +50,11 @@ async fn health_metrics_and_dispatch() {
     assert_eq!(metric(&after, "tern_connections"), 2);
     assert_eq!(metric(&after, "tern_store_commit_seconds_count"), 1);
     assert_eq!(metric(&after, "tern_deliver_seconds_count"), 2);
+    assert_eq!(metric(&after, "tern_frames_received_total{type=\"PUBLISH\"}"), 1);
+    assert_eq!(metric(&after, "tern_frames_sent_total{type=\"PUBACK\"}"), 1);
+    assert_eq!(metric(&after, "tern_frames_received_total{type=\"DELIVER_ACK\"}"), 2);
+    assert_eq!(metric(&after, "tern_frames_sent_total{type=\"CONNACK\"}"), 2);
+    assert_eq!(metric(&after, "tern_retransmits_total"), 0);
     assert!(metric(&after, "tern_deliveries_total") >= 2, "bob's copy and alice's own");
     assert_eq!(
         metric(&after, &format!("tern_hot_conversation_messages_total{{conversation=\"{}\"}}", ack.conversation_id)),

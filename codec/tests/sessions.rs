@@ -345,6 +345,11 @@ fn broker_respects_the_client_window_and_retransmits_with_dup() {
         .filter_map(|f| if let Frame::Deliver(d) = f { Some((d.seq, d.dup)) } else { None })
         .collect();
     assert_eq!(again, vec![(2, true), (3, true)]);
+    let counters = b.take_counters();
+    assert_eq!(counters.retransmits, 2);
+    assert_eq!(counters.frames.sent[tern_codec::FrameType::Deliver as usize], 5, "3 first sends, 2 resends");
+    assert_eq!(counters.frames.received[tern_codec::FrameType::DeliverAck as usize], 1);
+    assert_eq!(b.take_counters().retransmits, 0, "taking resets");
 }
 
 #[test]

@@ -118,6 +118,7 @@ impl Conn {
         let mut shutdown = self.shared.shutdown.clone();
         loop {
             let over = self.process_events().await;
+            self.shared.metrics.add_session(&self.machine.take_counters());
             if let Some(bytes) = self.machine.poll_transmit() {
                 self.shared.metrics.bytes_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 if wr.write_all(&bytes).await.is_err() {

@@ -170,6 +170,7 @@ pub struct BrokerSession {
     pending: VecDeque<Outgoing>,
     pending_keys: HashSet<(StreamId, u64)>,
     accepted: bool,
+    retransmits: u64,
 }
 
 impl BrokerSession {
@@ -194,6 +195,7 @@ impl BrokerSession {
             pending: VecDeque::new(),
             pending_keys: HashSet::new(),
             accepted: false,
+            retransmits: 0,
             config,
         }
     }
@@ -201,6 +203,14 @@ impl BrokerSession {
     /// Whether the session is accepted and its link open.
     pub fn is_up(&self) -> bool {
         matches!(self.state, State::Up { .. })
+    }
+
+    /// Frames sent and received by type, and retransmissions, since the last call.
+    pub fn take_counters(&mut self) -> super::SessionCounters {
+        super::SessionCounters {
+            frames: std::mem::take(&mut self.link.counts),
+            retransmits: std::mem::take(&mut self.retransmits),
+        }
     }
 
     /// Whether this machine holds an accepted session (which a later CONNECT may resume).
@@ -255,6 +265,7 @@ impl BrokerSession {
         resend.sort_by_key(|d| d.seq);
         for mut d in resend {
             d.dup = true;
+            self.retransmits += 1;
             self.link.send(&Frame::Deliver(d))?;
         }
         self.flush_pending(now);
@@ -597,6 +608,7 @@ impl BrokerSession {
                 }
                 for mut d in due {
                     d.dup = true;
+                    self.retransmits += 1;
                     let _ = self.link.send(&Frame::Deliver(d));
                 }
             }

@@ -10,6 +10,30 @@ use crate::limits::MIN_MESSAGE_SIZE;
 use crate::proto;
 use crate::reason::ReasonCode;
 
+/// Frames sent and received, by frame type byte, since they were last taken (for metrics).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameCounts {
+    /// Sent frames (logical frames: a fragmented body counts once, as its own type).
+    pub sent: [u64; 64],
+    /// Received frames (reassembled bodies count once).
+    pub received: [u64; 64],
+}
+
+impl Default for FrameCounts {
+    fn default() -> Self {
+        FrameCounts { sent: [0; 64], received: [0; 64] }
+    }
+}
+
+/// Counters a driver takes from a session machine now and then.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionCounters {
+    /// Frames by type.
+    pub frames: FrameCounts,
+    /// DELIVERs sent again (retransmission timer or resume).
+    pub retransmits: u64,
+}
+
 /// One connection's codec state. Dropped and rebuilt on every new connection.
 #[derive(Debug)]
 pub(crate) struct Link {
@@ -22,6 +46,7 @@ pub(crate) struct Link {
     pub(crate) closed: bool,
     /// Which role receives on this link (for the direction check).
     receives: Direction,
+    pub(crate) counts: FrameCounts,
 }
 
 impl Link {
@@ -33,6 +58,7 @@ impl Link {
             peer_max_message_size: MIN_MESSAGE_SIZE as usize,
             closed: false,
             receives,
+            counts: FrameCounts::default(),
         }
     }
 
@@ -59,6 +85,9 @@ impl Link {
             )
             .into());
         }
+        if let Some(c) = self.counts.received.get_mut(frame.frame_type() as usize) {
+            *c += 1;
+        }
         Ok(Some(frame))
     }
 
@@ -67,7 +96,11 @@ impl Link {
         if self.closed {
             return Err(ApiError::NotConnected);
         }
-        self.writer.encode(frame, self.peer_max_message_size, &mut self.out).map(|_| ())
+        self.writer.encode(frame, self.peer_max_message_size, &mut self.out)?;
+        if let Some(c) = self.counts.sent.get_mut(frame.frame_type() as usize) {
+            *c += 1;
+        }
+        Ok(())
     }
 
     /// Queues a small control frame (PING, PONG, PUBACK, DELIVER_ACK, SYNC, CONNACK ...).

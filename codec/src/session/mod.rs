@@ -5,3 +5,4 @@ mod link;
 
 pub use broker::{Accept, BrokerConfig, BrokerEvent, BrokerSession, LedgerSnapshot};
 pub use client::{backoff, ClientConfig, ClientEvent, ClientSession};
+pub use link::{FrameCounts, SessionCounters};
