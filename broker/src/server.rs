@@ -102,8 +102,10 @@ pub(crate) enum ToConnection {
 pub(crate) struct Live {
     pub(crate) conn_id: u64,
     pub(crate) tx: mpsc::UnboundedSender<ToConnection>,
-    /// When this device came online (ms since the epoch).
+    /// When this device came online, or last changed status (ms since the epoch).
     pub(crate) since_ms: u64,
+    /// ONLINE or AWAY, as the device reports (REQ-PRS-003).
+    pub(crate) status: proto::PresenceStatus,
 }
 
 /// A session whose link dropped, kept for resume until its grace period ends.
@@ -172,8 +174,7 @@ impl Router {
     }
 
     /// Tells `user`'s watchers that one of their devices changed state (REQ-PRS-001).
-    pub(crate) fn announce(&mut self, user: &str, device: &str, online: bool, since_ms: u64) {
-        let status = if online { proto::PresenceStatus::Online } else { proto::PresenceStatus::Offline };
+    pub(crate) fn announce(&mut self, user: &str, device: &str, status: proto::PresenceStatus, since_ms: u64) {
         let frame = Frame::Presence(proto::Presence {
             user_id: user.to_owned(),
             device_id: device.to_owned(),
@@ -196,7 +197,7 @@ impl Router {
             .map(|(device, l)| proto::Presence {
                 user_id: user.to_owned(),
                 device_id: device.clone(),
-                status: proto::PresenceStatus::Online as i32,
+                status: l.status as i32,
                 since_ms: l.since_ms,
             })
             .collect();

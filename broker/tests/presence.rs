@@ -9,7 +9,7 @@ use common::{request, start};
 use tern_broker::client::{Client, Incoming};
 use tern_codec::proto::request::Op;
 use tern_codec::proto::{self, response::Result as Answer, PresenceStatus};
-use tern_codec::Frame;
+use tern_codec::{Frame, ReasonCode};
 
 async fn next_presence(c: &mut Client) -> proto::Presence {
     loop {
@@ -42,6 +42,19 @@ async fn presence_follows_connections_including_a_silent_dead_link() {
 
     let bob = t.client("bob", "laptop").await;
     assert_eq!(status(&next_presence(&mut alice).await), ("bob", "laptop", PresenceStatus::Online));
+    // Bob's laptop goes idle and comes back; a status other than ONLINE/AWAY is refused.
+    let mut bob = bob;
+    for (want, reason) in [
+        (PresenceStatus::Away, 0),
+        (PresenceStatus::Online, 0),
+        (PresenceStatus::Offline, ReasonCode::InvalidRequest as u32),
+    ] {
+        let r = request(&mut bob, Op::SetPresence(proto::SetPresence { status: want as i32 })).await;
+        assert_eq!(r.reason, reason);
+        if reason == 0 {
+            assert_eq!(status(&next_presence(&mut alice).await), ("bob", "laptop", want));
+        }
+    }
     bob.close().await;
     assert_eq!(status(&next_presence(&mut alice).await), ("bob", "laptop", PresenceStatus::Offline));
 

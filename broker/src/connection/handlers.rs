@@ -276,6 +276,22 @@ impl Conn {
                     Err(_) => resp.reason = wire(ReasonCode::StoreUnavailable),
                 }
             }
+            Some(Op::SetPresence(p)) => {
+                use proto::PresenceStatus as Status;
+                match Status::try_from(p.status) {
+                    Ok(status @ (Status::Online | Status::Away)) => {
+                        let device = self.me.as_ref().map(|m| m.device.clone()).unwrap_or_default();
+                        let now = crate::unix_now_ms();
+                        let mut router = self.shared.router();
+                        if let Some(live) = router.live.get_mut(user).and_then(|d| d.get_mut(&device)) {
+                            live.status = status;
+                            live.since_ms = now;
+                        }
+                        router.announce(user, &device, status, now);
+                    }
+                    _ => resp.reason = wire(ReasonCode::InvalidRequest),
+                }
+            }
             Some(Op::PresenceQuery(q)) => {
                 let mut entries = Vec::new();
                 let mut router = self.shared.router();

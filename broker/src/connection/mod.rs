@@ -236,9 +236,14 @@ impl Conn {
             }
             router.live.entry(user.clone()).or_default().insert(
                 device.clone(),
-                Live { conn_id: self.conn_id, tx: self.tx.clone(), since_ms: crate::unix_now_ms() },
+                Live {
+                    conn_id: self.conn_id,
+                    tx: self.tx.clone(),
+                    since_ms: crate::unix_now_ms(),
+                    status: proto::PresenceStatus::Online,
+                },
             );
-            router.announce(&user, &device, true, crate::unix_now_ms());
+            router.announce(&user, &device, proto::PresenceStatus::Online, crate::unix_now_ms());
             let parked = router.parked.remove(&(user.clone(), device.clone()));
             let grace = self.shared.options.resume_grace;
             let resumable = parked.filter(|p| {
@@ -316,7 +321,7 @@ impl Conn {
             }
             // Offline once the connection is gone, whatever ended it: DISCONNECT, takeover, or
             // a keepalive timeout that caught a silent dead link.
-            router.announce(&me.user, &me.device, false, crate::unix_now_ms());
+            router.announce(&me.user, &me.device, proto::PresenceStatus::Offline, crate::unix_now_ms());
             let machine =
                 std::mem::replace(&mut self.machine, BrokerSession::new(now(), self.shared.options.session.clone()));
             // Sessions past their grace period can no longer be resumed: drop them.

@@ -126,7 +126,7 @@ pub fn validate(frame: &Frame) -> Result<(), DecodeError> {
             check_identifier("presence.user_id", &p.user_id)?;
             let known =
                 proto::PresenceStatus::try_from(p.status).is_ok_and(|s| s != proto::PresenceStatus::Unspecified);
-            ensure(known, "presence.status", "must be ONLINE or OFFLINE", "REQ-PRS-002")
+            ensure(known, "presence.status", "must be ONLINE, AWAY or OFFLINE", "REQ-PRS-002")
         }
         Frame::Request(r) => ensure(r.op.is_some(), "request.op", "must name an operation", "REQ-GRP-007"),
         Frame::Response(r) => check_reason("response.reason", r.reason),
