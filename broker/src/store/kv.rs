@@ -13,7 +13,7 @@ use super::StoreError;
 const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tern");
 
 /// A key and its value.
-pub(super) type Entry = (Vec<u8>, Vec<u8>);
+pub type Entry = (Vec<u8>, Vec<u8>);
 
 /// Which engine a store uses.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -36,50 +36,61 @@ impl std::str::FromStr for Engine {
     }
 }
 
-pub(super) enum Kv {
-    Sled { db: sled::Db, tree: sled::Tree },
-    Redb(redb::Database),
-}
-
-impl std::fmt::Debug for Kv {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Kv::Sled { .. } => "Kv::Sled",
-            Kv::Redb(_) => "Kv::Redb",
-        })
-    }
-}
-
 fn redb_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Engine(e.to_string())
 }
 
-/// A transaction's view: reads see the transaction's own writes.
-pub(crate) enum Tx<'a> {
-    Sled(&'a TransactionalTree),
-    Redb(RefCell<redb::Table<'a, &'static [u8], &'static [u8]>>),
+/// An ordered key-value engine with serialisable transactions and an explicit durability
+/// point: all the store needs from a backend. sled and redb implement it here; a clustered
+/// backend implements it to carry the whole store.
+pub trait KvEngine: Send + Sync + 'static {
+    /// Runs `f` as one serialisable transaction and commits it (not yet durably: see
+    /// [`KvEngine::flush`]). An engine may run `f` more than once (optimistic retries); an
+    /// error from `f` aborts the transaction and is returned.
+    fn transact(&self, f: &mut dyn FnMut(&dyn KvTx) -> Result<(), StoreError>) -> Result<(), StoreError>;
+    /// Reads one key outside any transaction.
+    fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Keys in `[start, end)` (`None`: to the end), ascending or descending, at most `limit`.
+    fn range(&self, start: &[u8], end: Option<&[u8]>, reverse: bool, limit: usize) -> Result<Vec<Entry>, StoreError>;
+    /// Makes every commit so far durable.
+    fn flush(&self) -> Result<(), StoreError>;
+    /// Approximate bytes on disk.
+    fn size_on_disk(&self) -> u64;
 }
+
+/// A transaction's view: reads see the transaction's own writes.
+pub trait KvTx {
+    /// Reads a key.
+    fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Writes a key.
+    fn insert(&self, k: &[u8], v: &[u8]) -> Result<(), StoreError>;
+    /// Deletes a key.
+    fn remove(&self, k: &[u8]) -> Result<(), StoreError>;
+}
+
+/// The store's handle on its engine, with the conveniences the store logic uses.
+pub(super) struct Kv(Box<dyn KvEngine>);
+
+impl std::fmt::Debug for Kv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Kv(..)")
+    }
+}
+
+/// A transaction handle with byte-slice conveniences.
+pub(crate) struct Tx<'a>(&'a dyn KvTx);
 
 impl Tx<'_> {
     pub(super) fn get(&self, k: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>, StoreError> {
-        match self {
-            Tx::Sled(t) => Ok(t.get(k.as_ref()).map_err(StoreError::Conflict)?.map(|v| v.to_vec())),
-            Tx::Redb(t) => Ok(t.borrow().get(k.as_ref()).map_err(redb_err)?.map(|v| v.value().to_vec())),
-        }
+        self.0.get(k.as_ref())
     }
 
     pub(super) fn insert(&self, k: impl AsRef<[u8]>, v: impl AsRef<[u8]>) -> Result<(), StoreError> {
-        match self {
-            Tx::Sled(t) => t.insert(k.as_ref(), v.as_ref()).map(|_| ()).map_err(StoreError::Conflict),
-            Tx::Redb(t) => t.borrow_mut().insert(k.as_ref(), v.as_ref()).map(|_| ()).map_err(redb_err),
-        }
+        self.0.insert(k.as_ref(), v.as_ref())
     }
 
     pub(super) fn remove(&self, k: impl AsRef<[u8]>) -> Result<(), StoreError> {
-        match self {
-            Tx::Sled(t) => t.remove(k.as_ref()).map(|_| ()).map_err(StoreError::Conflict),
-            Tx::Redb(t) => t.borrow_mut().remove(k.as_ref()).map(|_| ()).map_err(redb_err),
-        }
+        self.0.remove(k.as_ref())
     }
 }
 
@@ -96,85 +107,35 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 }
 
 impl Kv {
+    pub(super) fn new(engine: Box<dyn KvEngine>) -> Kv {
+        Kv(engine)
+    }
+
     pub(super) fn open(dir: &Path, engine: Engine) -> Result<Kv, StoreError> {
-        match engine {
-            Engine::Sled => {
-                let db = sled::Config::new().path(dir.join("sled")).open()?;
-                let tree = db.open_tree("tern")?;
-                Ok(Kv::Sled { db, tree })
-            }
-            Engine::Redb => {
-                let db = redb::Database::create(dir.join("tern.redb")).map_err(redb_err)?;
-                let w = db.begin_write().map_err(redb_err)?;
-                w.open_table(TABLE).map_err(redb_err)?;
-                w.commit().map_err(redb_err)?;
-                Ok(Kv::Redb(db))
-            }
-        }
+        Ok(Kv(match engine {
+            Engine::Sled => Box::new(SledEngine::open(dir)?),
+            Engine::Redb => Box::new(RedbEngine::open(dir)?),
+        }))
     }
 
-    /// Runs `f` as one serialisable transaction (sled may run it more than once on conflict).
-    /// Commits are not yet durable: see [`Kv::flush`].
+    /// Runs `f` as one transaction and returns its result.
     pub(super) fn transaction<R>(&self, f: impl Fn(&Tx<'_>) -> Result<R, StoreError>) -> Result<R, StoreError> {
-        match self {
-            Kv::Sled { tree, .. } => tree
-                .transaction(|t| {
-                    f(&Tx::Sled(t)).map_err(|e| match e {
-                        StoreError::Conflict(c) => ConflictableTransactionError::from(c),
-                        other => ConflictableTransactionError::Abort(other),
-                    })
-                })
-                .map_err(|e| match e {
-                    TransactionError::Abort(e) => e,
-                    TransactionError::Storage(e) => StoreError::Sled(e),
-                }),
-            Kv::Redb(db) => {
-                let mut w = db.begin_write().map_err(redb_err)?;
-                // Durable only at the next flush, which group commit shares among callers.
-                w.set_durability(redb::Durability::None);
-                let result = {
-                    let table = w.open_table(TABLE).map_err(redb_err)?;
-                    f(&Tx::Redb(RefCell::new(table)))
-                };
-                match result {
-                    Ok(r) => {
-                        w.commit().map_err(redb_err)?;
-                        Ok(r)
-                    }
-                    Err(e) => {
-                        w.abort().map_err(redb_err)?;
-                        Err(e)
-                    }
-                }
-            }
-        }
+        let mut out = None;
+        self.0.transact(&mut |tx| {
+            out = Some(f(&Tx(tx))?);
+            Ok(())
+        })?;
+        out.ok_or_else(|| StoreError::Engine("transaction produced no result".into()))
     }
 
-    /// Makes every commit so far durable (fsync).
     pub(super) fn flush(&self) -> Result<(), StoreError> {
-        match self {
-            Kv::Sled { db, .. } => db.flush().map(|_| ()).map_err(StoreError::Sled),
-            Kv::Redb(db) => {
-                let w = db.begin_write().map_err(redb_err)?;
-                // An immediate commit persists it and every earlier non-durable commit.
-                w.commit().map_err(redb_err)
-            }
-        }
+        self.0.flush()
     }
 
     pub(super) fn get(&self, k: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>, StoreError> {
-        match self {
-            Kv::Sled { tree, .. } => Ok(tree.get(k.as_ref())?.map(|v| v.to_vec())),
-            Kv::Redb(db) => {
-                let r = db.begin_read().map_err(redb_err)?;
-                let t = r.open_table(TABLE).map_err(redb_err)?;
-                Ok(t.get(k.as_ref()).map_err(redb_err)?.map(|v| v.value().to_vec()))
-            }
-        }
+        self.0.get(k.as_ref())
     }
 
-    /// Keys in `[start, end)` (to the end of the keyspace when `end` is `None`), ascending or
-    /// descending, at most `limit`.
     pub(super) fn range(
         &self,
         start: &[u8],
@@ -182,50 +143,172 @@ impl Kv {
         reverse: bool,
         limit: usize,
     ) -> Result<Vec<Entry>, StoreError> {
-        let mut out = Vec::new();
-        match self {
-            Kv::Sled { tree, .. } => {
-                let iter = match end {
-                    Some(e) => tree.range(start..e),
-                    None => tree.range(start..),
-                };
-                let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
-                    if reverse { Box::new(iter.rev()) } else { Box::new(iter) };
-                for item in iter.take(limit) {
-                    let (k, v) = item?;
-                    out.push((k.to_vec(), v.to_vec()));
-                }
-            }
-            Kv::Redb(db) => {
-                let r = db.begin_read().map_err(redb_err)?;
-                let t = r.open_table(TABLE).map_err(redb_err)?;
-                let iter = match end {
-                    Some(e) => t.range::<&[u8]>(start..e),
-                    None => t.range::<&[u8]>(start..),
-                }
-                .map_err(redb_err)?;
-                let iter: Box<dyn Iterator<Item = _>> = if reverse { Box::new(iter.rev()) } else { Box::new(iter) };
-                for item in iter.take(limit) {
-                    let (k, v) = item.map_err(redb_err)?;
-                    out.push((k.value().to_vec(), v.value().to_vec()));
-                }
-            }
-        }
-        Ok(out)
+        self.0.range(start, end, reverse, limit)
     }
 
     /// Every key starting with `prefix`, ascending.
     pub(super) fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<Entry>, StoreError> {
         let end = prefix_end(prefix);
-        self.range(prefix, end.as_deref(), false, usize::MAX)
+        self.0.range(prefix, end.as_deref(), false, usize::MAX)
     }
 
-    /// Approximate size on disk.
-    pub(super) fn size_on_disk(&self, dir: &Path) -> u64 {
-        match self {
-            Kv::Sled { db, .. } => db.size_on_disk().unwrap_or(0),
-            Kv::Redb(_) => std::fs::metadata(dir.join("tern.redb")).map_or(0, |m| m.len()),
+    pub(super) fn size_on_disk(&self) -> u64 {
+        self.0.size_on_disk()
+    }
+}
+
+/// sled 0.34: one tree; optimistic transactions.
+struct SledEngine {
+    db: sled::Db,
+    tree: sled::Tree,
+}
+
+impl SledEngine {
+    fn open(dir: &Path) -> Result<SledEngine, StoreError> {
+        let db = sled::Config::new().path(dir.join("sled")).open()?;
+        let tree = db.open_tree("tern")?;
+        Ok(SledEngine { db, tree })
+    }
+}
+
+struct SledTx<'a>(&'a TransactionalTree);
+
+impl KvTx for SledTx<'_> {
+    fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.0.get(k).map_err(StoreError::Conflict)?.map(|v| v.to_vec()))
+    }
+    fn insert(&self, k: &[u8], v: &[u8]) -> Result<(), StoreError> {
+        self.0.insert(k, v).map(|_| ()).map_err(StoreError::Conflict)
+    }
+    fn remove(&self, k: &[u8]) -> Result<(), StoreError> {
+        self.0.remove(k).map(|_| ()).map_err(StoreError::Conflict)
+    }
+}
+
+impl KvEngine for SledEngine {
+    fn transact(&self, f: &mut dyn FnMut(&dyn KvTx) -> Result<(), StoreError>) -> Result<(), StoreError> {
+        // sled wants a Fn it may call again on conflict; the RefCell lends `f` to each try.
+        let f = RefCell::new(f);
+        self.tree
+            .transaction(|t| {
+                (f.borrow_mut())(&SledTx(t)).map_err(|e| match e {
+                    StoreError::Conflict(c) => ConflictableTransactionError::from(c),
+                    other => ConflictableTransactionError::Abort(other),
+                })
+            })
+            .map_err(|e| match e {
+                TransactionError::Abort(e) => e,
+                TransactionError::Storage(e) => StoreError::Sled(e),
+            })
+    }
+
+    fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree.get(k)?.map(|v| v.to_vec()))
+    }
+
+    fn range(&self, start: &[u8], end: Option<&[u8]>, reverse: bool, limit: usize) -> Result<Vec<Entry>, StoreError> {
+        let iter = match end {
+            Some(e) => self.tree.range(start..e),
+            None => self.tree.range(start..),
+        };
+        let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
+            if reverse { Box::new(iter.rev()) } else { Box::new(iter) };
+        let mut out = Vec::new();
+        for item in iter.take(limit) {
+            let (k, v) = item?;
+            out.push((k.to_vec(), v.to_vec()));
         }
+        Ok(out)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map(|_| ()).map_err(StoreError::Sled)
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+/// redb 2: one table; a single writer at a time; commits made durable by the next flush.
+struct RedbEngine {
+    db: redb::Database,
+    file: std::path::PathBuf,
+}
+
+impl RedbEngine {
+    fn open(dir: &Path) -> Result<RedbEngine, StoreError> {
+        let file = dir.join("tern.redb");
+        let db = redb::Database::create(&file).map_err(redb_err)?;
+        let w = db.begin_write().map_err(redb_err)?;
+        w.open_table(TABLE).map_err(redb_err)?;
+        w.commit().map_err(redb_err)?;
+        Ok(RedbEngine { db, file })
+    }
+}
+
+struct RedbTx<'a>(RefCell<redb::Table<'a, &'static [u8], &'static [u8]>>);
+
+impl KvTx for RedbTx<'_> {
+    fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.0.borrow().get(k).map_err(redb_err)?.map(|v| v.value().to_vec()))
+    }
+    fn insert(&self, k: &[u8], v: &[u8]) -> Result<(), StoreError> {
+        self.0.borrow_mut().insert(k, v).map(|_| ()).map_err(redb_err)
+    }
+    fn remove(&self, k: &[u8]) -> Result<(), StoreError> {
+        self.0.borrow_mut().remove(k).map(|_| ()).map_err(redb_err)
+    }
+}
+
+impl KvEngine for RedbEngine {
+    fn transact(&self, f: &mut dyn FnMut(&dyn KvTx) -> Result<(), StoreError>) -> Result<(), StoreError> {
+        let mut w = self.db.begin_write().map_err(redb_err)?;
+        // Durable only at the next flush, which group commit shares among callers.
+        w.set_durability(redb::Durability::None);
+        let result = {
+            let table = w.open_table(TABLE).map_err(redb_err)?;
+            f(&RedbTx(RefCell::new(table)))
+        };
+        match result {
+            Ok(()) => w.commit().map_err(redb_err),
+            Err(e) => {
+                w.abort().map_err(redb_err)?;
+                Err(e)
+            }
+        }
+    }
+
+    fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let r = self.db.begin_read().map_err(redb_err)?;
+        let t = r.open_table(TABLE).map_err(redb_err)?;
+        Ok(t.get(k).map_err(redb_err)?.map(|v| v.value().to_vec()))
+    }
+
+    fn range(&self, start: &[u8], end: Option<&[u8]>, reverse: bool, limit: usize) -> Result<Vec<Entry>, StoreError> {
+        let r = self.db.begin_read().map_err(redb_err)?;
+        let t = r.open_table(TABLE).map_err(redb_err)?;
+        let iter = match end {
+            Some(e) => t.range::<&[u8]>(start..e),
+            None => t.range::<&[u8]>(start..),
+        }
+        .map_err(redb_err)?;
+        let iter: Box<dyn Iterator<Item = _>> = if reverse { Box::new(iter.rev()) } else { Box::new(iter) };
+        let mut out = Vec::new();
+        for item in iter.take(limit) {
+            let (k, v) = item.map_err(redb_err)?;
+            out.push((k.value().to_vec(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        // An immediate-durability commit persists itself and every earlier non-durable one.
+        self.db.begin_write().map_err(redb_err)?.commit().map_err(redb_err)
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        std::fs::metadata(&self.file).map_or(0, |m| m.len())
     }
 }
 

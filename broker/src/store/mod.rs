@@ -1,5 +1,6 @@
 //! The embedded store: conversations, messages, inboxes, sync points and the upstream dedup
-//! ledger, on sled or redb ([`Engine`]; the logic is written once, against `kv`).
+//! ledger. The logic is written once against the [`KvEngine`] trait; sled and redb implement it
+//! ([`Engine`] picks one), and a clustered backend can implement it later.
 //!
 //! Everything lives in one ordered keyspace under prefixed big-endian keys, so one transaction can
 //! commit a message (or a whole package) together with its inbox entries and the sender's
@@ -27,7 +28,7 @@ mod retention;
 #[cfg(test)]
 mod suite;
 
-pub use kv::Engine;
+pub use kv::{Engine, Entry, KvEngine, KvTx};
 pub use retention::Retention;
 
 pub use reads::UserConversation;
@@ -89,7 +90,6 @@ pub struct Committed {
 #[derive(Debug, Clone)]
 pub struct Store {
     kv: std::sync::Arc<Kv>,
-    dir: std::path::PathBuf,
     group_commit: std::sync::Arc<flush::GroupCommit>,
 }
 
@@ -139,11 +139,20 @@ impl Store {
         Store::open_with(dir, Engine::default())
     }
 
+    /// A store on any engine (a clustered backend, say).
+    pub fn with_engine(engine: Box<dyn KvEngine>) -> Result<Store, StoreError> {
+        Store::from_kv(Kv::new(engine))
+    }
+
+    fn from_kv(kv: Kv) -> Result<Store, StoreError> {
+        let kv = std::sync::Arc::new(kv);
+        let group_commit = std::sync::Arc::new(flush::GroupCommit::start(kv.clone()).map_err(sled::Error::Io)?);
+        Ok(Store { kv, group_commit })
+    }
+
     /// Opens (or creates) the store in `dir` on `engine`.
     pub fn open_with(dir: &Path, engine: Engine) -> Result<Store, StoreError> {
-        let kv = std::sync::Arc::new(Kv::open(dir, engine)?);
-        let group_commit = std::sync::Arc::new(flush::GroupCommit::start(kv.clone()).map_err(sled::Error::Io)?);
-        Ok(Store { kv, dir: dir.to_path_buf(), group_commit })
+        Store::from_kv(Kv::open(dir, engine)?)
     }
 
     /// Waits until everything committed so far is on disk; concurrent callers share fsyncs.
@@ -338,7 +347,7 @@ impl Store {
 
     /// Raw payload size of the store on disk, for metrics.
     pub fn size_on_disk(&self) -> u64 {
-        self.kv.size_on_disk(&self.dir)
+        self.kv.size_on_disk()
     }
 }
 
