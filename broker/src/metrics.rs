@@ -70,8 +70,8 @@ pub struct Metrics {
     pub bytes_out: AtomicU64,
     /// QoS 1/2 messages stored.
     pub messages_stored: AtomicU64,
-    /// PUBLISHes refused (not stored).
-    pub messages_refused: AtomicU64,
+    /// From a PUBLISH (or a whole package) reaching the broker to its PUBACK.
+    pub publish_to_ack_seconds: Histogram,
     /// DELIVERs handed to sessions (pushes, SYNC answers, backlog).
     pub deliveries: AtomicU64,
     /// DELIVERs sent again (retransmission timer or resume).
@@ -83,6 +83,7 @@ pub struct Metrics {
     /// From the store commit to the recipient device's DELIVER_ACK (send-to-deliver).
     pub deliver_seconds: Histogram,
     closes: Mutex<HashMap<&'static str, u64>>,
+    refused: Mutex<HashMap<&'static str, u64>>,
     hot: Mutex<HashMap<u64, u64>>,
 }
 
@@ -104,6 +105,12 @@ impl Metrics {
         let name = reason.map_or("none", ReasonCode::name);
         let mut closes = self.closes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         *closes.entry(name).or_default() += 1;
+    }
+
+    /// Counts a PUBLISH refused with `reason` (nothing stored).
+    pub fn refused(&self, reason: ReasonCode) {
+        let mut refused = self.refused.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *refused.entry(reason.name()).or_default() += 1;
     }
 
     /// Counts a message stored in `conversation`.
@@ -133,12 +140,6 @@ impl Metrics {
         counter(&mut out, "tern_bytes_received_total", "Protocol bytes received.", &self.bytes_in);
         counter(&mut out, "tern_bytes_sent_total", "Protocol bytes sent.", &self.bytes_out);
         counter(&mut out, "tern_messages_stored_total", "QoS 1/2 messages stored.", &self.messages_stored);
-        counter(
-            &mut out,
-            "tern_messages_refused_total",
-            "PUBLISHes refused with a reason code.",
-            &self.messages_refused,
-        );
         counter(&mut out, "tern_deliveries_total", "DELIVERs handed to sessions.", &self.deliveries);
         self.commit_seconds.render(
             "tern_store_commit_seconds",
@@ -167,6 +168,19 @@ impl Metrics {
                     let _ = writeln!(out, "{name}{{type=\"{}\"}} {n}", ty.name());
                 }
             }
+        }
+        self.publish_to_ack_seconds.render(
+            "tern_publish_to_ack_seconds",
+            "From a PUBLISH reaching the broker to its PUBACK.",
+            &mut out,
+        );
+        let _ = writeln!(out, "# HELP tern_messages_refused_total PUBLISHes refused, by reason code.");
+        let _ = writeln!(out, "# TYPE tern_messages_refused_total counter");
+        let refused = self.refused.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut refused: Vec<_> = refused.iter().collect();
+        refused.sort();
+        for (reason, n) in refused {
+            let _ = writeln!(out, "tern_messages_refused_total{{reason=\"{reason}\"}} {n}");
         }
         let _ = writeln!(
             out,

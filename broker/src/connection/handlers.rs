@@ -1,8 +1,6 @@
 //! What a session asks the broker to do: store and route messages, answer SYNC, HISTORY and
 //! REQUEST, record read markers.
 
-use std::sync::atomic::Ordering;
-
 use tern_codec::ids::{check_identifier, Cid, StreamId};
 use tern_codec::limits::{DEFAULT_SYNC_LIMIT, MAX_HISTORY_LIMIT, MAX_SYNC_LIMIT};
 use tern_codec::proto;
@@ -17,6 +15,7 @@ impl Conn {
     pub(super) async fn on_publish(&mut self, messages: Vec<proto::Publish>) {
         let Some(me) = &self.me else { return };
         let (user, device) = (me.user.clone(), me.device.clone());
+        let received = std::time::Instant::now();
         // Per-connection rate limit: a burst, then a sustained rate (a package costs its size).
         if !self.publish_budget.take(messages.len() as f64) {
             let cids: Vec<Cid> = messages.iter().filter(|p| p.qos > 0).map(|p| Cid(p.cid)).collect();
@@ -88,6 +87,7 @@ impl Conn {
                 self.shared.router().notify(&members, conversation_id);
             }
         }
+        self.shared.metrics.publish_to_ack_seconds.observe(received.elapsed());
         for c in committed {
             let _ = self.machine.ack_publish(c.ack);
             for (to, d) in c.deliveries {
@@ -138,7 +138,7 @@ impl Conn {
         let Some(me) = &self.me else { return };
         for &Cid(cid) in cids {
             let ack = proto::PubAck { cid, reason: wire(reason), ..Default::default() };
-            self.shared.metrics.messages_refused.fetch_add(1, Ordering::Relaxed);
+            self.shared.metrics.refused(reason);
             if let Err(e) = self.shared.store.record_outcome(&me.user, &me.device, &ack) {
                 tracing::error!(error = %e, "outcome not recorded");
                 continue;
