@@ -119,7 +119,8 @@ pub(crate) struct Parked {
 #[derive(Default)]
 pub(crate) struct Router {
     pub(crate) live: HashMap<String, HashMap<String, Live>>,
-    pub(crate) parked: HashMap<(String, String), Parked>,
+    /// Parked sessions by user, then device (so a delivery finds a user's in O(1)).
+    pub(crate) parked: HashMap<String, HashMap<String, Parked>>,
     /// Who watches whose presence: watched user → watcher connection → its channel.
     pub(crate) watchers: HashMap<String, HashMap<u64, mpsc::UnboundedSender<ToConnection>>>,
     /// When each user's last device went offline (ms).
@@ -137,10 +138,8 @@ impl Router {
                 let _ = live.tx.send(ToConnection::Deliver(Box::new(d.clone())));
             }
         }
-        for ((u, _), parked) in &mut self.parked {
-            if u == user {
-                let _ = parked.machine.deliver(now, d.clone());
-            }
+        for parked in self.parked.get_mut(user).into_iter().flat_map(HashMap::values_mut) {
+            let _ = parked.machine.deliver(now, d.clone());
         }
     }
 }

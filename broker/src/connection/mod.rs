@@ -244,7 +244,8 @@ impl Conn {
                 },
             );
             router.announce(&user, &device, proto::PresenceStatus::Online, crate::unix_now_ms());
-            let parked = router.parked.remove(&(user.clone(), device.clone()));
+            let parked = router.parked.get_mut(&user).and_then(|d| d.remove(&device));
+            router.parked.retain(|_, devices| !devices.is_empty());
             let grace = self.shared.options.resume_grace;
             let resumable = parked.filter(|p| {
                 !c.resume_session_id.is_empty()
@@ -326,10 +327,13 @@ impl Conn {
                 std::mem::replace(&mut self.machine, BrokerSession::new(now(), self.shared.options.session.clone()));
             // Sessions past their grace period can no longer be resumed: drop them.
             let grace = self.shared.options.resume_grace;
-            router.parked.retain(|_, p| p.parked_at.elapsed() < grace);
+            router.parked.retain(|_, devices| {
+                devices.retain(|_, p| p.parked_at.elapsed() < grace);
+                !devices.is_empty()
+            });
             if machine.has_session() {
                 let parked = Parked { session_id: me.session_id, machine, parked_at: tokio::time::Instant::now() };
-                router.parked.insert((me.user.clone(), me.device.clone()), parked);
+                router.parked.entry(me.user.clone()).or_default().insert(me.device.clone(), parked);
             }
         }
         tracing::info!(user = %me.user, device = %me.device, "session closed");
