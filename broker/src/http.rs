@@ -83,7 +83,11 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     match path.as_str() {
         "/healthz" => respond(&mut stream, "200 OK", "text/plain", "ok\n").await,
         "/metrics" => {
-            let body = shared.metrics.render(shared.gauge.count.load(Ordering::Relaxed));
+            let mut body = shared.metrics.render(shared.gauge.count.load(Ordering::Relaxed));
+            body.push_str(&format!(
+                "# HELP tern_store_bytes Store size on disk.\n# TYPE tern_store_bytes gauge\ntern_store_bytes {}\n",
+                shared.store.size_on_disk()
+            ));
             respond(&mut stream, "200 OK", "text/plain; version=0.0.4", &body).await
         }
         "/v1/dispatch" => respond(&mut stream, "200 OK", "application/json", &dispatch(shared)).await,

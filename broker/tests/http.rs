@@ -55,6 +55,7 @@ async fn health_metrics_and_dispatch() {
     assert_eq!(metric(&after, "tern_frames_received_total{type=\"DELIVER_ACK\"}"), 2);
     assert_eq!(metric(&after, "tern_frames_sent_total{type=\"CONNACK\"}"), 2);
     assert_eq!(metric(&after, "tern_retransmits_total"), 0);
+    assert!(metric(&after, "tern_store_bytes") > 0);
     assert_eq!(metric(&after, "tern_publish_to_ack_seconds_count"), 1);
     assert!(alice.publish("nowhere/x", "refused").await.is_err());
     let (_, later) = http(web, "GET /metrics HTTP/1.1\r\n\r\n").await;

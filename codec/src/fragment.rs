@@ -114,11 +114,6 @@ impl Reassembler {
         Reassembler { max_message_size, last_fragment_id: 0, open: None }
     }
 
-    /// Whether a fragmented body is partly received.
-    pub fn in_progress(&self) -> bool {
-        self.open.is_some()
-    }
-
     /// Forgets a partial body; called when the connection closes [REQ-FRG-010].
     pub fn reset(&mut self) {
         self.open = None;

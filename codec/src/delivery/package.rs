@@ -99,14 +99,6 @@ impl<T> PackageBuffer<T> {
             .filter_map(|id| self.open.remove(&id).map(|o| (PackageId(id), o.members.into_iter().flatten().collect())))
             .collect()
     }
-
-    /// Drops every open package (the sender's state is gone), returning them.
-    pub fn clear(&mut self) -> Vec<(PackageId, Vec<T>)> {
-        std::mem::take(&mut self.open)
-            .into_iter()
-            .map(|(id, o)| (PackageId(id), o.members.into_iter().flatten().collect()))
-            .collect()
-    }
 }
 
 #[cfg(test)]

@@ -66,11 +66,6 @@ impl<T: Clone> RetransmitQueue<T> {
         self.items.front().map(|i| i.key)
     }
 
-    /// Highest outstanding key.
-    pub fn highest(&self) -> Option<u64> {
-        self.items.back().map(|i| i.key)
-    }
-
     /// Whether `key` is outstanding.
     pub fn contains(&self, key: u64) -> bool {
         self.position(key).is_some()
@@ -141,11 +136,6 @@ impl<T: Clone> RetransmitQueue<T> {
     /// Removes and returns every outstanding item, in key order.
     pub fn take_all(&mut self) -> Vec<T> {
         self.items.drain(..).map(|e| e.item).collect()
-    }
-
-    /// Outstanding items, in key order.
-    pub fn iter(&self) -> impl Iterator<Item = (u64, &T)> {
-        self.items.iter().map(|i| (i.key, &i.item))
     }
 
     /// Outstanding items for in-place changes, in key order.
