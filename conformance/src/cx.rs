@@ -87,6 +87,17 @@ impl Cx {
         self.session_with(label, connect).await
     }
 
+    /// Connects `user`'s `device` once and closes, so the broker knows the device: a device's
+    /// inbox sync point starts at the inbox's latest seq when it first connects (spec 8.1), so
+    /// a case that sends to an offline device registers it first.
+    pub async fn register(&self, user: &str, device: &str) -> Result<(), Stop> {
+        let (mut p, _) = self.session("register", user, device).await?;
+        p.close().await?;
+        // The close is processed when the broker reads it; a round trip on a new connection of
+        // another device proves nothing, so wait for the broker to close this one.
+        p.expect_eof(self.prompt()).await
+    }
+
     /// Opens a session with a given CONNECT.
     pub async fn session_with(&self, label: &str, connect: proto::Connect) -> Result<(Peer, proto::ConnAck), Stop> {
         let mut peer = self.open(label).await?;

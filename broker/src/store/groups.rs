@@ -15,6 +15,11 @@ fn user_group_key(user: &str, group: &str) -> Vec<u8> {
     key(&[b"ug/", user.as_bytes(), b"/", group.as_bytes()])
 }
 
+/// The last seq of a group conversation stored under write fan-out.
+pub(super) fn write_fanout_key(conv: u64) -> Vec<u8> {
+    key(&[b"c/", &be(conv), b"/wf"])
+}
+
 fn conv_last_key(conv: u64) -> Vec<u8> {
     key(&[b"c/", &be(conv), b"/last"])
 }
@@ -183,7 +188,10 @@ impl Store {
         if let Some(v) = self.kv.get(device_key(user, device, &key(&[b"conv/", &be(conv)])))? {
             return Ok(read_u64(Some(v)));
         }
-        Ok(read_u64(self.kv.get(member_key(conv, user))?))
+        // No acknowledgement on the stream yet: the member has everything up to when it joined
+        // and everything that reached its inbox while the group used write fan-out.
+        let joined_at = read_u64(self.kv.get(member_key(conv, user))?);
+        Ok(joined_at.max(read_u64(self.kv.get(write_fanout_key(conv))?)))
     }
 
     /// Advances the device's sync point on a conversation stream (never backwards).

@@ -206,6 +206,11 @@ impl Store {
                 stored.stream = None;
                 stored.seq = seq;
                 tx.insert(key(&[b"c/", &be(conv), b"/m/", &be(seq)]), stored.encode_to_vec())?;
+                if !m.inboxes.is_empty() && m.message.topic.starts_with("group/") {
+                    // Written to every member's inbox: if the group later switches to read
+                    // fan-out, members' conversation sync points start after this seq (REQ-GRP-002).
+                    tx.insert(groups::write_fanout_key(conv), be(seq))?;
+                }
                 let mut deliveries = Vec::with_capacity(m.inboxes.len());
                 for user in &m.inboxes {
                     let inbox_seq = bump(tx, &key(&[b"u/", user.as_bytes(), b"/last"]))?;

@@ -60,6 +60,7 @@ fn dedup_across_reconnect(cx: &Cx) -> CaseFuture<'_> {
     Box::pin(async move {
         let (s, r) = (cx.name("dup-s"), cx.name("dup-r"));
         let topic = format!("user/{r}");
+        cx.register(&r, "d1").await?;
         let (mut tx, ack) = cx.session("sender", &s, "d1").await?;
         let first = tx.publish_ok(cx.prompt(), 1, &topic, b"retransmitted").await?;
         tx.shutdown().await;
@@ -206,6 +207,7 @@ fn e2ee_opaque(cx: &Cx) -> CaseFuture<'_> {
             x ^= x << 17;
             payload.swap(i, (x % (i as u64 + 1)) as usize);
         }
+        cx.register(&r, "d1").await?;
         let (mut tx, _) = cx.session("sender", &s, "d1").await?;
         let frame = Frame::Publish(proto::Publish {
             cid: 1,

@@ -52,12 +52,17 @@ async fn refused(cx: &Cx, bad: Vec<u8>, req: &'static str, reason: ReasonCode) -
     again.close().await
 }
 
+/// Bytes of a PUBLISH body other than a payload of 128..16383 bytes (whose length takes two
+/// varint bytes, one more than the empty payload's).
+fn publish_overhead(topic: &str) -> usize {
+    raw::publish(1, 2, topic, b"").into_bytes().len() + 1
+}
+
 fn oversize(cx: &Cx) -> CaseFuture<'_> {
     Box::pin(async move {
         // A PUBLISH whose body is 1397 bytes: one over the limit.
         let topic = format!("user/{}", cx.name("frm-peer"));
-        let overhead = raw::publish(1, 2, &topic, b"").into_bytes().len() + 2;
-        let body = raw::publish(1, 2, &topic, &vec![b'x'; 1397 - overhead]).into_bytes();
+        let body = raw::publish(1, 2, &topic, &vec![b'x'; 1397 - publish_overhead(&topic)]).into_bytes();
         check!(body.len() == 1397, "REQ-FRM-001", "harness built {} bytes", body.len());
         refused(cx, raw::frame_with(ty::PUBLISH, 0, &body), "REQ-FRM-002", ReasonCode::FrameTooLarge).await
     })
@@ -74,8 +79,8 @@ fn oversize_header_only(cx: &Cx) -> CaseFuture<'_> {
 fn exactly_1400(cx: &Cx) -> CaseFuture<'_> {
     Box::pin(async move {
         let topic = format!("user/{}", cx.name("frm-peer"));
-        let overhead = raw::publish(1, 2, &topic, b"").into_bytes().len() + 2;
-        let body = raw::publish(1, 2, &topic, &vec![b'y'; 1396 - overhead]).into_bytes();
+        let body = raw::publish(1, 2, &topic, &vec![b'y'; 1396 - publish_overhead(&topic)]).into_bytes();
+        check!(body.len() == 1396, "REQ-FRM-001", "harness built {} bytes", body.len());
         let (mut p, _) = cx.session("client", &cx.name("frm"), "d1").await?;
         p.send_raw(&raw::frame_with(ty::PUBLISH, 0, &body)).await?;
         let ack = p.puback(cx.prompt(), 1).await?;

@@ -142,6 +142,7 @@ fn membership_change(cx: &Cx) -> CaseFuture<'_> {
     Box::pin(async move {
         let (owner, stays, leaves, joins, group) =
             (cx.name("mem-o"), cx.name("mem-s"), cx.name("mem-l"), cx.name("mem-j"), cx.name("mem-g"));
+        cx.register(&joins, "d1").await?;
         let (mut po, _) = cx.session("owner", &owner, "d1").await?;
         create_group(cx, &mut po, &group, vec![stays.clone(), leaves.clone()]).await?;
         let (mut pl, _) = cx.session("leaver", &leaves, "d1").await?;
@@ -231,6 +232,8 @@ async fn recent_list(cx: &Cx, p: &mut Peer, before_ms: u64, limit: u32) -> Resul
 fn recent(cx: &Cx) -> CaseFuture<'_> {
     Box::pin(async move {
         let (first, second, me) = (cx.name("rec-1"), cx.name("rec-2"), cx.name("rec-me"));
+        cx.register(&me, "d1").await?;
+        cx.register(&me, "d2").await?;
         let (mut p1, _) = cx.session("first-peer", &first, "d1").await?;
         p1.publish_ok(cx.prompt(), 1, &format!("user/{me}"), b"older").await?;
         let (mut d1, _) = cx.session("me-d1", &me, "d1").await?;
@@ -281,6 +284,8 @@ fn presence_online_offline(cx: &Cx) -> CaseFuture<'_> {
     Box::pin(async move {
         let (watcher, user) = (cx.name("prs-w"), cx.name("prs-u"));
         let (mut pw, _) = cx.session("watcher", &watcher, "d1").await?;
+        // Presence is visible to users who share a conversation (spec 10.6).
+        pw.publish_ok(cx.prompt(), 1, &format!("user/{user}"), b"hello").await?;
         watch(cx, &mut pw, &user).await?;
         let (mut pu, _) = cx.session("watched", &user, "d1").await?;
         presence(cx, &mut pw, &user, PresenceStatus::Online, "REQ-PRS-001").await?;
@@ -295,6 +300,7 @@ fn presence_away(cx: &Cx) -> CaseFuture<'_> {
         let (watcher, user) = (cx.name("away-w"), cx.name("away-u"));
         let (mut pu, _) = cx.session("watched", &user, "d1").await?;
         let (mut pw, _) = cx.session("watcher", &watcher, "d1").await?;
+        pw.publish_ok(cx.prompt(), 1, &format!("user/{user}"), b"hello").await?;
         watch(cx, &mut pw, &user).await?;
         let set = |s: PresenceStatus| Op::SetPresence(proto::SetPresence { status: s as i32 });
         pu.request_ok(cx.prompt(), cx.request_id(), set(PresenceStatus::Away)).await?;

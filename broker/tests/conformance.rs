@@ -1,0 +1,87 @@
+//! The conformance suite (`tern-conformance`) against this repository's broker, over TCP and
+//! TLS, and against the Rust client library through its shim; and proof that the suite catches
+//! planted faults.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{start_with, TestBroker};
+use tern_broker::TlsOptions;
+use tern_conformance::case::Outcome;
+use tern_conformance::runner::{self, Report, RunOptions, Subject};
+use tern_conformance::target::{client_config, roots_from_pem, Declared, Provision, Target, TlsTarget};
+use tern_conformance::{cases, requirement_index};
+
+/// Fan-out threshold and retention of the broker under test, declared to the runner.
+const THRESHOLD: usize = 3;
+const RETENTION: u64 = 20;
+
+async fn broker(tls: Option<&std::path::Path>, retention: Option<u64>) -> TestBroker {
+    let certs = tls.map(|dir| tern_broker::tls::write_dev_cert(dir, &["localhost".to_string()]).unwrap());
+    start_with(|o| {
+        o.write_fanout_threshold = THRESHOLD;
+        o.retention.max_count = retention;
+        o.compaction_interval = Duration::from_millis(100);
+        if let Some((cert, key)) = certs {
+            o.tls = Some(TlsOptions { listen: "127.0.0.1:0".parse().unwrap(), cert, key });
+        }
+    })
+    .await
+}
+
+fn declared(retention: Option<u64>) -> Declared {
+    Declared { read_fanout_threshold: Some(THRESHOLD), retention_max_count: retention, no_rooms: false }
+}
+
+fn in_process_tokens(t: &TestBroker) -> Provision {
+    let secret = tern_broker::token::load_or_create_secret(t.dir.path()).unwrap();
+    let key = tern_broker::token::TokenKey::new(&secret);
+    Provision::Func(Arc::new(move |user: &str, device: &str| {
+        let expires = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
+        key.issue(user, device, expires)
+    }))
+}
+
+/// Lists every non-PASS case with its transcript, for the assertion message.
+fn failures(report: &Report) -> String {
+    report
+        .cases
+        .iter()
+        .filter(|c| c.outcome != Outcome::Pass)
+        .map(tern_conformance::report::transcript_text)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+async fn run(subject: Subject, tests: &[&str]) -> Report {
+    let opts = RunOptions { tests: tests.iter().map(|s| s.to_string()).collect(), timeout_scale: 2.0, ..RunOptions::default() };
+    runner::run(&cases::all(), requirement_index(), &subject, &opts).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_suite_passes_against_the_broker_over_tcp() {
+    let t = broker(None, None).await;
+    let target = Target { addr: t.broker.local_addr().to_string(), tls: None, provision: in_process_tokens(&t), declared: declared(None) };
+    let report = run(Subject::Broker(Arc::new(target)), &[]).await;
+    assert_eq!(report.exit_code, 0, "{}", failures(&report));
+    let unsupported: Vec<&str> =
+        report.cases.iter().filter(|c| c.outcome == Outcome::Unsupported).map(|c| c.id.as_str()).collect();
+    assert!(unsupported.iter().all(|id| id.starts_with("tls.") || id.starts_with("retention.")), "{unsupported:?}");
+    assert_eq!(unsupported.len(), 4, "{unsupported:?}");
+    assert!(report.cases.len() >= 50, "{} cases ran", report.cases.len());
+
+    // Retention changes what old messages look like, so its case runs on a broker of its own.
+    let t = broker(None, Some(RETENTION)).await;
+    let target = Target {
+        addr: t.broker.local_addr().to_string(),
+        tls: None,
+        provision: in_process_tokens(&t),
+        declared: declared(Some(RETENTION)),
+    };
+    let report = run(Subject::Broker(Arc::new(target)), &["retention.*"]).await;
+    assert_eq!(report.exit_code, 0, "{}", failures(&report));
+    assert_eq!(report.summary.get("PASS"), Some(&1), "{}", failures(&report));
+}
