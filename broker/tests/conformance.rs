@@ -85,3 +85,43 @@ async fn the_whole_suite_passes_against_the_broker_over_tcp() {
     assert_eq!(report.exit_code, 0, "{}", failures(&report));
     assert_eq!(report.summary.get("PASS"), Some(&1), "{}", failures(&report));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_suite_passes_against_the_broker_over_tls() {
+    let certs = tempfile::tempdir().unwrap();
+    let t = broker(Some(certs.path()), None).await;
+    let pem = std::fs::read(certs.path().join("cert.pem")).unwrap();
+    let roots = Arc::new(roots_from_pem(&pem).unwrap());
+    let tls = TlsTarget {
+        config: Arc::new(client_config(roots.clone(), &[b"tern/1"]).unwrap()),
+        server_name: rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+        roots,
+    };
+    // Tokens through the documented command contract: `tern token provision ... <user> <device>`.
+    let data_dir = t.dir.path().to_str().unwrap().to_string();
+    let provision = Provision::Command(vec![
+        env!("CARGO_BIN_EXE_tern").into(),
+        "token".into(),
+        "provision".into(),
+        "--data-dir".into(),
+        data_dir,
+    ]);
+    let target = Target { addr: t.broker.tls_addr().unwrap().to_string(), tls: Some(tls), provision, declared: declared(None) };
+    let report = run(Subject::Broker(Arc::new(target)), &[]).await;
+    assert_eq!(report.exit_code, 0, "{}", failures(&report));
+    let passed: Vec<&str> = report.cases.iter().filter(|c| c.outcome == Outcome::Pass).map(|c| c.id.as_str()).collect();
+    for id in ["tls.version.1-3-only@broker", "tls.alpn@broker", "tls.suites-and-no-early-data@broker"] {
+        assert!(passed.contains(&id), "{id} did not pass:\n{}", failures(&report));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_suite_passes_against_the_rust_client_shim() {
+    let shim = vec![env!("CARGO_BIN_EXE_tern-conformance-shim").to_string()];
+    tern_conformance::shim::self_check(&shim, Duration::from_secs(30)).await.unwrap();
+    let report = run(Subject::Client(shim), &[]).await;
+    assert_eq!(report.exit_code, 0, "{}", failures(&report));
+    let passed = report.cases.iter().filter(|c| c.outcome == Outcome::Pass).count();
+    assert_eq!(passed, report.cases.len(), "{}", failures(&report));
+    assert!(report.cases.len() >= 15, "{} client cases ran", report.cases.len());
+}

@@ -151,6 +151,17 @@ enum TokenCommand {
         #[arg(long, env = "TERN_DATA_DIR", default_value = "tern-data")]
         data_dir: PathBuf,
     },
+    /// Print a token for USER's DEVICE (one hour): the provisioning command of
+    /// `tern-conformance server --provision-cmd 'tern token provision --data-dir DIR'`.
+    Provision {
+        /// Directory holding the secret (the broker's data directory).
+        #[arg(long, env = "TERN_DATA_DIR", default_value = "tern-data")]
+        data_dir: PathBuf,
+        /// User id.
+        user: String,
+        /// Device id.
+        device: String,
+    },
 }
 
 fn init_logs(json: bool) {
@@ -216,6 +227,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let secret = load_or_create_secret(&data_dir)
                 .with_context(|| format!("reading the secret in {}", data_dir.display()))?;
             println!("{}", tern_broker::admin::admin_key(&secret));
+        }
+        Command::Token { command: TokenCommand::Provision { data_dir, user, device } } => {
+            let secret = load_or_create_secret(&data_dir)
+                .with_context(|| format!("reading the secret in {}", data_dir.display()))?;
+            let expires = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() + 3600;
+            println!("{}", TokenKey::new(&secret).issue(&user, &device, expires).map_err(anyhow::Error::msg)?);
         }
         Command::Token { command: TokenCommand::Issue { user, device, ttl, data_dir } } => {
             let secret = load_or_create_secret(&data_dir)
