@@ -57,14 +57,23 @@ fn failures(report: &Report) -> String {
 }
 
 async fn run(subject: Subject, tests: &[&str]) -> Report {
-    let opts = RunOptions { tests: tests.iter().map(|s| s.to_string()).collect(), timeout_scale: 2.0, ..RunOptions::default() };
+    let opts = RunOptions {
+        tests: tests.iter().map(|s| s.to_string()).collect(),
+        timeout_scale: 2.0,
+        ..RunOptions::default()
+    };
     runner::run(&cases::all(), requirement_index(), &subject, &opts).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_whole_suite_passes_against_the_broker_over_tcp() {
     let t = broker(None, None).await;
-    let target = Target { addr: t.broker.local_addr().to_string(), tls: None, provision: in_process_tokens(&t), declared: declared(None) };
+    let target = Target {
+        addr: t.broker.local_addr().to_string(),
+        tls: None,
+        provision: in_process_tokens(&t),
+        declared: declared(None),
+    };
     let report = run(Subject::Broker(Arc::new(target)), &[]).await;
     assert_eq!(report.exit_code, 0, "{}", failures(&report));
     let unsupported: Vec<&str> =
@@ -106,7 +115,8 @@ async fn the_whole_suite_passes_against_the_broker_over_tls() {
         "--data-dir".into(),
         data_dir,
     ]);
-    let target = Target { addr: t.broker.tls_addr().unwrap().to_string(), tls: Some(tls), provision, declared: declared(None) };
+    let target =
+        Target { addr: t.broker.tls_addr().unwrap().to_string(), tls: Some(tls), provision, declared: declared(None) };
     let report = run(Subject::Broker(Arc::new(target)), &[]).await;
     assert_eq!(report.exit_code, 0, "{}", failures(&report));
     let passed: Vec<&str> = report.cases.iter().filter(|c| c.outcome == Outcome::Pass).map(|c| c.id.as_str()).collect();
@@ -201,7 +211,8 @@ async fn proxy(upstream: std::net::SocketAddr, fault: Fault) -> std::net::Socket
                     buf.extend_from_slice(&chunk[..n]);
                     for mut f in whole_frames(&mut buf) {
                         if fault == Fault::StoresRetransmissionTwice {
-                            if let Ok(Some(tern_codec::Frame::PubAck(mut a))) = tern_codec::decode_frame(&mut f.clone()) {
+                            if let Ok(Some(tern_codec::Frame::PubAck(mut a))) = tern_codec::decode_frame(&mut f.clone())
+                            {
                                 if !seen.insert(a.cid) {
                                     a.msg_id += 1000;
                                     a.seq += 1;
@@ -230,9 +241,11 @@ async fn planted_faults_are_caught_by_the_cases_that_target_them() {
         (Fault::StoresRetransmissionTwice, "qos.duplicate-cid.same-puback@broker"),
     ] {
         let addr = proxy(t.broker.local_addr(), fault).await;
-        let target = Target { addr: addr.to_string(), tls: None, provision: in_process_tokens(&t), declared: declared(None) };
+        let target =
+            Target { addr: addr.to_string(), tls: None, provision: in_process_tokens(&t), declared: declared(None) };
         let target = Subject::Broker(Arc::new(target));
-        let opts = RunOptions { tests: vec![case.into(), "keepalive.ping-pong@broker".into()], ..RunOptions::default() };
+        let opts =
+            RunOptions { tests: vec![case.into(), "keepalive.ping-pong@broker".into()], ..RunOptions::default() };
         let report = runner::run(&cases::all(), requirement_index(), &target, &opts).await;
         assert_eq!(report.exit_code, 1, "{case}: {}", failures(&report));
         assert_eq!(report.verdict, "NON_CONFORMANT");
@@ -255,7 +268,12 @@ async fn planted_faults_are_caught_by_the_cases_that_target_them() {
     }
 
     // Against the correct broker, the same expectation is reported stale.
-    let target = Target { addr: t.broker.local_addr().to_string(), tls: None, provision: in_process_tokens(&t), declared: declared(None) };
+    let target = Target {
+        addr: t.broker.local_addr().to_string(),
+        tls: None,
+        provision: in_process_tokens(&t),
+        declared: declared(None),
+    };
     let opts = RunOptions {
         tests: vec!["framing.oversize.1401-bytes@broker".into()],
         expectations: tern_conformance::expectations::Expectations::parse(

@@ -50,12 +50,19 @@ impl ClientCx {
 
     /// Starts the shim against a TLS listener presenting a self-signed certificate for
     /// `cert_name`, telling the shim to trust that certificate and verify `server_name`.
-    pub async fn start_tls(&self, task: ShimTask, cert_name: &str, server_name: &str) -> Result<(Shim, Arc<rustls::ServerConfig>), Stop> {
+    pub async fn start_tls(
+        &self,
+        task: ShimTask,
+        cert_name: &str,
+        server_name: &str,
+    ) -> Result<(Shim, Arc<rustls::ServerConfig>), Stop> {
         let harness = |e: String| Stop::Harness(format!("TLS setup: {e}"));
-        let certified = rcgen::generate_simple_self_signed(vec![cert_name.to_string()]).map_err(|e| harness(e.to_string()))?;
+        let certified =
+            rcgen::generate_simple_self_signed(vec![cert_name.to_string()]).map_err(|e| harness(e.to_string()))?;
         let ca_file = temp_file(self.case_id, "ca.pem");
         std::fs::write(&ca_file, certified.cert.pem()).map_err(|e| harness(e.to_string()))?;
-        let key = rustls::pki_types::PrivateKeyDer::try_from(certified.key_pair.serialize_der()).map_err(|e| harness(e.to_string()))?;
+        let key = rustls::pki_types::PrivateKeyDer::try_from(certified.key_pair.serialize_der())
+            .map_err(|e| harness(e.to_string()))?;
         let mut config = rustls::ServerConfig::builder_with_provider(crate::target::provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| harness(e.to_string()))?

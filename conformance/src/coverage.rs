@@ -37,8 +37,7 @@ impl Coverage {
     pub fn compute<'a>(index: &[Requirement], cited: impl IntoIterator<Item = &'a str>) -> Coverage {
         let cited: BTreeSet<&str> = cited.into_iter().collect();
         let known: BTreeSet<&str> = index.iter().map(|r| r.id.as_str()).collect();
-        let wire: Vec<&Requirement> =
-            index.iter().filter(|r| r.testable == "wire" && r.status == "active").collect();
+        let wire: Vec<&Requirement> = index.iter().filter(|r| r.testable == "wire" && r.status == "active").collect();
         let pending_ids: BTreeSet<&str> = PENDING.iter().map(|(id, _)| *id).collect();
         Coverage {
             wire_total: wire.len(),

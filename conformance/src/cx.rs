@@ -1,8 +1,8 @@
 //! The context a broker-mode case runs in: the target, the transcript, the seed, unique names
 //! for this run, and the client roles the runner plays (each one a [`Peer`]).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -141,7 +141,13 @@ pub fn publish(cid: u64, topic: &str, payload: &[u8]) -> Frame {
 
 impl Peer {
     /// Sends a QoS 2 PUBLISH and returns its PUBACK.
-    pub async fn publish(&mut self, wait: Duration, cid: u64, topic: &str, payload: &[u8]) -> Result<proto::PubAck, Stop> {
+    pub async fn publish(
+        &mut self,
+        wait: Duration,
+        cid: u64,
+        topic: &str,
+        payload: &[u8],
+    ) -> Result<proto::PubAck, Stop> {
         self.send(&publish(cid, topic, payload)).await?;
         self.puback(wait, cid).await
     }
@@ -149,14 +155,20 @@ impl Peer {
     /// Waits for the PUBACK of `cid`.
     pub async fn puback(&mut self, wait: Duration, cid: u64) -> Result<proto::PubAck, Stop> {
         self.expect(wait, "REQ-QOS-005", &format!("PUBACK for cid {cid}"), |f| match f {
-            Frame::PubAck(a) if a.cid == cid => Some(a.clone()),
+            Frame::PubAck(a) if a.cid == cid => Some(*a),
             _ => None,
         })
         .await
     }
 
     /// Sends a PUBLISH that must be stored, returning its PUBACK.
-    pub async fn publish_ok(&mut self, wait: Duration, cid: u64, topic: &str, payload: &[u8]) -> Result<proto::PubAck, Stop> {
+    pub async fn publish_ok(
+        &mut self,
+        wait: Duration,
+        cid: u64,
+        topic: &str,
+        payload: &[u8],
+    ) -> Result<proto::PubAck, Stop> {
         let ack = self.publish(wait, cid, topic, payload).await?;
         if ack.reason != ReasonCode::Success as u32 {
             return Err(Stop::Harness(format!(

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tern_codec::fragment::{FrameReader, Fragmenter};
+use tern_codec::fragment::{Fragmenter, FrameReader};
 use tern_codec::limits::MAX_BODY_LEN;
 use tern_codec::{proto, Frame, ReasonCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -18,6 +18,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 /// What the other side did next.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // short-lived, one at a time: boxing would only add allocations
 pub enum Event {
     /// A whole frame (fragments reassembled).
     Frame(Frame),
@@ -167,7 +168,10 @@ impl Peer {
                     return Err(Stop::Violation { req, detail: format!("connection closed while waiting for {what}") })
                 }
                 Event::Silent => {
-                    return Err(Stop::Violation { req, detail: format!("no {what} within {:.1} s", wait.as_secs_f64()) })
+                    return Err(Stop::Violation {
+                        req,
+                        detail: format!("no {what} within {:.1} s", wait.as_secs_f64()),
+                    })
                 }
                 Event::Garbage(e) => {
                     return Err(Stop::Violation { req, detail: format!("invalid bytes while waiting for {what}: {e}") })
@@ -193,7 +197,10 @@ impl Peer {
                 Event::Silent => {
                     return Err(Stop::Violation {
                         req,
-                        detail: format!("connection still open {:.1} s later; expected DISCONNECT {reason}", wait.as_secs_f64()),
+                        detail: format!(
+                            "connection still open {:.1} s later; expected DISCONNECT {reason}",
+                            wait.as_secs_f64()
+                        ),
                     })
                 }
                 Event::Garbage(e) => return Err(Stop::Violation { req, detail: format!("invalid bytes: {e}") }),
@@ -220,7 +227,9 @@ impl Peer {
                 req: "REQ-HSK-014",
                 detail: format!("connection not closed {:.1} s after DISCONNECT", wait.as_secs_f64()),
             }),
-            Event::Garbage(e) => Err(Stop::Violation { req: "REQ-HSK-014", detail: format!("bytes after DISCONNECT: {e}") }),
+            Event::Garbage(e) => {
+                Err(Stop::Violation { req: "REQ-HSK-014", detail: format!("bytes after DISCONNECT: {e}") })
+            }
         }
     }
 

@@ -68,7 +68,12 @@ pub fn junit(report: &Report) -> String {
         let msg = xml_escape(&c.detail);
         match (c.outcome, &c.expected_deviation) {
             (Outcome::Fail | Outcome::Timeout, None) => {
-                let _ = write!(x, "<failure type=\"{}\" message=\"{msg}\">{}</failure>", c.outcome.name(), xml_escape(&transcript_text(c)));
+                let _ = write!(
+                    x,
+                    "<failure type=\"{}\" message=\"{msg}\">{}</failure>",
+                    c.outcome.name(),
+                    xml_escape(&transcript_text(c))
+                );
             }
             (Outcome::Error, _) => {
                 let _ = write!(x, "<error message=\"{msg}\">{}</error>", xml_escape(&transcript_text(c)));
@@ -97,7 +102,11 @@ pub fn markdown(report: &Report) -> String {
     let mut m = String::new();
     let _ = writeln!(m, "# Tern conformance: {}\n", report.verdict);
     let _ = writeln!(m, "- mode: {} — {}", report.mode, report.subject);
-    let _ = writeln!(m, "- seed: {} (rerun with `--seed {}`), timeout scale {}, repeat {}", report.seed, report.seed, report.timeout_scale, report.repeat);
+    let _ = writeln!(
+        m,
+        "- seed: {} (rerun with `--seed {}`), timeout scale {}, repeat {}",
+        report.seed, report.seed, report.timeout_scale, report.repeat
+    );
     let counts: Vec<String> = report.summary.iter().map(|(k, v)| format!("{k} {v}")).collect();
     let _ = writeln!(m, "- outcomes: {}", counts.join(", "));
     let cov = &report.coverage;
@@ -111,7 +120,11 @@ pub fn markdown(report: &Report) -> String {
         cov.uncovered.len()
     );
     if !report.stale_expectations.is_empty() {
-        let _ = writeln!(m, "Stale expectations (these cases pass now; remove the entries): {}\n", report.stale_expectations.join(", "));
+        let _ = writeln!(
+            m,
+            "Stale expectations (these cases pass now; remove the entries): {}\n",
+            report.stale_expectations.join(", ")
+        );
     }
     if !report.unmatched_expectations.is_empty() {
         let _ = writeln!(m, "Expectations matching no case: {}\n", report.unmatched_expectations.join(", "));

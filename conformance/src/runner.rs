@@ -190,7 +190,12 @@ pub async fn run(cases: &[Case], index: &[Requirement], subject: &Subject, opts:
     finish(cases, index, subject, opts, reports, started_at_ms)
 }
 
-async fn run_one(case: &Case, subject: &Subject, opts: &RunOptions, tag: String) -> (Outcome, Option<String>, String, Vec<Line>) {
+async fn run_one(
+    case: &Case,
+    subject: &Subject,
+    opts: &RunOptions,
+    tag: String,
+) -> (Outcome, Option<String>, String, Vec<Line>) {
     let budget = Duration::from_secs_f64(case.info.timeout.as_secs_f64() * opts.timeout_scale);
     let (result, transcript) = match (subject, &case.run) {
         (Subject::Broker(target), Run::Broker(f)) => {
@@ -268,8 +273,7 @@ fn finish(
     let mut stale = Vec::new();
     let mut unmatched = Vec::new();
     for d in &opts.expectations.deviation {
-        let matching: Vec<&CaseReport> =
-            reports.iter().filter(|r| crate::case::glob_match(&d.case, &r.id)).collect();
+        let matching: Vec<&CaseReport> = reports.iter().filter(|r| crate::case::glob_match(&d.case, &r.id)).collect();
         if matching.is_empty() {
             unmatched.push(d.case.clone());
         } else if matching.iter().all(|r| !r.outcome.is_failure()) {

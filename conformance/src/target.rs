@@ -66,7 +66,11 @@ impl Provision {
                     .await
                     .map_err(|e| fail(format!("cannot run {prog}: {e}")))?;
                 if !out.status.success() {
-                    return Err(fail(format!("{prog} exited {}: {}", out.status, String::from_utf8_lossy(&out.stderr))));
+                    return Err(fail(format!(
+                        "{prog} exited {}: {}",
+                        out.status,
+                        String::from_utf8_lossy(&out.stderr)
+                    )));
                 }
                 let text = String::from_utf8_lossy(&out.stdout);
                 let token = text.lines().next().unwrap_or("").trim().to_string();

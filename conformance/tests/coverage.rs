@@ -47,7 +47,10 @@ fn case_ids_are_unique_hierarchical_and_match_their_role() {
         let parts: Vec<&str> = path.split('.').collect();
         assert!(parts.len() >= 2, "{id}: needs at least area.topic");
         for p in parts {
-            assert!(!p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'), "{id}: bad segment {p:?}");
+            assert!(
+                !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+                "{id}: bad segment {p:?}"
+            );
             assert!(!p.bytes().all(|b| b.is_ascii_digit()), "{id}: positional number {p:?}");
         }
         assert!(!case.info.reqs.is_empty(), "{id} covers no requirement");
@@ -57,14 +60,20 @@ fn case_ids_are_unique_hierarchical_and_match_their_role() {
             Role::Client => "client",
         };
         let primary = index.iter().find(|r| r.id == case.info.reqs[0]).unwrap();
-        assert!(primary.target == side || primary.target == "both", "{id}: first requirement {} targets {}", primary.id, primary.target);
+        assert!(
+            primary.target == side || primary.target == "both",
+            "{id}: first requirement {} targets {}",
+            primary.id,
+            primary.target
+        );
     }
     assert!(seen.len() >= 60, "{} cases", seen.len());
 }
 
 #[test]
 fn the_cli_lists_every_case_with_its_quoted_requirements_and_the_coverage() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tern-conformance")).args(["list", "--json"]).output().unwrap();
+    let out =
+        std::process::Command::new(env!("CARGO_BIN_EXE_tern-conformance")).args(["list", "--json"]).output().unwrap();
     assert!(out.status.success());
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let listed = json["cases"].as_array().unwrap();

@@ -97,14 +97,24 @@ async fn receive(client: &mut Client) -> anyhow::Result<()> {
     while seen < count {
         match client.next().await {
             Some(Incoming::Message(m)) => {
-                println!("MESSAGE {} {} {}", m.conversation_id, m.conversation_seq, String::from_utf8_lossy(&m.payload));
+                println!(
+                    "MESSAGE {} {} {}",
+                    m.conversation_id,
+                    m.conversation_seq,
+                    String::from_utf8_lossy(&m.payload)
+                );
                 seen += 1;
             }
             Some(Incoming::Package(members)) => {
                 let first = members.first().and_then(|m| m.package.as_ref());
                 println!("PACKAGE {} {}", first.map_or(0, |p| p.package_id), members.len());
                 for m in &members {
-                    println!("MESSAGE {} {} {}", m.conversation_id, m.conversation_seq, String::from_utf8_lossy(&m.payload));
+                    println!(
+                        "MESSAGE {} {} {}",
+                        m.conversation_id,
+                        m.conversation_seq,
+                        String::from_utf8_lossy(&m.payload)
+                    );
                 }
                 seen += members.len();
             }

@@ -138,7 +138,10 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     let index = requirement_index();
     match cli.command {
         Command::List { json, select } => {
-            let chosen: Vec<_> = all.iter().filter(|c| tern_conformance::case::selected(c.info.id, &select.tests, &select.skips)).collect();
+            let chosen: Vec<_> = all
+                .iter()
+                .filter(|c| tern_conformance::case::selected(c.info.id, &select.tests, &select.skips))
+                .collect();
             if json {
                 let cases: Vec<_> = chosen
                     .iter()
@@ -154,8 +157,12 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                         })
                     })
                     .collect();
-                let coverage = tern_conformance::coverage::Coverage::compute(index, all.iter().flat_map(|c| c.info.reqs.iter().copied()));
-                let out = serde_json::json!({ "schema": "tern-conformance-list/1", "cases": cases, "coverage": coverage });
+                let coverage = tern_conformance::coverage::Coverage::compute(
+                    index,
+                    all.iter().flat_map(|c| c.info.reqs.iter().copied()),
+                );
+                let out =
+                    serde_json::json!({ "schema": "tern-conformance-list/1", "cases": cases, "coverage": coverage });
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
                 for c in chosen {
@@ -183,7 +190,19 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 }
             }
         }
-        Command::Server { addr, tls, ca, server_name, provision_cmd, provision_http, admin_key, read_fanout_threshold, retention_max_count, no_rooms, run } => {
+        Command::Server {
+            addr,
+            tls,
+            ca,
+            server_name,
+            provision_cmd,
+            provision_http,
+            admin_key,
+            read_fanout_threshold,
+            retention_max_count,
+            no_rooms,
+            run,
+        } => {
             let provision = match (provision_cmd, provision_http) {
                 (Some(cmd), None) => Provision::Command(split(&cmd)?),
                 (None, Some(url)) => Provision::Http { url, key: admin_key.unwrap_or_default() },
@@ -193,8 +212,10 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 let ca = ca.ok_or_else(|| anyhow::anyhow!("--tls needs --ca"))?;
                 let pem = std::fs::read(&ca).map_err(|e| anyhow::anyhow!("reading {}: {e}", ca.display()))?;
                 let roots = Arc::new(target::roots_from_pem(&pem).map_err(anyhow::Error::msg)?);
-                let host = server_name.unwrap_or_else(|| addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h).to_string());
-                let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| anyhow::anyhow!("server name {host}: {e}"))?;
+                let host =
+                    server_name.unwrap_or_else(|| addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h).to_string());
+                let name = rustls::pki_types::ServerName::try_from(host.clone())
+                    .map_err(|e| anyhow::anyhow!("server name {host}: {e}"))?;
                 let config = Arc::new(target::client_config(roots.clone(), &[b"tern/1"]).map_err(anyhow::Error::msg)?);
                 Some(TlsTarget { config, server_name: name, roots })
             } else {
@@ -216,7 +237,8 @@ fn split(cmd: &str) -> anyhow::Result<Vec<String>> {
 
 async fn execute(all: &[cases::Case], subject: Subject, args: RunArgs) -> anyhow::Result<u8> {
     let expectations = match &args.expectations {
-        Some(path) => Expectations::parse(&std::fs::read_to_string(path)?).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+        Some(path) => Expectations::parse(&std::fs::read_to_string(path)?)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
         None => Expectations::default(),
     };
     let opts = RunOptions {
@@ -238,6 +260,12 @@ async fn execute(all: &[cases::Case], subject: Subject, args: RunArgs) -> anyhow
         eprintln!("note: expectation `{e}` no longer fails; remove it");
     }
     let counts: Vec<String> = report.summary.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    eprintln!("{}: {} (seed {}); reports in {}", report.verdict, counts.join(", "), report.seed, args.report_dir.display());
+    eprintln!(
+        "{}: {} (seed {}); reports in {}",
+        report.verdict,
+        counts.join(", "),
+        report.seed,
+        args.report_dir.display()
+    );
     Ok(report.exit_code as u8)
 }

@@ -14,38 +14,102 @@ use crate::raw::{self, ty, Body};
 use crate::shim::{Shim, ShimTask};
 
 pub(super) const CASES: &[Case] = &[
-    client("handshake.version-not-offered@client", &["REQ-HSK-016"],
-        "a CONNACK choosing a version the client did not offer is refused with UNSUPPORTED_VERSION", version_not_offered),
-    client("handshake.connack-timeout@client", &["REQ-HSK-006"],
-        "with no CONNACK, the client closes with CONNECT_TIMEOUT within 10 s", connack_timeout),
-    client("handshake.nothing-before-connack@client", &["REQ-HSK-004", "REQ-HSK-001"],
-        "the client sends CONNECT first and nothing else before CONNACK", nothing_before_connack),
-    client("handshake.renumber-after-lost-state@client", &["REQ-HSK-015", "REQ-QOS-003"],
-        "when ConnAck.last_cid is not below its next cid, the client renumbers from last_cid + 1", renumber),
-    client("keepalive.ping-when-idle@client", &["REQ-KAL-001", "REQ-KAL-003"],
-        "an idle client sends PING within the keepalive interval and answers PING with the same nonce", ping_when_idle),
-    client("keepalive.silent-link@client", &["REQ-KAL-005"],
-        "a client that hears nothing for 1.5 keepalive intervals drops the link and reconnects", silent_link),
-    client("session.retry-after@client", &["REQ-KAL-007", "REQ-HSK-014", "REQ-HSK-012"],
-        "after DISCONNECT with retry_after_ms the client waits that long, then resends its unacknowledged PUBLISH", retry_after),
-    client("delivery.resend-after-resume@client", &["REQ-HSK-012", "REQ-QOS-003"],
-        "after a lost link the client resends every unacknowledged PUBLISH, in cid order, numbered without gaps", resend_after_resume),
-    client("delivery.retransmit-timeout@client", &["REQ-QOS-008"],
-        "a PUBLISH without PUBACK is sent again after about 2 s", retransmit_timeout),
-    client("delivery.stale-puback-ignored@client", &["REQ-QOS-015"],
-        "a PUBACK for a cid the client is not waiting for is ignored", stale_puback),
-    client("delivery.final-refusal@client", &["REQ-QOS-017", "REQ-ERR-001"],
-        "a PUBACK refusal (an unknown code of the auth class) is final: the cid is not sent again", final_refusal),
-    client("delivery.ack-contiguous-prefix@client", &["REQ-QOS-010", "REQ-QOS-011", "REQ-ORD-001"],
-        "the client acknowledges only its contiguous prefix, passes each seq once and in order", ack_prefix),
-    client("packages.whole-in-order@client", &["REQ-PKG-006"],
-        "a package is handed to the application only whole and in index order", package_whole),
-    client("sync.notify-triggers-sync@client", &["REQ-SYN-001", "REQ-SYN-008"],
-        "a NOTIFY above the sync point makes the client SYNC from its acked_seq", notify_sync),
-    client("framing.wrong-direction@client", &["REQ-FRM-007", "REQ-FRM-010", "REQ-ERR-003"],
-        "a PUBLISH sent to a client is refused with UNEXPECTED_FRAME", wrong_direction),
-    client("framing.invalid-field@client", &["REQ-FRM-011"],
-        "a DELIVER with seq 0 is refused with INVALID_FIELD", invalid_field),
+    client(
+        "handshake.version-not-offered@client",
+        &["REQ-HSK-016"],
+        "a CONNACK choosing a version the client did not offer is refused with UNSUPPORTED_VERSION",
+        version_not_offered,
+    ),
+    client(
+        "handshake.connack-timeout@client",
+        &["REQ-HSK-006"],
+        "with no CONNACK, the client closes with CONNECT_TIMEOUT within 10 s",
+        connack_timeout,
+    ),
+    client(
+        "handshake.nothing-before-connack@client",
+        &["REQ-HSK-004", "REQ-HSK-001"],
+        "the client sends CONNECT first and nothing else before CONNACK",
+        nothing_before_connack,
+    ),
+    client(
+        "handshake.renumber-after-lost-state@client",
+        &["REQ-HSK-015", "REQ-QOS-003"],
+        "when ConnAck.last_cid is not below its next cid, the client renumbers from last_cid + 1",
+        renumber,
+    ),
+    client(
+        "keepalive.ping-when-idle@client",
+        &["REQ-KAL-001", "REQ-KAL-003"],
+        "an idle client sends PING within the keepalive interval and answers PING with the same nonce",
+        ping_when_idle,
+    ),
+    client(
+        "keepalive.silent-link@client",
+        &["REQ-KAL-005"],
+        "a client that hears nothing for 1.5 keepalive intervals drops the link and reconnects",
+        silent_link,
+    ),
+    client(
+        "session.retry-after@client",
+        &["REQ-KAL-007", "REQ-HSK-014", "REQ-HSK-012"],
+        "after DISCONNECT with retry_after_ms the client waits that long, then resends its unacknowledged PUBLISH",
+        retry_after,
+    ),
+    client(
+        "delivery.resend-after-resume@client",
+        &["REQ-HSK-012", "REQ-QOS-003"],
+        "after a lost link the client resends every unacknowledged PUBLISH, in cid order, numbered without gaps",
+        resend_after_resume,
+    ),
+    client(
+        "delivery.retransmit-timeout@client",
+        &["REQ-QOS-008"],
+        "a PUBLISH without PUBACK is sent again after about 2 s",
+        retransmit_timeout,
+    ),
+    client(
+        "delivery.stale-puback-ignored@client",
+        &["REQ-QOS-015"],
+        "a PUBACK for a cid the client is not waiting for is ignored",
+        stale_puback,
+    ),
+    client(
+        "delivery.final-refusal@client",
+        &["REQ-QOS-017", "REQ-ERR-001"],
+        "a PUBACK refusal (an unknown code of the auth class) is final: the cid is not sent again",
+        final_refusal,
+    ),
+    client(
+        "delivery.ack-contiguous-prefix@client",
+        &["REQ-QOS-010", "REQ-QOS-011", "REQ-ORD-001"],
+        "the client acknowledges only its contiguous prefix, passes each seq once and in order",
+        ack_prefix,
+    ),
+    client(
+        "packages.whole-in-order@client",
+        &["REQ-PKG-006"],
+        "a package is handed to the application only whole and in index order",
+        package_whole,
+    ),
+    client(
+        "sync.notify-triggers-sync@client",
+        &["REQ-SYN-001", "REQ-SYN-008"],
+        "a NOTIFY above the sync point makes the client SYNC from its acked_seq",
+        notify_sync,
+    ),
+    client(
+        "framing.wrong-direction@client",
+        &["REQ-FRM-007", "REQ-FRM-010", "REQ-ERR-003"],
+        "a PUBLISH sent to a client is refused with UNEXPECTED_FRAME",
+        wrong_direction,
+    ),
+    client(
+        "framing.invalid-field@client",
+        &["REQ-FRM-011"],
+        "a DELIVER with seq 0 is refused with INVALID_FIELD",
+        invalid_field,
+    ),
 ];
 
 fn task(action: &'static str, count: u32) -> ShimTask {
@@ -71,7 +135,13 @@ fn deliver(seq: u64, payload: &str) -> Frame {
 }
 
 fn puback(cid: u64, reason: u32) -> Frame {
-    Frame::PubAck(proto::PubAck { cid, reason, msg_id: if reason == 0 { 500 + cid } else { 0 }, conversation_id: if reason == 0 { 7 } else { 0 }, seq: if reason == 0 { cid } else { 0 } })
+    Frame::PubAck(proto::PubAck {
+        cid,
+        reason,
+        msg_id: if reason == 0 { 500 + cid } else { 0 },
+        conversation_id: if reason == 0 { 7 } else { 0 },
+        seq: if reason == 0 { cid } else { 0 },
+    })
 }
 
 /// The next PUBLISH from the client.
@@ -121,7 +191,11 @@ fn nothing_before_connack(cx: &ClientCx) -> CaseFuture<'_> {
         let mut shim = cx.start(task("publish", 1)).await?;
         let mut p = cx.accept(&mut shim, "REQ-HSK-001").await?;
         let first = p.recv(cx.prompt()).await;
-        check!(matches!(first, Event::Frame(Frame::Connect(_))), "REQ-HSK-001", "the first frame was {first:?}, not CONNECT");
+        check!(
+            matches!(first, Event::Frame(Frame::Connect(_))),
+            "REQ-HSK-001",
+            "the first frame was {first:?}, not CONNECT"
+        );
         // Hold the CONNACK back for a moment: anything the client sends now is early.
         match p.recv(cx.wait(0.5)).await {
             Event::Silent => {}
@@ -140,7 +214,13 @@ fn renumber(cx: &ClientCx) -> CaseFuture<'_> {
         let (mut p, _) = cx.accept_session(&mut shim, proto::ConnAck { last_cid: 5, ..connack() }).await?;
         let a = next_publish(cx, &mut p, "REQ-HSK-015").await?;
         let b = next_publish(cx, &mut p, "REQ-HSK-015").await?;
-        check!(a.cid == 6 && b.cid == 7, "REQ-HSK-015", "after last_cid 5 the client sent cids {} and {}, expected 6 and 7", a.cid, b.cid);
+        check!(
+            a.cid == 6 && b.cid == 7,
+            "REQ-HSK-015",
+            "after last_cid 5 the client sent cids {} and {}, expected 6 and 7",
+            a.cid,
+            b.cid
+        );
         p.send(&puback(6, 0)).await?;
         p.send(&puback(7, 0)).await?;
         shim.expect_success(cx.prompt(), "REQ-HSK-015").await
@@ -152,17 +232,21 @@ fn ping_when_idle(cx: &ClientCx) -> CaseFuture<'_> {
         let mut shim = cx.start(task("idle", 0)).await?;
         let (mut p, _) = cx.accept_session(&mut shim, proto::ConnAck { keepalive_secs: 5, ..connack() }).await?;
         p.auto_pong = false;
-        let ping = p.expect(cx.wait(5.5), "REQ-KAL-001", "a frame within the 5 s keepalive", |f| match f {
-            Frame::Ping(x) => Some(x.nonce),
-            _ => None,
-        }).await?;
+        let ping = p
+            .expect(cx.wait(5.5), "REQ-KAL-001", "a frame within the 5 s keepalive", |f| match f {
+                Frame::Ping(x) => Some(x.nonce),
+                _ => None,
+            })
+            .await?;
         p.send(&Frame::Pong(proto::Ping { nonce: ping })).await?;
         let nonce = 0x7e57_0000 ^ cx.seed;
         p.send_raw(&raw::ping(nonce)).await?;
-        let got = p.expect(cx.prompt(), "REQ-KAL-003", "PONG", |f| match f {
-            Frame::Pong(x) => Some(x.nonce),
-            _ => None,
-        }).await?;
+        let got = p
+            .expect(cx.prompt(), "REQ-KAL-003", "PONG", |f| match f {
+                Frame::Pong(x) => Some(x.nonce),
+                _ => None,
+            })
+            .await?;
         check!(got == nonce, "REQ-KAL-003", "PONG nonce {got}, PING nonce {nonce}");
         dismiss(&mut p).await?;
         shim.expect_success(cx.prompt(), "REQ-KAL-001").await
@@ -181,7 +265,10 @@ fn silent_link(cx: &ClientCx) -> CaseFuture<'_> {
             () = async { while !matches!(p.recv(cx.wait(10.0)).await, Event::Closed | Event::Silent) {} } => shim.accept(cx.wait(3.0)).await?,
         };
         let Some(mut again) = reconnect else {
-            return Err(crate::violated!("REQ-KAL-005", "the client did not reconnect after 1.5 silent keepalive intervals"));
+            return Err(crate::violated!(
+                "REQ-KAL-005",
+                "the client did not reconnect after 1.5 silent keepalive intervals"
+            ));
         };
         cx.read_connect(&mut again).await?;
         again.send(&Frame::ConnAck(connack())).await?;
@@ -201,16 +288,33 @@ fn retry_after(cx: &ClientCx) -> CaseFuture<'_> {
         p.shutdown().await;
         match p.recv(cx.prompt()).await {
             Event::Closed | Event::Silent => {}
-            Event::Frame(f) => return Err(crate::violated!("REQ-HSK-014", "the client sent {} after receiving DISCONNECT", f.frame_type().name())),
+            Event::Frame(f) => {
+                return Err(crate::violated!(
+                    "REQ-HSK-014",
+                    "the client sent {} after receiving DISCONNECT",
+                    f.frame_type().name()
+                ))
+            }
             Event::Garbage(e) => return Err(crate::violated!("REQ-HSK-014", "bytes after DISCONNECT: {e}")),
         }
         let mut again = cx.accept(&mut shim, "REQ-KAL-007").await?;
         let waited = sent_at.elapsed();
-        check!(waited.as_millis() >= 1500, "REQ-KAL-007", "the client reconnected after {} ms; retry_after_ms was 1500", waited.as_millis());
+        check!(
+            waited.as_millis() >= 1500,
+            "REQ-KAL-007",
+            "the client reconnected after {} ms; retry_after_ms was 1500",
+            waited.as_millis()
+        );
         cx.read_connect(&mut again).await?;
         again.send(&Frame::ConnAck(proto::ConnAck { session_present: true, ..connack() })).await?;
         let resent = next_publish(cx, &mut again, "REQ-HSK-012").await?;
-        check!(resent.cid == first.cid && resent.payload == first.payload, "REQ-HSK-012", "resent cid {} differs from cid {}", resent.cid, first.cid);
+        check!(
+            resent.cid == first.cid && resent.payload == first.payload,
+            "REQ-HSK-012",
+            "resent cid {} differs from cid {}",
+            resent.cid,
+            first.cid
+        );
         again.send(&puback(resent.cid, 0)).await?;
         shim.expect_success(cx.prompt(), "REQ-HSK-012").await
     })
@@ -229,13 +333,21 @@ fn resend_after_resume(cx: &ClientCx) -> CaseFuture<'_> {
         p.shutdown().await;
         let mut again = cx.accept(&mut shim, "REQ-HSK-012").await?;
         let connect = cx.read_connect(&mut again).await?;
-        check!(connect.resume_session_id.as_ref() == b"conformance-session", "REQ-HSK-012", "the client did not ask to resume its session");
+        check!(
+            connect.resume_session_id.as_ref() == b"conformance-session",
+            "REQ-HSK-012",
+            "the client did not ask to resume its session"
+        );
         again.send(&Frame::ConnAck(proto::ConnAck { session_present: true, last_cid: 1, ..connack() })).await?;
         let mut resent = Vec::new();
         for _ in 0..2 {
             resent.push(next_publish(cx, &mut again, "REQ-HSK-012").await?.cid);
         }
-        check!(resent == vec![2, 3], "REQ-HSK-012", "after resuming the client resent cids {resent:?}, expected [2, 3]");
+        check!(
+            resent == vec![2, 3],
+            "REQ-HSK-012",
+            "after resuming the client resent cids {resent:?}, expected [2, 3]"
+        );
         again.send(&puback(2, 0)).await?;
         again.send(&puback(3, 0)).await?;
         shim.expect_success(cx.prompt(), "REQ-HSK-012").await
@@ -248,15 +360,22 @@ fn retransmit_timeout(cx: &ClientCx) -> CaseFuture<'_> {
         let (mut p, _) = cx.accept_session(&mut shim, connack()).await?;
         let first = next_publish(cx, &mut p, "REQ-QOS-003").await?;
         let started = std::time::Instant::now();
-        let again = p.expect(cx.wait(6.0), "REQ-QOS-008", "a retransmitted PUBLISH", |f| match f {
-            Frame::Publish(x) if x.cid == first.cid => Some(()),
-            _ => None,
-        }).await;
+        let again = p
+            .expect(cx.wait(6.0), "REQ-QOS-008", "a retransmitted PUBLISH", |f| match f {
+                Frame::Publish(x) if x.cid == first.cid => Some(()),
+                _ => None,
+            })
+            .await;
         if let Err(e) = again {
             p.send(&puback(first.cid, 0)).await?;
             return Err(e);
         }
-        check!(started.elapsed().as_millis() >= 1500, "REQ-QOS-008", "retransmitted after {} ms, before the 2 s timeout", started.elapsed().as_millis());
+        check!(
+            started.elapsed().as_millis() >= 1500,
+            "REQ-QOS-008",
+            "retransmitted after {} ms, before the 2 s timeout",
+            started.elapsed().as_millis()
+        );
         p.send(&puback(first.cid, 0)).await?;
         shim.expect_success(cx.prompt(), "REQ-QOS-008").await
     })
@@ -293,7 +412,11 @@ fn final_refusal(cx: &ClientCx) -> CaseFuture<'_> {
             again.send(&Frame::ConnAck(proto::ConnAck { session_present: true, last_cid: 2, ..connack() })).await?;
             let more = again.recv(cx.wait(1.0)).await;
             if let Event::Frame(Frame::Publish(x)) = more {
-                return Err(crate::violated!("REQ-QOS-017", "the client sent cid {} again after a final refusal", x.cid));
+                return Err(crate::violated!(
+                    "REQ-QOS-017",
+                    "the client sent cid {} again after a final refusal",
+                    x.cid
+                ));
             }
         }
         shim.expect_failure(cx.prompt(), "REQ-ERR-001").await
@@ -305,7 +428,10 @@ async fn messages(cx: &ClientCx, shim: &mut Shim, n: usize, req: &'static str) -
     let mut out = Vec::new();
     while out.len() < n {
         let Some(line) = shim.line(cx.prompt()).await else {
-            return Err(Stop::Violation { req, detail: format!("the application received {} of {n} messages: {out:?}", out.len()) });
+            return Err(Stop::Violation {
+                req,
+                detail: format!("the application received {} of {n} messages: {out:?}", out.len()),
+            });
         };
         if line.starts_with("MESSAGE ") {
             out.push(line);
@@ -329,7 +455,11 @@ fn ack_prefix(cx: &ClientCx) -> CaseFuture<'_> {
         p.ping(cx.prompt(), "REQ-QOS-010", 8).await?;
         check!(highest == 1, "REQ-QOS-010", "the client acknowledged seq {highest} across a gap at seq 2");
         p.send(&deliver(2, "two")).await?;
-        p.send(&Frame::Deliver(match deliver(2, "two") { Frame::Deliver(d) => proto::Deliver { dup: true, ..d }, f => return Err(Stop::Harness(format!("{f:?}"))) })).await?;
+        p.send(&Frame::Deliver(match deliver(2, "two") {
+            Frame::Deliver(d) => proto::Deliver { dup: true, ..d },
+            f => return Err(Stop::Harness(format!("{f:?}"))),
+        }))
+        .await?;
         while highest < 3 {
             let seq = p.expect(cx.prompt(), "REQ-QOS-010", "DELIVER_ACK for seq 3", ack).await?;
             check!(seq <= 3, "REQ-QOS-010", "acknowledged seq {seq}, never sent");
@@ -350,18 +480,28 @@ fn package_whole(cx: &ClientCx) -> CaseFuture<'_> {
         let mut shim = cx.start(task("receive", 3)).await?;
         let (mut p, _) = cx.accept_session(&mut shim, connack()).await?;
         let member = |i: u32| match deliver(u64::from(i) + 1, &format!("member{i}")) {
-            Frame::Deliver(d) => Frame::Deliver(proto::Deliver { package: Some(PackageRef { package_id: 4, index: i, count: 3 }), ..d }),
+            Frame::Deliver(d) => {
+                Frame::Deliver(proto::Deliver { package: Some(PackageRef { package_id: 4, index: i, count: 3 }), ..d })
+            }
             f => f,
         };
         p.send(&member(0)).await?;
         p.send(&member(1)).await?;
         p.ping(cx.prompt(), "REQ-PKG-006", 9).await?;
         let early = shim.lines_now();
-        check!(early.iter().all(|l| !l.starts_with("MESSAGE ")), "REQ-PKG-006", "part of a package reached the application: {early:?}");
+        check!(
+            early.iter().all(|l| !l.starts_with("MESSAGE ")),
+            "REQ-PKG-006",
+            "part of a package reached the application: {early:?}"
+        );
         p.send(&member(2)).await?;
         let got = messages(cx, &mut shim, 3, "REQ-PKG-006").await?;
         let payloads: Vec<&str> = got.iter().filter_map(|l| l.rsplit(' ').next()).collect();
-        check!(payloads == vec!["member0", "member1", "member2"], "REQ-PKG-006", "the application received {payloads:?}");
+        check!(
+            payloads == vec!["member0", "member1", "member2"],
+            "REQ-PKG-006",
+            "the application received {payloads:?}"
+        );
         dismiss(&mut p).await?;
         shim.expect_success(cx.prompt(), "REQ-PKG-006").await
     })
@@ -373,18 +513,38 @@ fn notify_sync(cx: &ClientCx) -> CaseFuture<'_> {
         let (mut p, _) = cx.accept_session(&mut shim, connack()).await?;
         let stream = conversation(40);
         p.send(&Frame::Notify(proto::Notify { stream: Some(stream), latest_seq: 6, acked_seq: 5 })).await?;
-        let sync = p.expect(cx.prompt(), "REQ-SYN-001", "SYNC after NOTIFY", |f| match f {
-            Frame::Sync(s) => Some(*s),
-            _ => None,
-        }).await?;
-        check!(sync.stream == Some(stream) && sync.after_seq == 5, "REQ-SYN-008",
-            "SYNC for {:?} after {}, expected conversation 40 after its acked_seq 5", sync.stream, sync.after_seq);
+        let sync = p
+            .expect(cx.prompt(), "REQ-SYN-001", "SYNC after NOTIFY", |f| match f {
+                Frame::Sync(s) => Some(*s),
+                _ => None,
+            })
+            .await?;
+        check!(
+            sync.stream == Some(stream) && sync.after_seq == 5,
+            "REQ-SYN-008",
+            "SYNC for {:?} after {}, expected conversation 40 after its acked_seq 5",
+            sync.stream,
+            sync.after_seq
+        );
         let d = match deliver(6, "synced") {
-            Frame::Deliver(d) => proto::Deliver { stream: Some(stream), conversation_id: 40, conversation_seq: 6, topic: "group/g".into(), ..d },
+            Frame::Deliver(d) => proto::Deliver {
+                stream: Some(stream),
+                conversation_id: 40,
+                conversation_seq: 6,
+                topic: "group/g".into(),
+                ..d
+            },
             f => return Err(Stop::Harness(format!("{f:?}"))),
         };
         p.send(&Frame::Deliver(d)).await?;
-        p.send(&Frame::SyncDone(proto::SyncDone { request_id: sync.request_id, reason: 0, stream: Some(stream), last_seq: 6, more: false })).await?;
+        p.send(&Frame::SyncDone(proto::SyncDone {
+            request_id: sync.request_id,
+            reason: 0,
+            stream: Some(stream),
+            last_seq: 6,
+            more: false,
+        }))
+        .await?;
         messages(cx, &mut shim, 1, "REQ-SYN-001").await?;
         dismiss(&mut p).await?;
         shim.expect_success(cx.prompt(), "REQ-SYN-001").await

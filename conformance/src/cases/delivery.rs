@@ -42,14 +42,24 @@ fn duplicate_cid(cx: &Cx) -> CaseFuture<'_> {
         let topic = format!("user/{r}");
         let first = tx.publish_ok(cx.prompt(), 1, &topic, b"once").await?;
         let again = tx.publish(cx.prompt(), 1, &topic, b"once").await?;
-        check!(again.msg_id == first.msg_id && again.seq == first.seq && again.conversation_id == first.conversation_id
-            && (again.reason == first.reason || again.reason == ReasonCode::Duplicate as u32), "REQ-QOS-005",
-            "second PUBACK for cid 1 differs: first {first:?}, second {again:?}");
+        check!(
+            again.msg_id == first.msg_id
+                && again.seq == first.seq
+                && again.conversation_id == first.conversation_id
+                && (again.reason == first.reason || again.reason == ReasonCode::Duplicate as u32),
+            "REQ-QOS-005",
+            "second PUBACK for cid 1 differs: first {first:?}, second {again:?}"
+        );
         tx.publish_ok(cx.prompt(), 2, &topic, b"barrier").await?;
         let d1 = rx.fresh_deliver(cx.prompt(), "REQ-QOS-005").await?;
         let d2 = rx.fresh_deliver(cx.prompt(), "REQ-QOS-005").await?;
-        check!(d1.payload == Bytes::from_static(b"once") && d2.payload == Bytes::from_static(b"barrier"), "REQ-QOS-005",
-            "recipient got {:?} then {:?}; expected the message once, then the barrier", d1.payload, d2.payload);
+        check!(
+            d1.payload == Bytes::from_static(b"once") && d2.payload == Bytes::from_static(b"barrier"),
+            "REQ-QOS-005",
+            "recipient got {:?} then {:?}; expected the message once, then the barrier",
+            d1.payload,
+            d2.payload
+        );
         rx.ack(d2.stream.unwrap_or_default(), d2.seq).await?;
         tx.close().await?;
         rx.close().await
@@ -69,14 +79,26 @@ fn dedup_across_reconnect(cx: &Cx) -> CaseFuture<'_> {
         let (mut tx2, ack2) = cx.session_with("sender-again", connect).await?;
         check!(ack2.last_cid >= 1, "REQ-QOS-005", "CONNACK last_cid {} after cid 1 was acknowledged", ack2.last_cid);
         let again = tx2.publish(cx.prompt(), 1, &topic, b"retransmitted").await?;
-        check!(again.msg_id == first.msg_id && again.seq == first.seq, "REQ-QOS-005",
-            "retransmitted cid 1 got msg_id {} seq {}, first was msg_id {} seq {}", again.msg_id, again.seq, first.msg_id, first.seq);
+        check!(
+            again.msg_id == first.msg_id && again.seq == first.seq,
+            "REQ-QOS-005",
+            "retransmitted cid 1 got msg_id {} seq {}, first was msg_id {} seq {}",
+            again.msg_id,
+            again.seq,
+            first.msg_id,
+            first.seq
+        );
         tx2.publish_ok(cx.prompt(), 2, &topic, b"barrier").await?;
         let (mut rx, _) = cx.session("recipient", &r, "d1").await?;
         let d1 = rx.deliver(cx.prompt(), "REQ-QOS-005").await?;
         let d2 = rx.deliver(cx.prompt(), "REQ-QOS-005").await?;
-        check!(d1.payload.as_ref() == b"retransmitted" && d2.payload.as_ref() == b"barrier", "REQ-QOS-005",
-            "recipient inbox holds {:?}, {:?}: the retransmission was stored twice", d1.payload, d2.payload);
+        check!(
+            d1.payload.as_ref() == b"retransmitted" && d2.payload.as_ref() == b"barrier",
+            "REQ-QOS-005",
+            "recipient inbox holds {:?}, {:?}: the retransmission was stored twice",
+            d1.payload,
+            d2.payload
+        );
         rx.ack(d2.stream.unwrap_or_default(), d2.seq).await?;
         tx2.close().await?;
         rx.close().await
@@ -92,16 +114,24 @@ fn cid_order(cx: &Cx) -> CaseFuture<'_> {
         // A PING round trip proves the broker has read cid 2; it must not have answered it.
         tx.send(&Frame::Ping(proto::Ping { nonce: 42 })).await?;
         tx.auto_pong = false;
-        let early = tx.expect(cx.prompt(), "REQ-QOS-007", "PONG", |f| match f {
-            Frame::PubAck(a) => Some(Some(a.cid)),
-            Frame::Pong(_) => Some(None),
-            _ => None,
-        }).await?;
+        let early = tx
+            .expect(cx.prompt(), "REQ-QOS-007", "PONG", |f| match f {
+                Frame::PubAck(a) => Some(Some(a.cid)),
+                Frame::Pong(_) => Some(None),
+                _ => None,
+            })
+            .await?;
         check!(early.is_none(), "REQ-QOS-007", "cid 2 was answered before cid 1 arrived");
         tx.send(&publish(1, &topic, b"first")).await?;
         let a1 = tx.puback(cx.prompt(), 1).await?;
         let a2 = tx.puback(cx.prompt(), 2).await?;
-        check!(a1.reason == 0 && a2.reason == 0, "REQ-QOS-007", "PUBACK reasons {} and {}", reason_name(a1.reason), reason_name(a2.reason));
+        check!(
+            a1.reason == 0 && a2.reason == 0,
+            "REQ-QOS-007",
+            "PUBACK reasons {} and {}",
+            reason_name(a1.reason),
+            reason_name(a2.reason)
+        );
         check!(a1.seq < a2.seq, "REQ-ORD-002", "cid 1 got seq {}, cid 2 got seq {}", a1.seq, a2.seq);
         tx.close().await
     })
@@ -128,8 +158,14 @@ fn redeliver_after_resume(cx: &Cx) -> CaseFuture<'_> {
         connect.resume_session_id = ack.session_id;
         let (mut rx2, _) = cx.session_with("recipient-resumed", connect).await?;
         let again = rx2.deliver(cx.prompt(), "REQ-HSK-012").await?;
-        check!(again.seq == d.seq && again.msg_id == d.msg_id, "REQ-HSK-012",
-            "after resuming, first DELIVER is seq {} (msg {}), expected the unacknowledged seq {}", again.seq, again.msg_id, d.seq);
+        check!(
+            again.seq == d.seq && again.msg_id == d.msg_id,
+            "REQ-HSK-012",
+            "after resuming, first DELIVER is seq {} (msg {}), expected the unacknowledged seq {}",
+            again.seq,
+            again.msg_id,
+            d.seq
+        );
         check!(again.dup, "REQ-QOS-013", "the DELIVER sent again after resume does not have dup set");
         rx2.ack(again.stream.unwrap_or_default(), again.seq).await?;
         tx.close().await?;
@@ -145,10 +181,12 @@ fn retransmit_timeout(cx: &Cx) -> CaseFuture<'_> {
         tx.publish_ok(cx.prompt(), 1, &format!("user/{r}"), b"not acknowledged").await?;
         let d = rx.fresh_deliver(cx.prompt(), "REQ-SYN-009").await?;
         // First timeout 2 s (6.2); allow for timer granularity.
-        let again = rx.expect(cx.wait(6.0), "REQ-QOS-013", "a retransmitted DELIVER", |f| match f {
-            Frame::Deliver(x) if x.seq == d.seq => Some(x.clone()),
-            _ => None,
-        }).await?;
+        let again = rx
+            .expect(cx.wait(6.0), "REQ-QOS-013", "a retransmitted DELIVER", |f| match f {
+                Frame::Deliver(x) if x.seq == d.seq => Some(x.clone()),
+                _ => None,
+            })
+            .await?;
         check!(again.dup, "REQ-QOS-013", "the retransmitted DELIVER does not have dup set");
         rx.ack(again.stream.unwrap_or_default(), again.seq).await?;
         tx.close().await?;
@@ -165,8 +203,13 @@ fn payload_omitted(cx: &Cx) -> CaseFuture<'_> {
         let (mut tx, _) = cx.session("sender", &s, "d1").await?;
         tx.publish_ok(cx.prompt(), 1, &format!("user/{r}"), &vec![b'z'; 3000]).await?;
         let d = rx.fresh_deliver(cx.prompt(), "REQ-QOS-018").await?;
-        check!(d.payload_omitted && d.payload.is_empty(), "REQ-QOS-018",
-            "DELIVER of a 3000-byte message to a 1396-byte client: payload {} bytes, payload_omitted {}", d.payload.len(), d.payload_omitted);
+        check!(
+            d.payload_omitted && d.payload.is_empty(),
+            "REQ-QOS-018",
+            "DELIVER of a 3000-byte message to a 1396-byte client: payload {} bytes, payload_omitted {}",
+            d.payload.len(),
+            d.payload_omitted
+        );
         rx.ack(d.stream.unwrap_or_default(), d.seq).await?;
         tx.close().await?;
         rx.close().await
@@ -181,12 +224,21 @@ fn ack_out_of_range(cx: &Cx) -> CaseFuture<'_> {
         p.auto_pong = false;
         loop {
             match p.recv(cx.prompt()).await {
-                Event::Frame(Frame::Disconnect(d)) if d.reason == ReasonCode::AckOutOfRange as u32 => return p.expect_eof(cx.prompt()).await,
+                Event::Frame(Frame::Disconnect(d)) if d.reason == ReasonCode::AckOutOfRange as u32 => {
+                    return p.expect_eof(cx.prompt()).await
+                }
                 Event::Frame(Frame::Disconnect(d)) => {
-                    return Err(crate::violated!("REQ-ERR-003", "closed with {} instead of ACK_OUT_OF_RANGE", reason_name(d.reason)))
+                    return Err(crate::violated!(
+                        "REQ-ERR-003",
+                        "closed with {} instead of ACK_OUT_OF_RANGE",
+                        reason_name(d.reason)
+                    ))
                 }
                 Event::Frame(Frame::Pong(_)) => {
-                    return Err(crate::violated!("REQ-QOS-014", "the broker tolerated a DELIVER_ACK above the stream's latest seq"))
+                    return Err(crate::violated!(
+                        "REQ-QOS-014",
+                        "the broker tolerated a DELIVER_ACK above the stream's latest seq"
+                    ))
                 }
                 Event::Frame(_) => continue,
                 other => return Err(crate::violated!("REQ-ERR-003", "after an out-of-range ack: {other:?}")),
@@ -219,20 +271,41 @@ fn e2ee_opaque(cx: &Cx) -> CaseFuture<'_> {
         });
         tx.send(&frame).await?;
         let ack = tx.puback(cx.prompt(), 1).await?;
-        check!(ack.reason == 0, "REQ-E2E-001", "an application/tern-e2ee PUBLISH was refused: {}", reason_name(ack.reason));
+        check!(
+            ack.reason == 0,
+            "REQ-E2E-001",
+            "an application/tern-e2ee PUBLISH was refused: {}",
+            reason_name(ack.reason)
+        );
         let (mut rx, _) = cx.session("recipient", &r, "d1").await?;
         let d = rx.deliver(cx.prompt(), "REQ-E2E-001").await?;
-        check!(d.payload.as_ref() == payload.as_slice() && d.content_type == "application/tern-e2ee", "REQ-E2E-001",
-            "offline delivery changed the payload or content type ({} bytes, {:?})", d.payload.len(), d.content_type);
+        check!(
+            d.payload.as_ref() == payload.as_slice() && d.content_type == "application/tern-e2ee",
+            "REQ-E2E-001",
+            "offline delivery changed the payload or content type ({} bytes, {:?})",
+            d.payload.len(),
+            d.content_type
+        );
         rx.ack(d.stream.unwrap_or_default(), d.seq).await?;
-        let id = cx.request_id() ;
-        rx.send(&Frame::HistoryRequest(proto::HistoryRequest { request_id: id, conversation_id: ack.conversation_id, before_seq: 0, limit: 5 })).await?;
-        let page = rx.expect(cx.prompt(), "REQ-SYN-004", "HISTORY_PAGE", |f| match f {
-            Frame::HistoryPage(p) if p.request_id == id => Some(p.clone()),
-            _ => None,
-        }).await?;
-        check!(page.entries.first().is_some_and(|e| e.payload.as_ref() == payload.as_slice()), "REQ-E2E-001",
-            "history does not return the payload byte for byte");
+        let id = cx.request_id();
+        rx.send(&Frame::HistoryRequest(proto::HistoryRequest {
+            request_id: id,
+            conversation_id: ack.conversation_id,
+            before_seq: 0,
+            limit: 5,
+        }))
+        .await?;
+        let page = rx
+            .expect(cx.prompt(), "REQ-SYN-004", "HISTORY_PAGE", |f| match f {
+                Frame::HistoryPage(p) if p.request_id == id => Some(p.clone()),
+                _ => None,
+            })
+            .await?;
+        check!(
+            page.entries.first().is_some_and(|e| e.payload.as_ref() == payload.as_slice()),
+            "REQ-E2E-001",
+            "history does not return the payload byte for byte"
+        );
         tx.close().await?;
         rx.close().await
     })
@@ -248,29 +321,54 @@ fn room_broadcast(cx: &Cx) -> CaseFuture<'_> {
             let r = p.request(cx.prompt(), id, Op::RoomJoin(proto::RoomJoin { room_id: room.clone() })).await?;
             check!(r.reason == 0, "REQ-GRP-004", "room_join for member {label} refused: {}", reason_name(r.reason));
             let id = cx.request_id();
-            p.send(&Frame::Subscribe(proto::Subscribe { request_id: id, filters: vec![format!("room/{room}")] })).await?;
-            let sub = p.expect(cx.prompt(), "REQ-ACL-003", "SUBACK", |f| match f {
-                Frame::SubAck(s) if s.request_id == id => Some(s.clone()),
-                _ => None,
-            }).await?;
+            p.send(&Frame::Subscribe(proto::Subscribe { request_id: id, filters: vec![format!("room/{room}")] }))
+                .await?;
+            let sub = p
+                .expect(cx.prompt(), "REQ-ACL-003", "SUBACK", |f| match f {
+                    Frame::SubAck(s) if s.request_id == id => Some(s.clone()),
+                    _ => None,
+                })
+                .await?;
             check!(sub.reasons == vec![0], "REQ-ACL-003", "SUBACK for a member's room: {:?}", sub.reasons);
         }
         let topic = format!("room/{room}");
-        let frame = Frame::Publish(proto::Publish { cid: 0, qos: 0, topic, payload: Bytes::from_static(b"live"), ..Default::default() });
+        let frame = Frame::Publish(proto::Publish {
+            cid: 0,
+            qos: 0,
+            topic,
+            payload: Bytes::from_static(b"live"),
+            ..Default::default()
+        });
         pa.send(&frame).await?;
         let d = pb.deliver(cx.prompt(), "REQ-GRP-004").await?;
         let stream = d.stream.unwrap_or_default();
-        check!(d.qos == 0 && stream.kind == StreamKind::Conversation as i32 && d.payload.as_ref() == b"live", "REQ-GRP-004",
-            "room message arrived as qos {} on stream kind {} with payload {:?}", d.qos, stream.kind, d.payload);
+        check!(
+            d.qos == 0 && stream.kind == StreamKind::Conversation as i32 && d.payload.as_ref() == b"live",
+            "REQ-GRP-004",
+            "room message arrived as qos {} on stream kind {} with payload {:?}",
+            d.qos,
+            stream.kind,
+            d.payload
+        );
         // The inbox must not hold it: a SYNC of the inbox returns nothing.
         let id = cx.request_id();
-        pb.send(&Frame::Sync(proto::Sync { request_id: id, stream: Some(crate::cx::inbox()), after_seq: 0, limit: 10 })).await?;
+        pb.send(&Frame::Sync(proto::Sync {
+            request_id: id,
+            stream: Some(crate::cx::inbox()),
+            after_seq: 0,
+            limit: 10,
+        }))
+        .await?;
         let mut inbox = 0;
         pb.expect(cx.prompt(), "REQ-SYN-002", "SYNC_DONE", |f| match f {
-            Frame::Deliver(x) if x.stream.unwrap_or_default().kind == StreamKind::Inbox as i32 => { inbox += 1; None }
+            Frame::Deliver(x) if x.stream.unwrap_or_default().kind == StreamKind::Inbox as i32 => {
+                inbox += 1;
+                None
+            }
             Frame::SyncDone(s) if s.request_id == id => Some(()),
             _ => None,
-        }).await?;
+        })
+        .await?;
         check!(inbox == 0, "REQ-GRP-004", "the room message was written to a member's inbox");
         pa.close().await?;
         pb.close().await

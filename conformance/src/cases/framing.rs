@@ -10,32 +10,84 @@ use crate::cx::Cx;
 use crate::raw::{self, ty, Body};
 
 pub(super) const CASES: &[Case] = &[
-    broker("framing.oversize.1401-bytes@broker", &["REQ-FRM-001", "REQ-FRM-002", "REQ-FRM-010", "REQ-ERR-003"],
-        "a 1401-byte PUBLISH is refused with FRAME_TOO_LARGE and nothing after it is acted on", oversize),
-    broker("framing.oversize.header-only@broker", &["REQ-FRM-002"],
-        "a header announcing 65535 bytes is refused before any body byte arrives", oversize_header_only),
-    broker("framing.limit.1400-bytes-accepted@broker", &["REQ-FRM-001"],
-        "a PUBLISH of exactly 1400 bytes is accepted", exactly_1400),
-    broker("framing.reserved-flags@broker", &["REQ-FRM-003", "REQ-FRM-010"],
-        "a PING with a flag bit set is refused with RESERVED_BITS_SET", reserved_flags),
-    broker("framing.unknown-type@broker", &["REQ-FRM-004", "REQ-FRM-010"],
-        "frame type 0x7F is refused with UNKNOWN_FRAME_TYPE", unknown_type),
-    broker("framing.non-minimal-varint@broker", &["REQ-FRM-005", "REQ-FRM-010"],
-        "a varint padded with a redundant byte is refused with NON_CANONICAL_ENCODING", non_minimal),
-    broker("framing.trailing-bytes@broker", &["REQ-FRM-006", "REQ-FRM-010"],
-        "a body with a trailing byte after its last field is refused with MALFORMED_FRAME", trailing),
-    broker("framing.invalid-utf8@broker", &["REQ-FRM-006", "REQ-FRM-010"],
-        "a topic that is not UTF-8 is refused with MALFORMED_FRAME", invalid_utf8),
-    broker("framing.wrong-direction@broker", &["REQ-FRM-007", "REQ-FRM-010", "REQ-ERR-003"],
-        "a CONNACK sent by a client is refused with UNEXPECTED_FRAME", wrong_direction),
-    broker("framing.invalid-field.qos-3@broker", &["REQ-FRM-011", "REQ-QOS-001"],
-        "a PUBLISH with qos 3 is refused with INVALID_FIELD", invalid_qos),
-    broker("fragments.reassembled-publish@broker", &["REQ-FRG-001"],
-        "a 3000-byte PUBLISH sent as FRAGMENT frames is stored and delivered whole", fragmented_publish),
-    broker("fragments.first-piece-index-1@broker", &["REQ-FRG-002"],
-        "a FRAGMENT with index 1 and no index 0 is refused with FRAGMENT_SEQUENCE_ERROR", fragment_without_start),
-    broker("fragments.discarded-on-close@broker", &["REQ-FRG-010", "REQ-FRG-002"],
-        "the rest of a fragmented body sent on a new connection is not joined to the old start", fragment_across_connections),
+    broker(
+        "framing.oversize.1401-bytes@broker",
+        &["REQ-FRM-001", "REQ-FRM-002", "REQ-FRM-010", "REQ-ERR-003"],
+        "a 1401-byte PUBLISH is refused with FRAME_TOO_LARGE and nothing after it is acted on",
+        oversize,
+    ),
+    broker(
+        "framing.oversize.header-only@broker",
+        &["REQ-FRM-002"],
+        "a header announcing 65535 bytes is refused before any body byte arrives",
+        oversize_header_only,
+    ),
+    broker(
+        "framing.limit.1400-bytes-accepted@broker",
+        &["REQ-FRM-001"],
+        "a PUBLISH of exactly 1400 bytes is accepted",
+        exactly_1400,
+    ),
+    broker(
+        "framing.reserved-flags@broker",
+        &["REQ-FRM-003", "REQ-FRM-010"],
+        "a PING with a flag bit set is refused with RESERVED_BITS_SET",
+        reserved_flags,
+    ),
+    broker(
+        "framing.unknown-type@broker",
+        &["REQ-FRM-004", "REQ-FRM-010"],
+        "frame type 0x7F is refused with UNKNOWN_FRAME_TYPE",
+        unknown_type,
+    ),
+    broker(
+        "framing.non-minimal-varint@broker",
+        &["REQ-FRM-005", "REQ-FRM-010"],
+        "a varint padded with a redundant byte is refused with NON_CANONICAL_ENCODING",
+        non_minimal,
+    ),
+    broker(
+        "framing.trailing-bytes@broker",
+        &["REQ-FRM-006", "REQ-FRM-010"],
+        "a body with a trailing byte after its last field is refused with MALFORMED_FRAME",
+        trailing,
+    ),
+    broker(
+        "framing.invalid-utf8@broker",
+        &["REQ-FRM-006", "REQ-FRM-010"],
+        "a topic that is not UTF-8 is refused with MALFORMED_FRAME",
+        invalid_utf8,
+    ),
+    broker(
+        "framing.wrong-direction@broker",
+        &["REQ-FRM-007", "REQ-FRM-010", "REQ-ERR-003"],
+        "a CONNACK sent by a client is refused with UNEXPECTED_FRAME",
+        wrong_direction,
+    ),
+    broker(
+        "framing.invalid-field.qos-3@broker",
+        &["REQ-FRM-011", "REQ-QOS-001"],
+        "a PUBLISH with qos 3 is refused with INVALID_FIELD",
+        invalid_qos,
+    ),
+    broker(
+        "fragments.reassembled-publish@broker",
+        &["REQ-FRG-001"],
+        "a 3000-byte PUBLISH sent as FRAGMENT frames is stored and delivered whole",
+        fragmented_publish,
+    ),
+    broker(
+        "fragments.first-piece-index-1@broker",
+        &["REQ-FRG-002"],
+        "a FRAGMENT with index 1 and no index 0 is refused with FRAGMENT_SEQUENCE_ERROR",
+        fragment_without_start,
+    ),
+    broker(
+        "fragments.discarded-on-close@broker",
+        &["REQ-FRG-010", "REQ-FRG-002"],
+        "the rest of a fragmented body sent on a new connection is not joined to the old start",
+        fragment_across_connections,
+    ),
 ];
 
 /// Opens a session, sends `bad` followed (in the same write) by a valid PUBLISH, expects the
@@ -48,7 +100,12 @@ async fn refused(cx: &Cx, bad: Vec<u8>, req: &'static str, reason: ReasonCode) -
     p.send_raw(&bytes).await?;
     p.expect_close(cx.prompt(), req, reason).await?;
     let (mut again, ack) = cx.session("client-again", &user, "d1").await?;
-    check!(ack.last_cid == 0, "REQ-FRM-010", "a PUBLISH sent after the refused bytes was processed (last_cid {})", ack.last_cid);
+    check!(
+        ack.last_cid == 0,
+        "REQ-FRM-010",
+        "a PUBLISH sent after the refused bytes was processed (last_cid {})",
+        ack.last_cid
+    );
     again.close().await
 }
 
@@ -84,7 +141,12 @@ fn exactly_1400(cx: &Cx) -> CaseFuture<'_> {
         let (mut p, _) = cx.session("client", &cx.name("frm"), "d1").await?;
         p.send_raw(&raw::frame_with(ty::PUBLISH, 0, &body)).await?;
         let ack = p.puback(cx.prompt(), 1).await?;
-        check!(ack.reason == ReasonCode::Success as u32, "REQ-FRM-001", "a 1400-byte PUBLISH got PUBACK reason {}", ack.reason);
+        check!(
+            ack.reason == ReasonCode::Success as u32,
+            "REQ-FRM-001",
+            "a 1400-byte PUBLISH got PUBACK reason {}",
+            ack.reason
+        );
         p.close().await
     })
 }
@@ -97,15 +159,23 @@ fn reserved_flags(cx: &Cx) -> CaseFuture<'_> {
 }
 
 fn unknown_type(cx: &Cx) -> CaseFuture<'_> {
-    Box::pin(async move { refused(cx, Body::new().uint(1, 9).frame(0x7F), "REQ-FRM-004", ReasonCode::UnknownFrameType).await })
+    Box::pin(async move {
+        refused(cx, Body::new().uint(1, 9).frame(0x7F), "REQ-FRM-004", ReasonCode::UnknownFrameType).await
+    })
 }
 
 fn non_minimal(cx: &Cx) -> CaseFuture<'_> {
-    Box::pin(async move { refused(cx, Body::new().uint_padded(1, 1, 1).frame(ty::PING), "REQ-FRM-005", ReasonCode::NonCanonicalEncoding).await })
+    Box::pin(async move {
+        refused(cx, Body::new().uint_padded(1, 1, 1).frame(ty::PING), "REQ-FRM-005", ReasonCode::NonCanonicalEncoding)
+            .await
+    })
 }
 
 fn trailing(cx: &Cx) -> CaseFuture<'_> {
-    Box::pin(async move { refused(cx, Body::new().uint(1, 9).raw(&[0x00]).frame(ty::PING), "REQ-FRM-006", ReasonCode::MalformedFrame).await })
+    Box::pin(async move {
+        refused(cx, Body::new().uint(1, 9).raw(&[0x00]).frame(ty::PING), "REQ-FRM-006", ReasonCode::MalformedFrame)
+            .await
+    })
 }
 
 fn invalid_utf8(cx: &Cx) -> CaseFuture<'_> {
@@ -116,7 +186,9 @@ fn invalid_utf8(cx: &Cx) -> CaseFuture<'_> {
 }
 
 fn wrong_direction(cx: &Cx) -> CaseFuture<'_> {
-    Box::pin(async move { refused(cx, Body::new().uint(2, 1).frame(ty::CONNACK), "REQ-FRM-007", ReasonCode::UnexpectedFrame).await })
+    Box::pin(async move {
+        refused(cx, Body::new().uint(2, 1).frame(ty::CONNACK), "REQ-FRM-007", ReasonCode::UnexpectedFrame).await
+    })
 }
 
 fn invalid_qos(cx: &Cx) -> CaseFuture<'_> {
@@ -131,7 +203,8 @@ fn fragments(topic: &str, len: usize) -> (Vec<u8>, Vec<u8>) {
     let body = raw::publish(1, 2, topic, &vec![b'f'; len]).into_bytes();
     let (first, rest) = body.split_at(1200);
     // Canonical encoding leaves index 0 out of the first piece (proto3 default).
-    let a = Body::new().uint(1, 1).uint(3, 2).uint(4, u64::from(ty::PUBLISH)).uint(5, body.len() as u64).bytes(6, first);
+    let a =
+        Body::new().uint(1, 1).uint(3, 2).uint(4, u64::from(ty::PUBLISH)).uint(5, body.len() as u64).bytes(6, first);
     let b = Body::new().uint(1, 1).uint(2, 1).uint(3, 2).uint(4, u64::from(ty::PUBLISH)).bytes(6, rest);
     (a.frame(ty::FRAGMENT), b.frame(ty::FRAGMENT))
 }
@@ -144,10 +217,19 @@ fn fragmented_publish(cx: &Cx) -> CaseFuture<'_> {
         let (a, b) = fragments(&format!("user/{recipient}"), 2000);
         s.send_raw(&[a, b].concat()).await?;
         let ack = s.puback(cx.prompt(), 1).await?;
-        check!(ack.reason == ReasonCode::Success as u32, "REQ-FRG-001", "fragmented PUBLISH got PUBACK reason {}", ack.reason);
+        check!(
+            ack.reason == ReasonCode::Success as u32,
+            "REQ-FRG-001",
+            "fragmented PUBLISH got PUBACK reason {}",
+            ack.reason
+        );
         let d = r.deliver(cx.prompt(), "REQ-FRG-001").await?;
-        check!(d.payload.len() == 2000 && d.payload.iter().all(|&c| c == b'f'), "REQ-FRG-001",
-            "delivered payload is {} bytes, expected the 2000 sent", d.payload.len());
+        check!(
+            d.payload.len() == 2000 && d.payload.iter().all(|&c| c == b'f'),
+            "REQ-FRG-001",
+            "delivered payload is {} bytes, expected the 2000 sent",
+            d.payload.len()
+        );
         r.ack(d.stream.unwrap_or_default(), d.seq).await?;
         s.close().await?;
         r.close().await
@@ -172,7 +254,12 @@ fn fragment_across_connections(cx: &Cx) -> CaseFuture<'_> {
         second.send_raw(&b).await?;
         second.expect_close(cx.prompt(), "REQ-FRG-010", ReasonCode::FragmentSequenceError).await?;
         let (mut third, ack) = cx.session("third", &user, "d1").await?;
-        check!(ack.last_cid == 0, "REQ-FRG-010", "the pieces of two connections were joined and stored (last_cid {})", ack.last_cid);
+        check!(
+            ack.last_cid == 0,
+            "REQ-FRG-010",
+            "the pieces of two connections were joined and stored (last_cid {})",
+            ack.last_cid
+        );
         third.close().await
     })
 }

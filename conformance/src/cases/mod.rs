@@ -34,12 +34,22 @@ pub struct Case {
 }
 
 /// A broker-mode case with the default 30 s budget.
-const fn broker(id: &'static str, reqs: &'static [&'static str], summary: &'static str, f: for<'a> fn(&'a Cx) -> CaseFuture<'a>) -> Case {
+const fn broker(
+    id: &'static str,
+    reqs: &'static [&'static str],
+    summary: &'static str,
+    f: for<'a> fn(&'a Cx) -> CaseFuture<'a>,
+) -> Case {
     Case { info: CaseInfo { id, reqs, summary, timeout: Duration::from_secs(30), feature: None }, run: Run::Broker(f) }
 }
 
 /// A client-mode case with the default 40 s budget.
-const fn client(id: &'static str, reqs: &'static [&'static str], summary: &'static str, f: for<'a> fn(&'a ClientCx) -> CaseFuture<'a>) -> Case {
+const fn client(
+    id: &'static str,
+    reqs: &'static [&'static str],
+    summary: &'static str,
+    f: for<'a> fn(&'a ClientCx) -> CaseFuture<'a>,
+) -> Case {
     Case { info: CaseInfo { id, reqs, summary, timeout: Duration::from_secs(40), feature: None }, run: Run::Client(f) }
 }
 

@@ -12,30 +12,78 @@ use crate::peer::{reason_name, Event};
 use crate::raw::{self, ty, Body};
 
 pub(super) const CASES: &[Case] = &[
-    broker("handshake.first-frame-not-connect@broker", &["REQ-HSK-001", "REQ-ERR-003"],
-        "a connection that opens with PING is closed with PROTOCOL_ERROR", first_not_connect),
-    broker("handshake.second-connect@broker", &["REQ-HSK-002"],
-        "a second CONNECT on a connection is refused with PROTOCOL_ERROR", second_connect),
-    broker("handshake.version.highest-common@broker", &["REQ-HSK-003"],
-        "versions [7, 1] negotiate version 1", version_common),
-    broker("handshake.version.none-in-common@broker", &["REQ-HSK-003"],
-        "versions [7] are refused with CONNACK UNSUPPORTED_VERSION and a close", version_none),
-    broker("handshake.auth.bad-token@broker", &["REQ-HSK-005"],
-        "a token that does not verify is refused with CONNACK BAD_TOKEN and a close", bad_token),
-    broker("session.resume@broker", &["REQ-HSK-011"],
-        "a reconnect naming the session resumes it; an unknown session id starts a fresh one", resume),
-    broker("session.takeover@broker", &["REQ-HSK-013", "REQ-HSK-014"],
-        "a second connection of the same device takes the session over: the first gets SESSION_TAKEN_OVER", takeover),
-    broker("keepalive.ping-pong@broker", &["REQ-KAL-003"],
-        "PING is answered with PONG carrying the same nonce", ping_pong),
-    broker("keepalive.timeout@broker", &["REQ-KAL-002"],
-        "a silent client is closed with KEEPALIVE_TIMEOUT after 1.5 keepalive intervals", keepalive_timeout),
-    broker("close.disconnect-is-last@broker", &["REQ-HSK-014"],
-        "after the client's DISCONNECT the broker sends nothing and closes", disconnect_is_last),
-    broker("errors.unknown-code-by-class@broker", &["REQ-ERR-001"],
-        "a DISCONNECT carrying an unassigned code of an assigned range (0xCF) is treated by its class, not refused", unknown_code),
-    broker("limits.granted-window@broker", &["REQ-LIM-001", "REQ-PKG-008"],
-        "CONNACK grants a receive window of at least 32 and a package of 32 members is stored", granted_window),
+    broker(
+        "handshake.first-frame-not-connect@broker",
+        &["REQ-HSK-001", "REQ-ERR-003"],
+        "a connection that opens with PING is closed with PROTOCOL_ERROR",
+        first_not_connect,
+    ),
+    broker(
+        "handshake.second-connect@broker",
+        &["REQ-HSK-002"],
+        "a second CONNECT on a connection is refused with PROTOCOL_ERROR",
+        second_connect,
+    ),
+    broker(
+        "handshake.version.highest-common@broker",
+        &["REQ-HSK-003"],
+        "versions [7, 1] negotiate version 1",
+        version_common,
+    ),
+    broker(
+        "handshake.version.none-in-common@broker",
+        &["REQ-HSK-003"],
+        "versions [7] are refused with CONNACK UNSUPPORTED_VERSION and a close",
+        version_none,
+    ),
+    broker(
+        "handshake.auth.bad-token@broker",
+        &["REQ-HSK-005"],
+        "a token that does not verify is refused with CONNACK BAD_TOKEN and a close",
+        bad_token,
+    ),
+    broker(
+        "session.resume@broker",
+        &["REQ-HSK-011"],
+        "a reconnect naming the session resumes it; an unknown session id starts a fresh one",
+        resume,
+    ),
+    broker(
+        "session.takeover@broker",
+        &["REQ-HSK-013", "REQ-HSK-014"],
+        "a second connection of the same device takes the session over: the first gets SESSION_TAKEN_OVER",
+        takeover,
+    ),
+    broker(
+        "keepalive.ping-pong@broker",
+        &["REQ-KAL-003"],
+        "PING is answered with PONG carrying the same nonce",
+        ping_pong,
+    ),
+    broker(
+        "keepalive.timeout@broker",
+        &["REQ-KAL-002"],
+        "a silent client is closed with KEEPALIVE_TIMEOUT after 1.5 keepalive intervals",
+        keepalive_timeout,
+    ),
+    broker(
+        "close.disconnect-is-last@broker",
+        &["REQ-HSK-014"],
+        "after the client's DISCONNECT the broker sends nothing and closes",
+        disconnect_is_last,
+    ),
+    broker(
+        "errors.unknown-code-by-class@broker",
+        &["REQ-ERR-001"],
+        "a DISCONNECT carrying an unassigned code of an assigned range (0xCF) is treated by its class, not refused",
+        unknown_code,
+    ),
+    broker(
+        "limits.granted-window@broker",
+        &["REQ-LIM-001", "REQ-PKG-008"],
+        "CONNACK grants a receive window of at least 32 and a package of 32 members is stored",
+        granted_window,
+    ),
 ];
 
 fn first_not_connect(cx: &Cx) -> CaseFuture<'_> {
@@ -72,12 +120,18 @@ fn version_none(cx: &Cx) -> CaseFuture<'_> {
         connect.versions = vec![7];
         let mut p = cx.open("client").await?;
         p.send(&Frame::Connect(connect)).await?;
-        let ack = p.expect(cx.prompt(), "REQ-HSK-003", "CONNACK", |f| match f {
-            Frame::ConnAck(a) => Some(a.clone()),
-            _ => None,
-        }).await?;
-        check!(ack.reason == ReasonCode::UnsupportedVersion as u32, "REQ-HSK-003",
-            "CONNACK reason {} for versions [7], expected UNSUPPORTED_VERSION", reason_name(ack.reason));
+        let ack = p
+            .expect(cx.prompt(), "REQ-HSK-003", "CONNACK", |f| match f {
+                Frame::ConnAck(a) => Some(a.clone()),
+                _ => None,
+            })
+            .await?;
+        check!(
+            ack.reason == ReasonCode::UnsupportedVersion as u32,
+            "REQ-HSK-003",
+            "CONNACK reason {} for versions [7], expected UNSUPPORTED_VERSION",
+            reason_name(ack.reason)
+        );
         p.expect_eof(cx.prompt()).await
     })
 }
@@ -88,12 +142,18 @@ fn bad_token(cx: &Cx) -> CaseFuture<'_> {
         connect.token = Bytes::from_static(b"not-a-token");
         let mut p = cx.open("client").await?;
         p.send(&Frame::Connect(connect)).await?;
-        let ack = p.expect(cx.prompt(), "REQ-HSK-005", "CONNACK", |f| match f {
-            Frame::ConnAck(a) => Some(a.clone()),
-            _ => None,
-        }).await?;
-        check!(ack.reason == ReasonCode::BadToken as u32, "REQ-HSK-005",
-            "CONNACK reason {} for a forged token, expected BAD_TOKEN", reason_name(ack.reason));
+        let ack = p
+            .expect(cx.prompt(), "REQ-HSK-005", "CONNACK", |f| match f {
+                Frame::ConnAck(a) => Some(a.clone()),
+                _ => None,
+            })
+            .await?;
+        check!(
+            ack.reason == ReasonCode::BadToken as u32,
+            "REQ-HSK-005",
+            "CONNACK reason {} for a forged token, expected BAD_TOKEN",
+            reason_name(ack.reason)
+        );
         p.expect_eof(cx.prompt()).await
     })
 }
@@ -108,7 +168,11 @@ fn resume(cx: &Cx) -> CaseFuture<'_> {
         let mut connect = cx.connect_frame(&user, "d1").await?;
         connect.resume_session_id = ack.session_id.clone();
         let (mut second, ack2) = cx.session_with("resumed", connect.clone()).await?;
-        check!(ack2.session_present, "REQ-HSK-011", "resuming the session the broker just held gave session_present false");
+        check!(
+            ack2.session_present,
+            "REQ-HSK-011",
+            "resuming the session the broker just held gave session_present false"
+        );
         second.shutdown().await;
         connect.resume_session_id = Bytes::from_static(b"no-such-session");
         let (mut third, ack3) = cx.session_with("unknown-id", connect).await?;
@@ -139,8 +203,12 @@ fn ping_pong(cx: &Cx) -> CaseFuture<'_> {
             _ => None,
         })
         .await
-        .and_then(|got| if got == nonce { Ok(()) } else {
-            Err(crate::violated!("REQ-KAL-003", "PONG nonce {got}, PING nonce {nonce}"))
+        .and_then(|got| {
+            if got == nonce {
+                Ok(())
+            } else {
+                Err(crate::violated!("REQ-KAL-003", "PONG nonce {got}, PING nonce {nonce}"))
+            }
         })?;
         p.close().await
     })
@@ -172,10 +240,17 @@ fn unknown_code(cx: &Cx) -> CaseFuture<'_> {
         p.send_raw(&Body::new().uint(1, 0xCF).frame(ty::DISCONNECT)).await?;
         match p.recv(cx.prompt()).await {
             Event::Closed => Ok(()),
-            Event::Frame(Frame::Disconnect(d)) => Err(crate::violated!("REQ-ERR-001",
-                "the broker refused a DISCONNECT with code 0xCF (Server class) with {}", reason_name(d.reason))),
-            Event::Frame(f) => Err(crate::violated!("REQ-HSK-014", "{} sent after the client's DISCONNECT", f.frame_type().name())),
-            Event::Silent => Err(crate::violated!("REQ-HSK-014", "connection still open after the client's DISCONNECT")),
+            Event::Frame(Frame::Disconnect(d)) => Err(crate::violated!(
+                "REQ-ERR-001",
+                "the broker refused a DISCONNECT with code 0xCF (Server class) with {}",
+                reason_name(d.reason)
+            )),
+            Event::Frame(f) => {
+                Err(crate::violated!("REQ-HSK-014", "{} sent after the client's DISCONNECT", f.frame_type().name()))
+            }
+            Event::Silent => {
+                Err(crate::violated!("REQ-HSK-014", "connection still open after the client's DISCONNECT"))
+            }
             Event::Garbage(e) => Err(Stop::Violation { req: "REQ-ERR-001", detail: e }),
         }
     })
@@ -192,13 +267,19 @@ fn granted_window(cx: &Cx) -> CaseFuture<'_> {
             let package = Body::new().uint(1, 1).uint(2, i).uint(3, 32);
             // Canonical: index 0 is the default and is left out.
             let package = if i == 0 { Body::new().uint(1, 1).uint(3, 32) } else { package };
-            bytes.extend(raw::publish(i + 1, 2, &topic, format!("member {i}").as_bytes()).msg(5, package).frame(ty::PUBLISH));
+            bytes.extend(
+                raw::publish(i + 1, 2, &topic, format!("member {i}").as_bytes()).msg(5, package).frame(ty::PUBLISH),
+            );
         }
         p.send_raw(&bytes).await?;
         for cid in 1..=32 {
             let a = p.puback(cx.prompt(), cid).await?;
-            check!(a.reason == ReasonCode::Success as u32, "REQ-PKG-008",
-                "member cid {cid} of a 32-member package got {}", reason_name(a.reason));
+            check!(
+                a.reason == ReasonCode::Success as u32,
+                "REQ-PKG-008",
+                "member cid {cid} of a 32-member package got {}",
+                reason_name(a.reason)
+            );
         }
         p.close().await
     })

@@ -11,23 +11,55 @@ use crate::cx::{conversation, inbox, publish, Cx};
 use crate::peer::{reason_name, Peer};
 
 pub(super) const CASES: &[Case] = &[
-    broker("sync.inbox-after-connack@broker", &["REQ-SYN-009", "REQ-SYN-008"],
-        "a device gets its inbox after its sync point on CONNACK, and ConnAck.inbox_acked_seq reports the point", inbox_after_connack),
-    broker("sync.range-and-limit@broker", &["REQ-SYN-002"],
-        "SYNC returns the seqs after after_seq, in order, at most limit, then SYNC_DONE with last_seq and more", sync_range),
-    broker("sync.limit-defaults-and-cap@broker", &["REQ-SYN-003"],
-        "SYNC limit 0 returns 100 messages and a limit above 500 returns 500", sync_limits),
-    broker("sync.not-authorized@broker", &["REQ-SYN-006"],
-        "SYNC of a conversation the user is not in gets SYNC_DONE NOT_AUTHORIZED and no DELIVER", sync_not_authorized),
-    broker("history.pages@broker", &["REQ-SYN-004"],
-        "HISTORY pages newest first with next_before_seq, and NOT_AUTHORIZED for a stranger", history_pages),
-    broker("retention.removed-message-keeps-its-seq@broker", &["REQ-SYN-010"],
-        "a message removed by retention is delivered as payload_omitted with its seq", retention).needs(Feature::Retention),
+    broker(
+        "sync.inbox-after-connack@broker",
+        &["REQ-SYN-009", "REQ-SYN-008"],
+        "a device gets its inbox after its sync point on CONNACK, and ConnAck.inbox_acked_seq reports the point",
+        inbox_after_connack,
+    ),
+    broker(
+        "sync.range-and-limit@broker",
+        &["REQ-SYN-002"],
+        "SYNC returns the seqs after after_seq, in order, at most limit, then SYNC_DONE with last_seq and more",
+        sync_range,
+    ),
+    broker(
+        "sync.limit-defaults-and-cap@broker",
+        &["REQ-SYN-003"],
+        "SYNC limit 0 returns 100 messages and a limit above 500 returns 500",
+        sync_limits,
+    ),
+    broker(
+        "sync.not-authorized@broker",
+        &["REQ-SYN-006"],
+        "SYNC of a conversation the user is not in gets SYNC_DONE NOT_AUTHORIZED and no DELIVER",
+        sync_not_authorized,
+    ),
+    broker(
+        "history.pages@broker",
+        &["REQ-SYN-004"],
+        "HISTORY pages newest first with next_before_seq, and NOT_AUTHORIZED for a stranger",
+        history_pages,
+    ),
+    broker(
+        "retention.removed-message-keeps-its-seq@broker",
+        &["REQ-SYN-010"],
+        "a message removed by retention is delivered as payload_omitted with its seq",
+        retention,
+    )
+    .needs(Feature::Retention),
 ];
 
 /// Publishes `n` QoS 2 messages `p{i}` from cid `first`, pipelined within `window`, and
 /// returns the PUBACKs.
-pub(super) async fn publish_many(cx: &Cx, p: &mut Peer, topic: &str, first: u64, n: u64, window: u64) -> Result<Vec<proto::PubAck>, Stop> {
+pub(super) async fn publish_many(
+    cx: &Cx,
+    p: &mut Peer,
+    topic: &str,
+    first: u64,
+    n: u64,
+    window: u64,
+) -> Result<Vec<proto::PubAck>, Stop> {
     let mut acks = Vec::new();
     let mut sent = first;
     let end = first + n;
@@ -47,24 +79,30 @@ pub(super) async fn publish_many(cx: &Cx, p: &mut Peer, topic: &str, first: u64,
 }
 
 /// Sends SYNC and collects the DELIVERs of `stream` (acknowledging them) until its SYNC_DONE.
-pub(super) async fn sync(cx: &Cx, p: &mut Peer, stream: StreamRef, after_seq: u64, limit: u32) -> Result<(Vec<proto::Deliver>, proto::SyncDone), Stop> {
+pub(super) async fn sync(
+    cx: &Cx,
+    p: &mut Peer,
+    stream: StreamRef,
+    after_seq: u64,
+    limit: u32,
+) -> Result<(Vec<proto::Deliver>, proto::SyncDone), Stop> {
     let id = cx.request_id();
     p.send(&Frame::Sync(proto::Sync { request_id: id, stream: Some(stream), after_seq, limit })).await?;
     let mut got: Vec<proto::Deliver> = Vec::new();
     loop {
-        let f = p.expect(cx.wait(10.0), "REQ-SYN-002", "DELIVER or SYNC_DONE", |f| match f {
-            Frame::Deliver(_) => Some(f.clone()),
-            Frame::SyncDone(s) if s.request_id == id => Some(f.clone()),
-            _ => None,
-        }).await?;
+        let f = p
+            .expect(cx.wait(10.0), "REQ-SYN-002", "DELIVER or SYNC_DONE", |f| match f {
+                Frame::Deliver(_) => Some(f.clone()),
+                Frame::SyncDone(s) if s.request_id == id => Some(f.clone()),
+                _ => None,
+            })
+            .await?;
         match f {
             // Pushes on other streams are acknowledged too, or they would fill the window.
             Frame::Deliver(d) if d.stream != Some(stream) => p.ack(d.stream.unwrap_or_default(), d.seq).await?,
-            Frame::Deliver(d) => {
-                if !got.iter().any(|g| g.seq == d.seq) {
-                    p.ack(stream, d.seq).await?;
-                    got.push(d);
-                }
+            Frame::Deliver(d) if !got.iter().any(|g| g.seq == d.seq) => {
+                p.ack(stream, d.seq).await?;
+                got.push(d);
             }
             Frame::SyncDone(done) => return Ok((got, done)),
             _ => {}
@@ -90,13 +128,24 @@ fn inbox_after_connack(cx: &Cx) -> CaseFuture<'_> {
         rx.shutdown().await;
         // A fresh session (no resume): the broker's recorded sync point decides.
         let (mut rx2, ack2) = cx.session("recipient-again", &r, "d1").await?;
-        check!(ack2.inbox_acked_seq == 2, "REQ-SYN-008", "inbox_acked_seq {} after acknowledging seq 2", ack2.inbox_acked_seq);
+        check!(
+            ack2.inbox_acked_seq == 2,
+            "REQ-SYN-008",
+            "inbox_acked_seq {} after acknowledging seq 2",
+            ack2.inbox_acked_seq
+        );
         let d = rx2.deliver(cx.prompt(), "REQ-SYN-009").await?;
         check!(d.seq == 3, "REQ-SYN-009", "first DELIVER after the sync point is seq {}, expected 3", d.seq);
         rx2.ack(inbox(), 3).await?;
         tx.publish_ok(cx.prompt(), 4, &format!("user/{r}"), b"live").await?;
         let live = rx2.deliver(cx.prompt(), "REQ-SYN-009").await?;
-        check!(live.seq == 4 && live.payload.as_ref() == b"live", "REQ-SYN-009", "live push was seq {} {:?}", live.seq, live.payload);
+        check!(
+            live.seq == 4 && live.payload.as_ref() == b"live",
+            "REQ-SYN-009",
+            "live push was seq {} {:?}",
+            live.seq,
+            live.payload
+        );
         rx2.ack(inbox(), 4).await?;
         tx.close().await?;
         rx2.close().await
@@ -112,15 +161,31 @@ fn sync_range(cx: &Cx) -> CaseFuture<'_> {
         let (got, done) = sync(cx, &mut tx, conversation(conv), 1, 2).await?;
         let seqs: Vec<u64> = got.iter().map(|d| d.seq).collect();
         check!(seqs == vec![2, 3], "REQ-SYN-002", "SYNC after 1 limit 2 returned seqs {seqs:?}");
-        check!(done.last_seq == 3 && done.more && done.reason == 0, "REQ-SYN-002",
-            "SYNC_DONE last_seq {} more {} reason {}", done.last_seq, done.more, reason_name(done.reason));
+        check!(
+            done.last_seq == 3 && done.more && done.reason == 0,
+            "REQ-SYN-002",
+            "SYNC_DONE last_seq {} more {} reason {}",
+            done.last_seq,
+            done.more,
+            reason_name(done.reason)
+        );
         let (got, done) = sync(cx, &mut tx, conversation(conv), 3, 10).await?;
         let seqs: Vec<u64> = got.iter().map(|d| d.seq).collect();
-        check!(seqs == vec![4, 5] && done.last_seq == 5 && !done.more, "REQ-SYN-002",
-            "SYNC after 3 returned {seqs:?}, last_seq {}, more {}", done.last_seq, done.more);
+        check!(
+            seqs == vec![4, 5] && done.last_seq == 5 && !done.more,
+            "REQ-SYN-002",
+            "SYNC after 3 returned {seqs:?}, last_seq {}, more {}",
+            done.last_seq,
+            done.more
+        );
         let (got, done) = sync(cx, &mut tx, conversation(conv), 5, 10).await?;
-        check!(got.is_empty() && done.last_seq == 5 && !done.more, "REQ-SYN-002",
-            "SYNC after the latest seq returned {} messages, last_seq {}", got.len(), done.last_seq);
+        check!(
+            got.is_empty() && done.last_seq == 5 && !done.more,
+            "REQ-SYN-002",
+            "SYNC after the latest seq returned {} messages, last_seq {}",
+            got.len(),
+            done.last_seq
+        );
         tx.close().await
     })
 }
@@ -128,17 +193,31 @@ fn sync_range(cx: &Cx) -> CaseFuture<'_> {
 fn sync_limits(cx: &Cx) -> CaseFuture<'_> {
     Box::pin(async move {
         if cx.target.declared.retention_max_count.is_some_and(|keep| keep < 501) {
-            return Err(Stop::Skipped("needs 501 messages in one conversation; the declared retention keeps fewer".into()));
+            return Err(Stop::Skipped(
+                "needs 501 messages in one conversation; the declared retention keeps fewer".into(),
+            ));
         }
         let (s, r) = (cx.name("lim-s"), cx.name("lim-r"));
         let (mut tx, ack) = cx.session("sender", &s, "d1").await?;
         let acks = publish_many(cx, &mut tx, &format!("user/{r}"), 1, 501, u64::from(ack.receive_window)).await?;
         let conv = acks.first().map_or(0, |a| a.conversation_id);
         let (got, done) = sync(cx, &mut tx, conversation(conv), 0, 0).await?;
-        check!(got.len() == 100 && done.more, "REQ-SYN-003", "SYNC limit 0 returned {} messages (more {})", got.len(), done.more);
+        check!(
+            got.len() == 100 && done.more,
+            "REQ-SYN-003",
+            "SYNC limit 0 returned {} messages (more {})",
+            got.len(),
+            done.more
+        );
         let (got, done) = sync(cx, &mut tx, conversation(conv), 0, 1000).await?;
-        check!(got.len() == 500 && done.more && done.last_seq == 500, "REQ-SYN-003",
-            "SYNC limit 1000 returned {} messages, last_seq {} (more {})", got.len(), done.last_seq, done.more);
+        check!(
+            got.len() == 500 && done.more && done.last_seq == 500,
+            "REQ-SYN-003",
+            "SYNC limit 1000 returned {} messages, last_seq {} (more {})",
+            got.len(),
+            done.last_seq,
+            done.more
+        );
         tx.close().await
     })
 }
@@ -151,8 +230,12 @@ fn sync_not_authorized(cx: &Cx) -> CaseFuture<'_> {
         let (mut px, _) = cx.session("stranger", &stranger, "d1").await?;
         let (got, done) = sync(cx, &mut px, conversation(ack.conversation_id), 0, 10).await?;
         check!(got.is_empty(), "REQ-SYN-006", "a stranger's SYNC returned {} messages", got.len());
-        check!(done.reason == tern_codec::ReasonCode::NotAuthorized as u32, "REQ-SYN-006",
-            "SYNC_DONE reason {} for a stranger", reason_name(done.reason));
+        check!(
+            done.reason == tern_codec::ReasonCode::NotAuthorized as u32,
+            "REQ-SYN-006",
+            "SYNC_DONE reason {} for a stranger",
+            reason_name(done.reason)
+        );
         pa.close().await?;
         px.close().await
     })
@@ -166,24 +249,44 @@ fn history_pages(cx: &Cx) -> CaseFuture<'_> {
         let conv = acks.first().map_or(0, |x| x.conversation_id);
         let page = history(cx, &mut pa, conv, 0, 2).await?;
         let seqs: Vec<u64> = page.entries.iter().map(|e| e.seq).collect();
-        check!(seqs == vec![5, 4] && page.next_before_seq == 4, "REQ-SYN-004",
-            "newest page of 2: seqs {seqs:?}, next_before_seq {}", page.next_before_seq);
+        check!(
+            seqs == vec![5, 4] && page.next_before_seq == 4,
+            "REQ-SYN-004",
+            "newest page of 2: seqs {seqs:?}, next_before_seq {}",
+            page.next_before_seq
+        );
         let page = history(cx, &mut pa, conv, 4, 10).await?;
         let seqs: Vec<u64> = page.entries.iter().map(|e| e.seq).collect();
-        check!(seqs == vec![3, 2, 1] && page.next_before_seq == 0, "REQ-SYN-004",
-            "page before 4: seqs {seqs:?}, next_before_seq {} (0 when nothing older)", page.next_before_seq);
+        check!(
+            seqs == vec![3, 2, 1] && page.next_before_seq == 0,
+            "REQ-SYN-004",
+            "page before 4: seqs {seqs:?}, next_before_seq {} (0 when nothing older)",
+            page.next_before_seq
+        );
         let (mut px, _) = cx.session("stranger", &stranger, "d1").await?;
         let page = history(cx, &mut px, conv, 0, 10).await?;
-        check!(page.reason == tern_codec::ReasonCode::NotAuthorized as u32 && page.entries.is_empty(), "REQ-SYN-004",
-            "a stranger's HISTORY: reason {}, {} entries", reason_name(page.reason), page.entries.len());
+        check!(
+            page.reason == tern_codec::ReasonCode::NotAuthorized as u32 && page.entries.is_empty(),
+            "REQ-SYN-004",
+            "a stranger's HISTORY: reason {}, {} entries",
+            reason_name(page.reason),
+            page.entries.len()
+        );
         pa.close().await?;
         px.close().await
     })
 }
 
-pub(super) async fn history(cx: &Cx, p: &mut Peer, conversation_id: u64, before_seq: u64, limit: u32) -> Result<proto::HistoryPage, Stop> {
+pub(super) async fn history(
+    cx: &Cx,
+    p: &mut Peer,
+    conversation_id: u64,
+    before_seq: u64,
+    limit: u32,
+) -> Result<proto::HistoryPage, Stop> {
     let id = cx.request_id();
-    p.send(&Frame::HistoryRequest(proto::HistoryRequest { request_id: id, conversation_id, before_seq, limit })).await?;
+    p.send(&Frame::HistoryRequest(proto::HistoryRequest { request_id: id, conversation_id, before_seq, limit }))
+        .await?;
     p.expect(cx.prompt(), "REQ-SYN-004", "HISTORY_PAGE", |f| match f {
         Frame::HistoryPage(h) if h.request_id == id => Some(h.clone()),
         _ => None,
@@ -209,8 +312,13 @@ fn retention(cx: &Cx) -> CaseFuture<'_> {
             };
             check!(first.seq == 1, "REQ-SYN-010", "the inbox starts at seq {} after retention", first.seq);
             if first.payload_omitted {
-                check!(first.payload.is_empty() && first.conversation_seq == 1, "REQ-SYN-010",
-                    "removed message: payload {} bytes, conversation_seq {}", first.payload.len(), first.conversation_seq);
+                check!(
+                    first.payload.is_empty() && first.conversation_seq == 1,
+                    "REQ-SYN-010",
+                    "removed message: payload {} bytes, conversation_seq {}",
+                    first.payload.len(),
+                    first.conversation_seq
+                );
                 break;
             }
             rx.ping(cx.prompt(), "REQ-SYN-010", 9).await?;
