@@ -79,7 +79,7 @@ pub type CaseResult = Result<(), Stop>;
 /// A violation of `req`, with a formatted detail.
 #[macro_export]
 macro_rules! violated {
-    ($req:literal, $($fmt:tt)+) => {
+    ($req:expr, $($fmt:tt)+) => {
         $crate::case::Stop::Violation { req: $req, detail: format!($($fmt)+) }
     };
 }
@@ -87,7 +87,7 @@ macro_rules! violated {
 /// Returns a violation of `req` unless `cond` holds.
 #[macro_export]
 macro_rules! check {
-    ($cond:expr, $req:literal, $($fmt:tt)+) => {
+    ($cond:expr, $req:expr, $($fmt:tt)+) => {
         if !$cond {
             return Err($crate::violated!($req, $($fmt)+));
         }

@@ -102,12 +102,7 @@ impl Cx {
     pub async fn session_with(&self, label: &str, connect: proto::Connect) -> Result<(Peer, proto::ConnAck), Stop> {
         let mut peer = self.open(label).await?;
         peer.send(&Frame::Connect(connect)).await?;
-        let ack = peer
-            .expect(self.prompt(), "REQ-HSK-011", "CONNACK", |f| match f {
-                Frame::ConnAck(a) => Some(a.clone()),
-                _ => None,
-            })
-            .await?;
+        let ack = peer.connack(self.prompt(), "REQ-HSK-011").await?;
         if ack.reason != ReasonCode::Success as u32 {
             return Err(Stop::Harness(format!(
                 "the broker refused a provisioned session: CONNACK {}",
@@ -140,6 +135,15 @@ pub fn publish(cid: u64, topic: &str, payload: &[u8]) -> Frame {
 }
 
 impl Peer {
+    /// Waits for CONNACK; its absence is a violation of `req`.
+    pub async fn connack(&mut self, wait: Duration, req: &'static str) -> Result<proto::ConnAck, Stop> {
+        self.expect(wait, req, "CONNACK", |f| match f {
+            Frame::ConnAck(a) => Some(a.clone()),
+            _ => None,
+        })
+        .await
+    }
+
     /// Sends a QoS 2 PUBLISH and returns its PUBACK.
     pub async fn publish(
         &mut self,

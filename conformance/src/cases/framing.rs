@@ -77,6 +77,12 @@ pub(super) const CASES: &[Case] = &[
         fragmented_publish,
     ),
     broker(
+        "fragments.truncated@broker",
+        &["REQ-FRG-005", "REQ-FRM-010"],
+        "pieces that end short of the announced total_length are refused with FRAGMENT_SEQUENCE_ERROR",
+        truncated_fragments,
+    ),
+    broker(
         "fragments.first-piece-index-1@broker",
         &["REQ-FRG-002"],
         "a FRAGMENT with index 1 and no index 0 is refused with FRAGMENT_SEQUENCE_ERROR",
@@ -200,11 +206,16 @@ fn invalid_qos(cx: &Cx) -> CaseFuture<'_> {
 
 /// The two FRAGMENT frames of a PUBLISH (cid 1) with a `len`-byte payload, built by hand.
 fn fragments(topic: &str, len: usize) -> (Vec<u8>, Vec<u8>) {
+    fragments_claiming(topic, len, 0)
+}
+
+/// As [`fragments`], with the first piece's `total_length` overstated by `extra` bytes.
+fn fragments_claiming(topic: &str, len: usize, extra: usize) -> (Vec<u8>, Vec<u8>) {
     let body = raw::publish(1, 2, topic, &vec![b'f'; len]).into_bytes();
     let (first, rest) = body.split_at(1200);
+    let total = (body.len() + extra) as u64;
     // Canonical encoding leaves index 0 out of the first piece (proto3 default).
-    let a =
-        Body::new().uint(1, 1).uint(3, 2).uint(4, u64::from(ty::PUBLISH)).uint(5, body.len() as u64).bytes(6, first);
+    let a = Body::new().uint(1, 1).uint(3, 2).uint(4, u64::from(ty::PUBLISH)).uint(5, total).bytes(6, first);
     let b = Body::new().uint(1, 1).uint(2, 1).uint(3, 2).uint(4, u64::from(ty::PUBLISH)).bytes(6, rest);
     (a.frame(ty::FRAGMENT), b.frame(ty::FRAGMENT))
 }
@@ -233,6 +244,13 @@ fn fragmented_publish(cx: &Cx) -> CaseFuture<'_> {
         r.ack(d.stream.unwrap_or_default(), d.seq).await?;
         s.close().await?;
         r.close().await
+    })
+}
+
+fn truncated_fragments(cx: &Cx) -> CaseFuture<'_> {
+    Box::pin(async move {
+        let (a, b) = fragments_claiming(&format!("user/{}", cx.name("frm-peer")), 2000, 100);
+        refused(cx, [a, b].concat(), "REQ-FRG-005", ReasonCode::FragmentSequenceError).await
     })
 }
 

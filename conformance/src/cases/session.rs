@@ -5,7 +5,7 @@ use bytes::Bytes;
 use tern_codec::{proto, Frame, ReasonCode};
 
 use super::{broker, Case};
-use crate::case::{CaseFuture, Stop};
+use crate::case::{CaseFuture, CaseResult, Stop};
 use crate::check;
 use crate::cx::Cx;
 use crate::peer::{reason_name, Event};
@@ -118,43 +118,24 @@ fn version_none(cx: &Cx) -> CaseFuture<'_> {
     Box::pin(async move {
         let mut connect = cx.connect_frame(&cx.name("ver"), "d1").await?;
         connect.versions = vec![7];
-        let mut p = cx.open("client").await?;
-        p.send(&Frame::Connect(connect)).await?;
-        let ack = p
-            .expect(cx.prompt(), "REQ-HSK-003", "CONNACK", |f| match f {
-                Frame::ConnAck(a) => Some(a.clone()),
-                _ => None,
-            })
-            .await?;
-        check!(
-            ack.reason == ReasonCode::UnsupportedVersion as u32,
-            "REQ-HSK-003",
-            "CONNACK reason {} for versions [7], expected UNSUPPORTED_VERSION",
-            reason_name(ack.reason)
-        );
-        p.expect_eof(cx.prompt()).await
+        refused_connect(cx, connect, "REQ-HSK-003", ReasonCode::UnsupportedVersion).await
     })
+}
+
+/// Sends `connect` on a new connection and expects CONNACK with `reason`, then the close.
+async fn refused_connect(cx: &Cx, connect: proto::Connect, req: &'static str, reason: ReasonCode) -> CaseResult {
+    let mut p = cx.open("client").await?;
+    p.send(&Frame::Connect(connect)).await?;
+    let ack = p.connack(cx.prompt(), req).await?;
+    check!(ack.reason == reason as u32, req, "CONNACK reason {}, expected {reason}", reason_name(ack.reason));
+    p.expect_eof(cx.prompt()).await
 }
 
 fn bad_token(cx: &Cx) -> CaseFuture<'_> {
     Box::pin(async move {
         let mut connect = cx.connect_frame(&cx.name("auth"), "d1").await?;
         connect.token = Bytes::from_static(b"not-a-token");
-        let mut p = cx.open("client").await?;
-        p.send(&Frame::Connect(connect)).await?;
-        let ack = p
-            .expect(cx.prompt(), "REQ-HSK-005", "CONNACK", |f| match f {
-                Frame::ConnAck(a) => Some(a.clone()),
-                _ => None,
-            })
-            .await?;
-        check!(
-            ack.reason == ReasonCode::BadToken as u32,
-            "REQ-HSK-005",
-            "CONNACK reason {} for a forged token, expected BAD_TOKEN",
-            reason_name(ack.reason)
-        );
-        p.expect_eof(cx.prompt()).await
+        refused_connect(cx, connect, "REQ-HSK-005", ReasonCode::BadToken).await
     })
 }
 
