@@ -596,7 +596,7 @@ impl BrokerSession {
         }
         match self.state {
             State::AwaitConnect { deadline } if now >= deadline => {
-                self.fail(ProtocolViolation::new("REQ-HSK-001", ReasonCode::ConnectTimeout, "no CONNECT").into());
+                self.fail(ProtocolViolation::new("REQ-HSK-018", ReasonCode::ConnectTimeout, "no CONNECT").into());
             }
             State::Up { dead_at, .. } if now >= dead_at => {
                 self.fail(ProtocolViolation::new("REQ-KAL-002", ReasonCode::KeepaliveTimeout, "client silent").into());

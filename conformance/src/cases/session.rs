@@ -19,6 +19,12 @@ pub(super) const CASES: &[Case] = &[
         first_not_connect,
     ),
     broker(
+        "handshake.connect-timeout@broker",
+        &["REQ-HSK-018"],
+        "a connection on which no CONNECT arrives is closed with CONNECT_TIMEOUT within 10 s",
+        connect_timeout,
+    ),
+    broker(
         "handshake.second-connect@broker",
         &["REQ-HSK-002"],
         "a second CONNECT on a connection is refused with PROTOCOL_ERROR",
@@ -91,6 +97,14 @@ fn first_not_connect(cx: &Cx) -> CaseFuture<'_> {
         let mut p = cx.open("client").await?;
         p.send_raw(&raw::ping(5)).await?;
         p.expect_close(cx.prompt(), "REQ-HSK-001", ReasonCode::ProtocolError).await
+    })
+}
+
+fn connect_timeout(cx: &Cx) -> CaseFuture<'_> {
+    Box::pin(async move {
+        let mut p = cx.open("silent").await?;
+        // 10 s, plus 2 s for the broker's timer granularity.
+        p.expect_close(cx.wait(12.0), "REQ-HSK-018", ReasonCode::ConnectTimeout).await
     })
 }
 
