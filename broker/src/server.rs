@@ -41,6 +41,8 @@ pub struct BrokerOptions {
     /// PUBLISHes per second one connection may sustain, and its burst; beyond it PUBACK says
     /// RATE_LIMITED and nothing is stored.
     pub publish_rate: (f64, f64),
+    /// Key-bundle claims per second and burst, per (claimant, target device) (REQ-E2E-003).
+    pub claim_rate: (f64, f64),
     /// Message retention per conversation, enforced every `compaction_interval`.
     pub retention: crate::store::Retention,
     /// How often compaction runs when retention is set.
@@ -74,6 +76,7 @@ impl BrokerOptions {
             receipt_threshold: 100,
             http: None,
             publish_rate: (1000.0, 2000.0),
+            claim_rate: (0.1, 10.0),
             retention: crate::store::Retention::default(),
             compaction_interval: Duration::from_secs(60),
             engine: crate::store::Engine::default(),
@@ -267,6 +270,8 @@ pub(crate) struct Shared {
     pub(crate) native_addr: SocketAddr,
     pub(crate) tls_addr: Option<SocketAddr>,
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// Key-claim budgets (REQ-E2E-003).
+    pub(crate) claims: crate::connection::ClaimLimiter,
 }
 
 impl Shared {
@@ -328,6 +333,7 @@ impl Broker {
             native_addr: addr,
             tls_addr,
             shutdown,
+            claims: crate::connection::ClaimLimiter::default(),
         });
         let mut tasks = vec![tokio::spawn(accept_loop(listener, shared.clone(), None))];
         if let Some((l, acceptor)) = tls {

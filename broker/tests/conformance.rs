@@ -33,7 +33,7 @@ async fn broker(tls: Option<&std::path::Path>, retention: Option<u64>) -> TestBr
 }
 
 fn declared(retention: Option<u64>) -> Declared {
-    Declared { read_fanout_threshold: Some(THRESHOLD), retention_max_count: retention, no_rooms: false }
+    Declared { read_fanout_threshold: Some(THRESHOLD), retention_max_count: retention, ..Declared::default() }
 }
 
 fn in_process_tokens(t: &TestBroker) -> Provision {

@@ -119,6 +119,8 @@ pub enum Feature {
     ReadFanout,
     /// A retention policy (needs `--retention-max-count`).
     Retention,
+    /// The E2EE key directory (spec 9.2).
+    KeyDirectory,
 }
 
 impl Feature {
@@ -129,6 +131,7 @@ impl Feature {
             Feature::Rooms => "rooms",
             Feature::ReadFanout => "read-fanout",
             Feature::Retention => "retention",
+            Feature::KeyDirectory => "key-directory",
         }
     }
 }

@@ -127,6 +127,8 @@ pub struct Declared {
     pub retention_max_count: Option<u64>,
     /// Rooms are not claimed.
     pub no_rooms: bool,
+    /// The E2EE key directory is not claimed.
+    pub no_key_directory: bool,
 }
 
 impl Declared {
@@ -137,6 +139,7 @@ impl Declared {
             Feature::Rooms => !self.no_rooms,
             Feature::ReadFanout => self.read_fanout_threshold.is_some(),
             Feature::Retention => self.retention_max_count.is_some(),
+            Feature::KeyDirectory => !self.no_key_directory,
         }
     }
 }

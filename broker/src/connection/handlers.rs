@@ -329,6 +329,10 @@ impl Conn {
                 }
             }
             // Groups, unread counts, presence, rooms and the key directory are not built yet.
+            Some(op @ (Op::KeyPublish(_) | Op::KeyQuery(_) | Op::KeyClaim(_) | Op::GroupOpSubmit(_))) => {
+                let device = self.me.as_ref().map(|m| m.device.clone()).unwrap_or_default();
+                self.key_request(user, &device, op, &mut resp);
+            }
             _ => resp.reason = wire(ReasonCode::InvalidRequest),
         }
         let _ = self.machine.send(&Frame::Response(resp));

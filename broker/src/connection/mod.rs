@@ -15,6 +15,9 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 mod handlers;
+mod keys;
+
+pub(crate) use keys::ClaimLimiter;
 mod rooms;
 
 use crate::server::{Live, Parked, Shared, ToConnection};
@@ -48,6 +51,11 @@ struct Bucket {
 impl Bucket {
     fn new((rate, burst): (f64, f64)) -> Self {
         Bucket { tokens: burst, rate, burst, at: now() }
+    }
+
+    /// Whether the bucket has refilled to its burst (an idle bucket that can be forgotten).
+    fn is_full(&self) -> bool {
+        self.tokens + self.at.elapsed().as_secs_f64() * self.rate >= self.burst
     }
 
     /// Takes `n` tokens if there are enough.

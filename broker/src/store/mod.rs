@@ -19,9 +19,12 @@
 //! - `u/{user}/last` → last inbox seq; `u/{user}/i/{seq}` → (conversation, conversation seq)
 //! - `d/{user}/{device}/cursor` → inbox sync point; `d/{user}/{device}/floor` → contiguous cid;
 //!   `d/{user}/{device}/cid/{cid}` → the cid's PUBACK
+//! - `c/{conv}/wf` → the last seq of a group stored under write fan-out
+//! - `k/...` → the E2EE key directory (`keys.rs`)
 
 mod flush;
 mod groups;
+mod keys;
 mod kv;
 mod reads;
 mod retention;

@@ -134,6 +134,45 @@ fn durable_after_flush_and_reopen(engine: Engine) {
     assert_eq!(store.ledger("alice", "phone").unwrap().contiguous, 1);
 }
 
+/// Racing claims on threads: every one-time prekey goes to exactly one claimant (REQ-E2E-002).
+fn key_directory(engine: Engine) {
+    let (_d, store) = open(engine);
+    let store = std::sync::Arc::new(store);
+    let publish = proto::KeyPublish {
+        device_cert: Some(proto::DeviceCert { user_id: "bob".into(), device_id: "phone".into(), ..Default::default() }),
+        signed_prekey: Some(proto::SignedPrekey { spk_id: 1, ..Default::default() }),
+        one_time_prekeys: (1..=40).map(|i| proto::OneTimePrekey { opk_id: i, ..Default::default() }).collect(),
+        ..Default::default()
+    };
+    assert_eq!(store.publish_keys("bob", "phone", &publish).unwrap(), Ok(40));
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                (0..15)
+                    .filter_map(|_| {
+                        store.claim_bundle("bob", "phone").unwrap().unwrap().one_time_prekey.map(|k| k.opk_id)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut ids: Vec<u32> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=40).collect::<Vec<_>>(), "each one-time prekey handed out exactly once");
+    assert_eq!(store.one_time_prekeys_left("bob", "phone").unwrap(), 0);
+    // Material naming another user is refused; nothing of it is stored.
+    let foreign = proto::KeyPublish {
+        device_list: Some(proto::DeviceList { user_id: "eve".into(), version: 1, ..Default::default() }),
+        ..Default::default()
+    };
+    assert_eq!(store.publish_keys("bob", "phone", &foreign).unwrap(), Err(tern_codec::ReasonCode::InvalidRequest));
+    assert!(store.query_keys(&["bob".into()]).unwrap()[0].device_list.is_none());
+    assert_eq!(store.claim_bundle("carol", "x").unwrap(), Err(tern_codec::ReasonCode::NotFound));
+    assert_eq!(store.submit_group_op("g", 2, b"op").unwrap(), Err(tern_codec::ReasonCode::EpochMismatch));
+    assert_eq!(store.submit_group_op("g", 1, b"op").unwrap(), Ok(1));
+}
+
 macro_rules! both_engines {
     ($($name:ident),*) => {
         mod sled_engine {
@@ -150,5 +189,6 @@ both_engines!(
     inboxes_history_and_cursors,
     groups_unread_and_recent,
     retention,
-    durable_after_flush_and_reopen
+    durable_after_flush_and_reopen,
+    key_directory
 );

@@ -62,6 +62,9 @@ enum Command {
         /// The broker does not implement rooms.
         #[arg(long)]
         no_rooms: bool,
+        /// The broker does not implement the E2EE key directory.
+        #[arg(long)]
+        no_key_directory: bool,
         #[command(flatten)]
         run: RunArgs,
     },
@@ -201,6 +204,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             read_fanout_threshold,
             retention_max_count,
             no_rooms,
+            no_key_directory,
             run,
         } => {
             let provision = match (provision_cmd, provision_http) {
@@ -221,7 +225,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             } else {
                 None
             };
-            let declared = Declared { read_fanout_threshold, retention_max_count, no_rooms };
+            let declared = Declared { read_fanout_threshold, retention_max_count, no_rooms, no_key_directory };
             let target = Arc::new(Target { addr, tls, provision, declared });
             execute(&all, Subject::Broker(target), run).await
         }

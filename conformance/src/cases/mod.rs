@@ -9,6 +9,7 @@ use crate::cx::Cx;
 mod client;
 mod client_tls;
 mod delivery;
+mod e2ee;
 mod framing;
 mod im;
 mod session;
@@ -70,6 +71,7 @@ pub fn all() -> Vec<Case> {
         delivery::CASES,
         sync::CASES,
         im::CASES,
+        e2ee::CASES,
         tls::CASES,
         client::CASES,
         client_tls::CASES,
