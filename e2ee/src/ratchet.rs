@@ -82,6 +82,8 @@ pub struct Session {
     ad: Vec<u8>,
     root: Key,
     dh_self: DhSecret,
+    /// `dh_self`'s public key, computed once per ratchet step (a base-point multiplication).
+    dh_self_pub: [u8; 32],
     dh_remote: Option<[u8; 32]>,
     send_chain: Option<Key>,
     recv_chain: Option<Key>,
@@ -154,6 +156,7 @@ impl Session {
             suite,
             ad,
             root,
+            dh_self_pub: dh_self.public(),
             dh_self,
             dh_remote: Some(*responder_ratchet),
             send_chain: Some(send),
@@ -171,6 +174,7 @@ impl Session {
             suite,
             ad,
             root: Zeroizing::new(*shared),
+            dh_self_pub: signed_prekey.public(),
             dh_self: signed_prekey,
             dh_remote: None,
             send_chain: None,
@@ -198,7 +202,7 @@ impl Session {
         }
         let (next, mk) = kdf_ck(chain);
         let (key, nonce) = message_keys(self.suite, &mk)?;
-        let mut msg = Message { dh_pub: self.dh_self.public(), pn: self.pn, n: self.ns, ciphertext: Vec::new() };
+        let mut msg = Message { dh_pub: self.dh_self_pub, pn: self.pn, n: self.ns, ciphertext: Vec::new() };
         msg.ciphertext = self.suite.seal(&key, &nonce, &self.aad(&msg.header()), &pad(plaintext))?;
         self.send_chain = Some(next);
         self.ns += 1;
@@ -272,6 +276,7 @@ impl Session {
         self.dh_remote = Some(*remote);
         let (root, recv) = kdf_rk(&self.root, &*self.dh_self.dh(remote)?)?;
         self.dh_self = DhSecret::generate(rng);
+        self.dh_self_pub = self.dh_self.public();
         let (root, send) = kdf_rk(&root, &*self.dh_self.dh(remote)?)?;
         self.root = root;
         self.recv_chain = Some(recv);

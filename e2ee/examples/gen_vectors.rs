@@ -1,0 +1,114 @@
+//! Writes `spec/vectors/e2ee/session_test.json`: frozen X3DH + Double Ratchet transcripts and
+//! negative cases. Run `cargo run -p tern-e2ee --example gen_vectors` after a change to the
+//! construction; `tests/vectors.rs` replays the file.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+#[path = "../tests/support/transcript.rs"]
+mod transcript;
+
+use serde_json::json;
+use tern_e2ee::primitives::{sha256, Suite};
+use transcript::Inputs;
+
+fn value(label: &str, i: u32) -> [u8; 32] {
+    sha256(format!("tern-e2ee-vector/{label}/{i}").as_bytes())
+}
+
+fn inputs(label: &str, suite: Suite, with_opk: bool) -> Inputs {
+    let msgs =
+        [('a', "hello bob"), ('a', "are you there?"), ('b', "hi alice"), ('a', "good"), ('b', "bye"), ('b', "really")];
+    Inputs {
+        suite,
+        alice_sig_seed: value(label, 1),
+        alice_dh: value(label, 2),
+        bob_sig_seed: value(label, 3),
+        bob_dh: value(label, 4),
+        spk: value(label, 5),
+        spk_id: 7,
+        spk_created_ms: 1_767_225_600_000,
+        opk: with_opk.then(|| (42, value(label, 6))),
+        now_ms: 1_767_312_000_000,
+        // Alice: EK, her first ratchet key, then one per DH step (two in this exchange).
+        alice_random: (10..14).map(|i| value(label, i)).collect(),
+        // Bob: one per DH step (two).
+        bob_random: (20..22).map(|i| value(label, i)).collect(),
+        messages: msgs.iter().map(|(f, p)| (*f, p.to_string())).collect(),
+    }
+}
+
+fn main() {
+    let transcripts =
+        [inputs("aes-opk", Suite::Aes256Gcm, true), inputs("chacha-no-opk", Suite::ChaCha20Poly1305, false)];
+    let valid: Vec<_> = transcripts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            json!({
+                "tcId": i + 1,
+                "comment": format!("suite {}, {} one-time prekey, six messages with four DH ratchet steps", t.suite.id(), if t.opk.is_some() { "with a" } else { "without" }),
+                "covers": ["REQ-E2E-009", "REQ-E2E-010"],
+                "result": "valid",
+                "input": t.to_json(),
+                "output": t.run(),
+            })
+        })
+        .collect();
+    let negatives = [
+        (
+            "spk_signature_flipped",
+            "BadSignature",
+            "REQ-E2E-009",
+            "the broker substituted the signed prekey's signature",
+        ),
+        ("opk_signature_flipped", "BadSignature", "REQ-E2E-009", "the broker substituted a one-time prekey"),
+        ("spk_stale", "StalePrekey", "REQ-E2E-009", "the signed prekey is older than 35 days"),
+        ("identity_dh_high_bit", "HighBitKey", "REQ-E2E-008", "the responder's X25519 identity key has bit 255 set"),
+        (
+            "spk_small_order",
+            "NonContributory",
+            "REQ-E2E-008",
+            "a signed prekey of small order gives an all-zero agreement",
+        ),
+        (
+            "identity_sig_small_order",
+            "BadSigningKey",
+            "REQ-E2E-008",
+            "the responder's Ed25519 key is a small-order point",
+        ),
+        (
+            "ciphertext_flipped",
+            "Decrypt",
+            "REQ-E2E-011",
+            "a tampered first message is refused and the session is unchanged",
+        ),
+        ("message_replayed", "Duplicate", "REQ-E2E-011", "the first message delivered twice"),
+    ];
+    let invalid: Vec<_> = negatives
+        .iter()
+        .enumerate()
+        .map(|(i, (mutation, error, req, comment))| {
+            json!({
+                "tcId": 100 + i, "comment": comment, "covers": [req], "result": "invalid",
+                "base": 1, "mutation": mutation, "expected_error": error,
+            })
+        })
+        .collect();
+    let doc = json!({
+        "schema": "e2ee_session_v1",
+        "spec_version": "1.0-draft",
+        "generator": { "name": "tern-e2ee/examples/gen_vectors.rs", "version": env!("CARGO_PKG_VERSION") },
+        "notes": {
+            "randomness": "alice_random / bob_random are the 32-byte values each party draws, in order: Alice's ephemeral key, her first ratchet key, then one per DH ratchet step; Bob one per DH ratchet step",
+            "messages": "each message is delivered at once; ciphertext includes the 16-byte tag",
+            "mutation": "invalid tests apply their mutation to transcript `base` (tcId) and expect `expected_error`",
+        },
+        "numberOfTests": valid.len() + invalid.len(),
+        "testGroups": [
+            { "type": "SessionTranscript", "tests": valid },
+            { "type": "SessionNegative", "tests": invalid },
+        ],
+    });
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../spec/vectors/e2ee/session_test.json");
+    std::fs::write(path, serde_json::to_string_pretty(&doc).unwrap() + "\n").unwrap();
+    println!("wrote {path}");
+}
