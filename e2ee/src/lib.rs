@@ -9,8 +9,12 @@
 //!   (high-bit and all-zero checks), Ed25519 signing and strict verification.
 //! - [`x3dh`]: session setup against a claimed bundle.
 //! - [`ratchet`]: the Double Ratchet for 1:1 messages.
+//! - [`devices`]: device certificates, signed device lists, safety numbers.
+//! - [`group`]: sender keys for groups and client-signed membership operations.
 #![forbid(unsafe_code)]
 
+pub mod devices;
+pub mod group;
 pub mod primitives;
 pub mod ratchet;
 pub mod x3dh;
