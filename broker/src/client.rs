@@ -96,6 +96,7 @@ enum Command {
         topic: String,
         payload: Bytes,
         qos: u32,
+        content_type: String,
         reply: oneshot::Sender<Result<proto::PubAck, ClientError>>,
     },
     Send {
@@ -154,8 +155,25 @@ impl Client {
         payload: impl Into<Bytes>,
         qos: u32,
     ) -> Result<proto::PubAck, ClientError> {
+        self.publish_typed(topic, payload, qos, "").await
+    }
+
+    /// Publishes with a payload media type (`application/tern-e2ee` for E2EE envelopes).
+    pub async fn publish_typed(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        qos: u32,
+        content_type: &str,
+    ) -> Result<proto::PubAck, ClientError> {
         let (reply, rx) = oneshot::channel();
-        let cmd = Command::Publish { topic: topic.to_owned(), payload: payload.into(), qos, reply };
+        let cmd = Command::Publish {
+            topic: topic.to_owned(),
+            payload: payload.into(),
+            qos,
+            content_type: content_type.to_owned(),
+            reply,
+        };
         self.commands.send(cmd).map_err(|_| ClientError::Closed)?;
         rx.await.map_err(|_| ClientError::Closed)?
     }
@@ -320,8 +338,8 @@ impl Driver {
     /// Applies an application command; `Err` when the client is closing.
     fn command(&mut self, cmd: Command) -> Result<(), ()> {
         match cmd {
-            Command::Publish { topic, payload, qos, reply } => {
-                match self.session.publish(now(), &topic, payload, qos) {
+            Command::Publish { topic, payload, qos, content_type, reply } => {
+                match self.session.publish_typed(now(), &topic, payload, qos, &content_type) {
                     Ok(Some(cid)) => {
                         self.acks.insert(cid.0, reply);
                     }

@@ -387,6 +387,11 @@ impl InboundGroupSession {
             && self.chain_id == msg.chain_id
     }
 
+    /// Whether this chain belongs to `group`.
+    pub fn matches_group(&self, group: &str) -> bool {
+        self.group_id == group
+    }
+
     /// The sender this chain belongs to.
     pub fn sender(&self) -> (&str, &str) {
         (&self.sender_user, &self.sender_device)

@@ -11,8 +11,10 @@
 //! - [`ratchet`]: the Double Ratchet for 1:1 messages.
 //! - [`devices`]: device certificates, signed device lists, safety numbers.
 //! - [`group`]: sender keys for groups and client-signed membership operations.
+//! - [`account`]: one device's whole state, tying the above to the wire envelopes.
 #![forbid(unsafe_code)]
 
+pub mod account;
 pub mod devices;
 pub mod group;
 pub mod primitives;

@@ -295,7 +295,19 @@ impl ClientSession {
     /// Publishes one message; returns its cid (`None` for QoS 0). QoS 1/2 messages are kept
     /// and sent, or resent, until acknowledged, across reconnects.
     pub fn publish(&mut self, now: Instant, topic: &str, payload: Bytes, qos: u32) -> Result<Option<Cid>, ApiError> {
-        self.publish_inner(now, topic, payload, qos, None)
+        self.publish_inner(now, topic, payload, qos, None, "")
+    }
+
+    /// As [`ClientSession::publish`], with a payload media type (e.g. `application/tern-e2ee`).
+    pub fn publish_typed(
+        &mut self,
+        now: Instant,
+        topic: &str,
+        payload: Bytes,
+        qos: u32,
+        content_type: &str,
+    ) -> Result<Option<Cid>, ApiError> {
+        self.publish_inner(now, topic, payload, qos, None, content_type)
     }
 
     /// Publishes a package: the members are stored whole and in order, or not at all
@@ -322,7 +334,7 @@ impl ClientSession {
         for (index, payload) in payloads.into_iter().enumerate() {
             let index = u32::try_from(index).unwrap_or(0);
             let pkg = proto::PackageRef { package_id, index, count: count32 };
-            self.publish_inner(now, topic, payload, qos, Some(pkg))?;
+            self.publish_inner(now, topic, payload, qos, Some(pkg), "")?;
         }
         Ok(PackageId(package_id))
     }
@@ -334,6 +346,7 @@ impl ClientSession {
         payload: Bytes,
         qos: u32,
         package: Option<proto::PackageRef>,
+        content_type: &str,
     ) -> Result<Option<Cid>, ApiError> {
         check_topic("publish.topic", topic, TopicUse::Name)?;
         if qos > 2 {
@@ -345,7 +358,7 @@ impl ClientSession {
             topic: topic.to_owned(),
             payload,
             package,
-            content_type: String::new(),
+            content_type: content_type.to_owned(),
             client_time_ms: 0,
         };
         // Room for the cid that is filled in below (a varint of at most 10 bytes).

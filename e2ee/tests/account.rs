@@ -1,0 +1,49 @@
+//! The account layer's trust decisions: pinned account keys, rollback, and devices the broker
+//! adds on its own never receiving messages or group keys.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use bytes::Bytes;
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use tern_codec::proto;
+use tern_e2ee::account::{Account, AccountError};
+use tern_e2ee::devices::DeviceError;
+use tern_e2ee::Suite;
+
+const NOW: u64 = 1_800_000_000_000;
+
+/// What the directory would return for an account, from its own KeyPublish.
+fn listing(published: &[proto::KeyPublish], list_from: usize) -> proto::UserKeys {
+    proto::UserKeys {
+        user_id: published[0].device_cert.as_ref().unwrap().user_id.clone(),
+        account_key: published[0].account_key.clone(),
+        device_list: published[list_from].device_list.clone(),
+        device_certs: published.iter().filter_map(|p| p.device_cert.clone()).collect(),
+    }
+}
+
+#[test]
+fn only_devices_in_the_signed_list_are_used_and_identity_changes_are_refused() {
+    let mut rng = ChaCha20Rng::seed_from_u64(21);
+    let mut alice = Account::new_primary(Suite::Aes256Gcm, "alice", "phone", NOW, &mut rng).unwrap();
+    let mut bob = Account::new_primary(Suite::Aes256Gcm, "bob", "laptop", NOW, &mut rng).unwrap();
+    let v1 = bob.key_publish();
+    bob.published();
+    let bob_phone = bob.link("phone", NOW, &mut rng).unwrap();
+    let v2 = bob.key_publish();
+
+    // The broker adds a device of its own making to bob's listing: it is ignored.
+    let mallory = Account::new_primary(Suite::Aes256Gcm, "bob", "evil", NOW, &mut rng).unwrap();
+    let mut keys = listing(&[v2.clone(), bob_phone.key_publish(), mallory.key_publish()], 0);
+    assert_eq!(alice.learn(&keys).unwrap(), vec!["laptop".to_string(), "phone".to_string()]);
+    assert_eq!(alice.devices_of("bob"), vec!["laptop".to_string(), "phone".to_string()]);
+    assert!(matches!(alice.encrypt("bob", "evil", None, b"x", NOW, &mut rng), Err(AccountError::UnknownDevice(..))));
+
+    // Serving the older list again is a rollback.
+    let old = listing(&[v1], 0);
+    assert!(matches!(alice.learn(&old), Err(AccountError::Device(DeviceError::Rollback { got: 1, pinned: 2 }))));
+    // Another account key for bob is refused (the safety number would change).
+    keys.account_key = Bytes::copy_from_slice(&mallory.account_key());
+    assert_eq!(alice.learn(&keys), Err(AccountError::IdentityChanged("bob".into())));
+    assert_eq!(alice.devices_of("bob").len(), 2, "the pinned view is unchanged");
+}
