@@ -197,6 +197,10 @@ fn codec_agrees_with_every_vector() {
     for path in &paths {
         let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).expect("read")).expect("json");
         let schema = doc["schema"].as_str().expect("schema").to_owned();
+        // The E2EE vectors are replayed by tern-e2ee (e2ee/tests/vectors.rs), not by the codec.
+        if schema.starts_with("e2ee_") {
+            continue;
+        }
         let mut ids = HashSet::new();
         let mut count = 0;
         for (g, t) in tests_of(&doc) {
