@@ -3,12 +3,13 @@
 //! construction; `tests/vectors.rs` replays the file.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-#[path = "../tests/support/transcript.rs"]
-mod transcript;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use serde_json::json;
+use support::group_transcript::GroupInputs;
+use support::transcript::Inputs;
 use tern_e2ee::primitives::{sha256, Suite};
-use transcript::Inputs;
 
 fn value(label: &str, i: u32) -> [u8; 32] {
     sha256(format!("tern-e2ee-vector/{label}/{i}").as_bytes())
@@ -109,6 +110,83 @@ fn main() {
         ],
     });
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../spec/vectors/e2ee/session_test.json");
+    std::fs::write(path, serde_json::to_string_pretty(&doc).unwrap() + "\n").unwrap();
+    println!("wrote {path}");
+    write_group_vectors();
+}
+
+fn write_group_vectors() {
+    let g = GroupInputs {
+        suite: Suite::Aes256Gcm,
+        alice_aik_seed: value("group", 1),
+        alice_sig_seed: value("group", 2),
+        alice_dh: value("group", 3),
+        bob_aik_seed: value("group", 4),
+        created_ms: 1_767_225_600_000,
+        members: ["bob", "carol", "dave", "erin"].iter().map(|s| s.to_string()).collect(),
+        chain_random: (10..13).map(|i| value("group", i)).collect(),
+        messages: vec!["first to the crew".into(), "second".into(), "third".into()],
+    };
+    let valid = json!({
+        "tcId": 1,
+        "comment": "a certified device, its signed list, a safety number, the group's creation and three sender-key messages",
+        "covers": ["REQ-E2E-012", "REQ-E2E-013", "REQ-E2E-014"],
+        "result": "valid",
+        "input": g.to_json(),
+        "output": g.run(),
+    });
+    let negatives = [
+        (
+            "list_signed_by_another_key",
+            "BadSignature",
+            "REQ-E2E-012",
+            "a device list not signed by the pinned account key",
+        ),
+        ("list_rollback", "Rollback", "REQ-E2E-012", "a device list older than one already seen"),
+        (
+            "cert_not_in_list",
+            "NotListed",
+            "REQ-E2E-012",
+            "a certificate the signed list does not name (a device the broker added)",
+        ),
+        (
+            "op_signed_by_another_key",
+            "BadSignature",
+            "REQ-E2E-013",
+            "a membership operation not signed by the issuing device",
+        ),
+        ("op_wrong_epoch", "BadOperation", "REQ-E2E-013", "an Add at epoch 3 after epoch 1"),
+        ("op_add_by_non_admin", "BadOperation", "REQ-E2E-013", "a member who is not the admin adds someone"),
+        (
+            "group_message_signature_flipped",
+            "BadSignature",
+            "REQ-E2E-014",
+            "a group message whose ciphertext was altered",
+        ),
+        ("group_message_replayed", "Duplicate", "REQ-E2E-014", "the first group message delivered twice"),
+    ];
+    let invalid: Vec<_> = negatives
+        .iter()
+        .enumerate()
+        .map(|(i, (mutation, error, req, comment))| {
+            json!({ "tcId": 100 + i, "comment": comment, "covers": [req], "result": "invalid", "base": 1, "mutation": mutation, "expected_error": error })
+        })
+        .collect();
+    let doc = json!({
+        "schema": "e2ee_group_v1",
+        "spec_version": "1.0-draft",
+        "generator": { "name": "tern-e2ee/examples/gen_vectors.rs", "version": env!("CARGO_PKG_VERSION") },
+        "notes": {
+            "chain_random": "the sender chain's randomness as one byte stream: chain key (32 bytes), chain id (4, big-endian u32 from rand_core's next_u32: little-endian bytes), signing-key seed (32)",
+            "messages": "GroupMessage encodings (label, header, u32 length, ciphertext, signature), hex",
+        },
+        "numberOfTests": 1 + invalid.len(),
+        "testGroups": [
+            { "type": "GroupTranscript", "tests": [valid] },
+            { "type": "GroupNegative", "tests": invalid },
+        ],
+    });
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../spec/vectors/e2ee/group_test.json");
     std::fs::write(path, serde_json::to_string_pretty(&doc).unwrap() + "\n").unwrap();
     println!("wrote {path}");
 }

@@ -129,3 +129,103 @@ fn ratchet_mutation(inputs: &Inputs, output: &Value, mutation: &str) -> String {
         other => format!("{other:?}"),
     }
 }
+
+fn group_vectors() -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../spec/vectors/e2ee/group_test.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+mod group {
+    use super::*;
+    use support::group_transcript::GroupInputs;
+    use tern_e2ee::devices::{self, DeviceError};
+    use tern_e2ee::group::{Distribution, GroupError, GroupMessage, GroupOp, InboundGroupSession, OpKind, Roster};
+
+    #[test]
+    fn the_group_transcript_reproduces_and_decrypts() {
+        let doc = group_vectors();
+        let t = &doc["testGroups"][0]["tests"][0];
+        let inputs = GroupInputs::from_json(&t["input"]);
+        assert_eq!(inputs.run(), t["output"]);
+        // A member given the distribution reads every message.
+        let d = Distribution::from_bytes(&hex::decode(t["output"]["distribution"].as_str().unwrap()).unwrap()).unwrap();
+        let mut member = InboundGroupSession::new("alice", "phone", &d).unwrap();
+        for (m, text) in t["output"]["messages"].as_array().unwrap().iter().zip(&inputs.messages) {
+            let msg = GroupMessage::from_bytes(&hex::decode(m.as_str().unwrap()).unwrap()).unwrap();
+            assert_eq!(member.decrypt(&msg).unwrap(), text.as_bytes());
+        }
+    }
+
+    fn name(e: impl std::fmt::Debug) -> String {
+        let s = format!("{e:?}");
+        let s = s.trim_start_matches("Crypto(").trim_start_matches("Device(").trim_start_matches("Group(");
+        s.split(['(', ' ', ')', '{']).next().unwrap().to_string()
+    }
+
+    #[test]
+    fn group_negative_cases_fail_as_the_vectors_say() {
+        let doc = group_vectors();
+        let base = &doc["testGroups"][0]["tests"][0];
+        let inputs = GroupInputs::from_json(&base["input"]);
+        let b = inputs.build();
+        let out = &base["output"];
+        let create = GroupOp::from_bytes(&hex::decode(out["create_op"].as_str().unwrap()).unwrap()).unwrap();
+        let msg0 = GroupMessage::from_bytes(&hex::decode(out["messages"][0].as_str().unwrap()).unwrap()).unwrap();
+        let tests = doc["testGroups"][1]["tests"].as_array().unwrap();
+        assert!(tests.len() >= 8);
+        for t in tests {
+            let got = match t["mutation"].as_str().unwrap() {
+                "list_signed_by_another_key" => {
+                    let other = tern_e2ee::primitives::SigningKey::from_seed([7; 32]).unwrap();
+                    let forged = devices::sign_list(&other, "alice", 2, 1, std::slice::from_ref(&b.cert)).unwrap();
+                    name(devices::verify_list(&b.aik.public(), "alice", &forged, 1).unwrap_err())
+                }
+                "list_rollback" => name(devices::verify_list(&b.aik.public(), "alice", &b.list, 2).unwrap_err()),
+                "cert_not_in_list" => {
+                    let mut cert = b.cert.clone();
+                    cert.device_id = "evil".into();
+                    match devices::verify_device(&b.aik.public(), &b.list, &cert).unwrap_err() {
+                        DeviceError::NotListed(_) => "NotListed".into(),
+                        other => name(other),
+                    }
+                }
+                "op_signed_by_another_key" => {
+                    let mut op = create.clone();
+                    op.sign(&tern_e2ee::primitives::SigningKey::from_seed([8; 32]).unwrap()).unwrap();
+                    name(Roster::create(&op, &b.identity.sig_pub).unwrap_err())
+                }
+                "op_wrong_epoch" => {
+                    let mut roster = Roster::create(&create, &b.identity.sig_pub).unwrap();
+                    let mut op = roster.propose("alice", "phone", OpKind::Add("zed".into()), 2).unwrap();
+                    op.epoch = 3;
+                    op.sign(&b.device_sig).unwrap();
+                    name(roster.apply(&op, &b.identity.sig_pub).unwrap_err())
+                }
+                "op_add_by_non_admin" => {
+                    let roster = Roster::create(&create, &b.identity.sig_pub).unwrap();
+                    match roster.propose("bob", "laptop", OpKind::Add("zed".into()), 2).unwrap_err() {
+                        GroupError::BadOperation(_) => "BadOperation".into(),
+                        other => name(other),
+                    }
+                }
+                "group_message_signature_flipped" => {
+                    let mut member =
+                        InboundGroupSession::new("alice", "phone", &inputs.sender().distribution()).unwrap();
+                    let mut bad = msg0.clone();
+                    bad.ciphertext[0] ^= 1;
+                    let err = name(member.decrypt(&bad).unwrap_err());
+                    assert!(member.decrypt(&msg0).is_ok(), "the refused message changed the chain");
+                    err
+                }
+                "group_message_replayed" => {
+                    let mut member =
+                        InboundGroupSession::new("alice", "phone", &inputs.sender().distribution()).unwrap();
+                    member.decrypt(&msg0).unwrap();
+                    name(member.decrypt(&msg0).unwrap_err())
+                }
+                other => panic!("unknown mutation {other}"),
+            };
+            assert_eq!(got, t["expected_error"].as_str().unwrap(), "tcId {}", t["tcId"]);
+        }
+    }
+}

@@ -1,1 +1,2 @@
+pub mod group_transcript;
 pub mod transcript;

@@ -19,12 +19,13 @@ use tern_e2ee::primitives::{DhSecret, SigningKey, Suite};
 use tern_e2ee::ratchet::Session;
 use tern_e2ee::x3dh::{self, Bundle, DeviceIdentity, OneTimePrekey, SignedPrekey};
 
-/// Serves the 32-byte values a party draws, in order.
-pub struct ScriptedRng(VecDeque<[u8; 32]>);
+/// Serves the given bytes as the party's randomness, in order (each value is 32 bytes; a draw
+/// of fewer bytes, like a 4-byte chain id, takes the next bytes of the stream).
+pub struct ScriptedRng(VecDeque<u8>);
 
 impl ScriptedRng {
     pub fn new(values: &[[u8; 32]]) -> Self {
-        ScriptedRng(values.iter().copied().collect())
+        ScriptedRng(values.iter().flatten().copied().collect())
     }
 }
 
@@ -36,9 +37,9 @@ impl RngCore for ScriptedRng {
         rand_core::impls::next_u64_via_fill(self)
     }
     fn fill_bytes(&mut self, dest: &mut [u8]) {
-        let next = self.0.pop_front().expect("the transcript's randomness ran out");
-        assert_eq!(dest.len(), 32, "every draw is 32 bytes");
-        dest.copy_from_slice(&next);
+        for b in dest.iter_mut() {
+            *b = self.0.pop_front().expect("the transcript's randomness ran out");
+        }
     }
     fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
         self.fill_bytes(dest);
