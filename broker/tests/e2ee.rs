@@ -287,6 +287,9 @@ async fn encrypted_conversations_and_groups_through_the_broker_leave_no_plaintex
         d.expect_group("crew", "secret four: the crew meets on friday").await;
     }
 
+    // Bob's laptop restarts from its key store: sessions, roster and group chains survive.
+    bob.account = Account::from_bytes(&bob.account.to_bytes()).unwrap();
+
     // Erin is removed: a signed operation at epoch 2, relayed to the group, then the broker
     // drops her from the group; alice's next message uses a new chain.
     let op = alice.account.change_group("crew", OpKind::Remove("erin".into()), NOW).unwrap();

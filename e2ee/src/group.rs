@@ -323,6 +323,40 @@ impl OutboundGroupSession {
         self.epoch
     }
 
+    /// The group.
+    pub fn group_id(&self) -> &str {
+        &self.group_id
+    }
+
+    pub(crate) fn encode(&self, e: &mut crate::persist::Enc) {
+        e.u16(self.suite.id());
+        e.str(&self.group_id);
+        e.u64(self.epoch);
+        e.str(&self.user);
+        e.str(&self.device);
+        e.u32(self.chain_id);
+        e.u32(self.iteration);
+        e.key(&self.chain_key);
+        e.key(self.sig.seed());
+    }
+
+    pub(crate) fn decode(
+        d: &mut crate::persist::Dec<'_>,
+    ) -> Result<OutboundGroupSession, crate::persist::PersistError> {
+        use crate::persist::PersistError;
+        Ok(OutboundGroupSession {
+            suite: Suite::from_id(d.u16()?).map_err(|_| PersistError("suite"))?,
+            group_id: d.str()?,
+            epoch: d.u64()?,
+            user: d.str()?,
+            device: d.str()?,
+            chain_id: d.u32()?,
+            iteration: d.u32()?,
+            chain_key: Zeroizing::new(d.key()?),
+            sig: SigningKey::from_seed(d.key()?).map_err(|_| PersistError("signing key"))?,
+        })
+    }
+
     /// Encrypts and signs one message (padded like 1:1 messages).
     pub fn encrypt(&mut self, plaintext: &[u8]) -> Result<GroupMessage, GroupError> {
         let (next, mk) = chain_step(&self.chain_key);
@@ -385,6 +419,40 @@ impl InboundGroupSession {
             && self.sender_user == msg.sender_user
             && self.sender_device == msg.sender_device
             && self.chain_id == msg.chain_id
+    }
+
+    pub(crate) fn encode(&self, e: &mut crate::persist::Enc) {
+        e.str(&self.group_id);
+        e.u64(self.epoch);
+        e.str(&self.sender_user);
+        e.str(&self.sender_device);
+        e.u32(self.chain_id);
+        e.u32(self.next);
+        e.key(&self.chain_key);
+        e.key(&self.sig_pub);
+        e.len(self.skipped.len());
+        for (n, mk) in &self.skipped {
+            e.u32(*n);
+            e.key(mk);
+        }
+    }
+
+    pub(crate) fn decode(d: &mut crate::persist::Dec<'_>) -> Result<InboundGroupSession, crate::persist::PersistError> {
+        let mut s = InboundGroupSession {
+            group_id: d.str()?,
+            epoch: d.u64()?,
+            sender_user: d.str()?,
+            sender_device: d.str()?,
+            chain_id: d.u32()?,
+            next: d.u32()?,
+            chain_key: Zeroizing::new(d.key()?),
+            sig_pub: d.key()?,
+            skipped: VecDeque::new(),
+        };
+        for _ in 0..d.len()? {
+            s.skipped.push_back((d.u32()?, Zeroizing::new(d.key()?)));
+        }
+        Ok(s)
     }
 
     /// Whether this chain belongs to `group`.
@@ -676,9 +744,34 @@ impl Roster {
         Ok(())
     }
 
+    pub(crate) fn encode(&self, e: &mut crate::persist::Enc) {
+        e.str(&self.group_id);
+        e.u64(self.epoch);
+        e.key(&self.last_op);
+        e.str(&self.admin);
+        e.len(self.members.len());
+        for m in &self.members {
+            e.str(m);
+        }
+    }
+
+    pub(crate) fn decode(d: &mut crate::persist::Dec<'_>) -> Result<Roster, crate::persist::PersistError> {
+        let (group_id, epoch, last_op, admin) = (d.str()?, d.u64()?, d.key()?, d.str()?);
+        let mut members = BTreeSet::new();
+        for _ in 0..d.len()? {
+            members.insert(d.str()?);
+        }
+        Ok(Roster { group_id, epoch, last_op, admin, members })
+    }
+
     /// The current epoch.
     pub fn epoch(&self) -> u64 {
         self.epoch
+    }
+
+    /// The group.
+    pub fn group_id(&self) -> &str {
+        &self.group_id
     }
 
     /// The members.

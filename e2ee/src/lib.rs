@@ -17,6 +17,7 @@
 pub mod account;
 pub mod devices;
 pub mod group;
+pub mod persist;
 pub mod primitives;
 pub mod ratchet;
 pub mod x3dh;

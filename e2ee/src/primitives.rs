@@ -162,6 +162,11 @@ impl DhSecret {
         x25519_dalek::PublicKey::from(&self.0).to_bytes()
     }
 
+    /// The private key's bytes, for persisting (zeroized on drop).
+    pub fn to_bytes(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(self.0.to_bytes())
+    }
+
     /// X25519 with `peer`, refusing high-bit peer keys and all-zero outputs.
     pub fn dh(&self, peer: &[u8; 32]) -> Result<Zeroizing<[u8; 32]>, CryptoError> {
         check_dh_public(peer)?;
@@ -190,9 +195,10 @@ pub fn check_signing_public(public: &[u8; 32]) -> Result<(), CryptoError> {
     Ok(())
 }
 
-/// An Ed25519 signing key (held by ring; the seed it was built from is zeroized).
+/// An Ed25519 signing key (the seed is kept, zeroized on drop, so the key can be persisted).
 pub struct SigningKey {
     pair: Ed25519KeyPair,
+    seed: Zeroizing<[u8; 32]>,
 }
 
 impl SigningKey {
@@ -200,7 +206,7 @@ impl SigningKey {
     pub fn from_seed(seed: [u8; 32]) -> Result<SigningKey, CryptoError> {
         let seed = Zeroizing::new(seed);
         let pair = Ed25519KeyPair::from_seed_unchecked(seed.as_ref()).map_err(|_| CryptoError::BadSigningKey)?;
-        Ok(SigningKey { pair })
+        Ok(SigningKey { pair, seed })
     }
 
     /// A fresh key from `rng`.
@@ -215,6 +221,11 @@ impl SigningKey {
         let mut out = [0u8; 32];
         out.copy_from_slice(self.pair.public_key().as_ref());
         out
+    }
+
+    /// The seed, for persisting.
+    pub fn seed(&self) -> &[u8; 32] {
+        &self.seed
     }
 
     /// Signs `msg` (deterministic, RFC 8032).

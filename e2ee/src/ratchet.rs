@@ -284,6 +284,54 @@ impl Session {
         Ok(())
     }
 
+    pub(crate) fn encode(&self, e: &mut crate::persist::Enc) {
+        e.u16(self.suite.id());
+        e.bytes(&self.ad);
+        e.key(&self.root);
+        e.key(&self.dh_self.to_bytes());
+        e.opt_key(self.dh_remote.as_ref());
+        e.opt_key(self.send_chain.as_deref());
+        e.opt_key(self.recv_chain.as_deref());
+        e.u32(self.ns);
+        e.u32(self.nr);
+        e.u32(self.pn);
+        e.len(self.skipped.len());
+        for ((dh, n), mk) in &self.skipped {
+            e.key(dh);
+            e.u32(*n);
+            e.key(mk);
+        }
+    }
+
+    pub(crate) fn decode(d: &mut crate::persist::Dec<'_>) -> Result<Session, crate::persist::PersistError> {
+        use crate::persist::PersistError;
+        let suite = Suite::from_id(d.u16()?).map_err(|_| PersistError("suite"))?;
+        let ad = d.bytes()?.to_vec();
+        let root = Zeroizing::new(d.key()?);
+        let dh_self = DhSecret::from_bytes(d.key()?);
+        let (dh_remote, send_chain, recv_chain) =
+            (d.opt_key()?, d.opt_key()?.map(Zeroizing::new), d.opt_key()?.map(Zeroizing::new));
+        let (ns, nr, pn) = (d.u32()?, d.u32()?, d.u32()?);
+        let mut skipped = VecDeque::new();
+        for _ in 0..d.len()? {
+            skipped.push_back(((d.key()?, d.u32()?), Zeroizing::new(d.key()?)));
+        }
+        Ok(Session {
+            suite,
+            ad,
+            root,
+            dh_self_pub: dh_self.public(),
+            dh_self,
+            dh_remote,
+            send_chain,
+            recv_chain,
+            ns,
+            nr,
+            pn,
+            skipped,
+        })
+    }
+
     /// Message keys currently kept for skipped messages.
     pub fn skipped_keys(&self) -> usize {
         self.skipped.len()

@@ -47,3 +47,52 @@ fn only_devices_in_the_signed_list_are_used_and_identity_changes_are_refused() {
     assert_eq!(alice.learn(&keys), Err(AccountError::IdentityChanged("bob".into())));
     assert_eq!(alice.devices_of("bob").len(), 2, "the pinned view is unchanged");
 }
+
+#[test]
+fn a_persisted_account_carries_on_and_corrupt_stores_are_refused() {
+    let mut rng = ChaCha20Rng::seed_from_u64(22);
+    let mut alice = Account::new_primary(Suite::Aes256Gcm, "alice", "phone", NOW, &mut rng).unwrap();
+    let mut bob = Account::new_primary(Suite::ChaCha20Poly1305, "bob", "laptop", NOW, &mut rng).unwrap();
+    let (a_pub, b_pub) = (alice.key_publish(), bob.key_publish());
+    alice.learn(&listing(std::slice::from_ref(&b_pub), 0)).unwrap();
+    bob.learn(&listing(&[a_pub], 0)).unwrap();
+    // Alice claims bob's bundle as the directory would hand it out.
+    let bundle = proto::KeyBundle {
+        device_cert: b_pub.device_cert.clone(),
+        signed_prekey: b_pub.signed_prekey.clone(),
+        one_time_prekey: b_pub.one_time_prekeys.first().cloned(),
+    };
+    let env = alice.encrypt("bob", "laptop", Some(&bundle), b"before the restart", NOW, &mut rng).unwrap();
+    assert_eq!(
+        bob.decrypt("alice", &env, &mut rng).unwrap(),
+        tern_e2ee::account::Received::Text(b"before the restart".to_vec())
+    );
+
+    // Both restart from their key stores.
+    let (a_bytes, b_bytes) = (alice.to_bytes(), bob.to_bytes());
+    let mut alice = Account::from_bytes(&a_bytes).unwrap();
+    let mut bob = Account::from_bytes(&b_bytes).unwrap();
+    assert_eq!(alice.to_bytes(), a_bytes, "decode and encode agree");
+    let env = bob.encrypt("alice", "phone", None, b"after the restart", NOW, &mut rng).unwrap();
+    assert_eq!(
+        alice.decrypt("bob", &env, &mut rng).unwrap(),
+        tern_e2ee::account::Received::Text(b"after the restart".to_vec())
+    );
+    let env = alice.encrypt("bob", "laptop", None, b"and onwards", NOW, &mut rng).unwrap();
+    assert!(
+        matches!(env.body, Some(proto::e2ee_envelope::Body::Ratchet(_))),
+        "the session is established: no X3DH header"
+    );
+    assert_eq!(
+        bob.decrypt("alice", &env, &mut rng).unwrap(),
+        tern_e2ee::account::Received::Text(b"and onwards".to_vec())
+    );
+
+    // Every truncation of a store is refused with an error, never a panic.
+    for cut in (0..b_bytes.len()).step_by(7) {
+        assert!(Account::from_bytes(&b_bytes[..cut]).is_err(), "cut at {cut}");
+    }
+    let mut extra = b_bytes.to_vec();
+    extra.push(0);
+    assert!(Account::from_bytes(&extra).is_err());
+}
