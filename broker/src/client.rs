@@ -123,6 +123,7 @@ pub struct Client {
     commands: mpsc::UnboundedSender<Command>,
     incoming: mpsc::UnboundedReceiver<Incoming>,
     task: JoinHandle<()>,
+    user: String,
 }
 
 fn now() -> std::time::Instant {
@@ -137,10 +138,15 @@ impl Client {
         let (ready_tx, ready_rx) = oneshot::channel();
         let task = tokio::spawn(Driver::new(opts, incoming_tx).run(command_rx, ready_tx));
         match ready_rx.await {
-            Ok(Ok(())) => Ok(Client { commands, incoming, task }),
+            Ok(Ok(user)) => Ok(Client { commands, incoming, task, user }),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(ClientError::Closed),
         }
+    }
+
+    /// The user the broker authenticated (from CONNACK).
+    pub fn user(&self) -> &str {
+        &self.user
     }
 
     /// Publishes at QoS 2 and waits until the broker has stored it (exactly once, durably).
@@ -224,7 +230,7 @@ struct Driver {
     /// Packages by id, and the package of each member cid.
     packages: HashMap<u64, PendingPackage>,
     package_of: HashMap<u64, u64>,
-    ready: Option<oneshot::Sender<Result<(), ClientError>>>,
+    ready: Option<oneshot::Sender<Result<String, ClientError>>>,
 }
 
 /// How a link ended.
@@ -254,7 +260,7 @@ impl Driver {
     async fn run(
         mut self,
         mut commands: mpsc::UnboundedReceiver<Command>,
-        ready: oneshot::Sender<Result<(), ClientError>>,
+        ready: oneshot::Sender<Result<String, ClientError>>,
     ) {
         self.ready = Some(ready);
         let mut attempt = 0u32;
@@ -383,9 +389,9 @@ impl Driver {
     fn drain_events(&mut self) -> Option<LinkEnd> {
         while let Some(event) = self.session.poll_event() {
             match event {
-                ClientEvent::Connected { session_present, .. } => {
+                ClientEvent::Connected { session_present, user_id } => {
                     if let Some(ready) = self.ready.take() {
-                        let _ = ready.send(Ok(()));
+                        let _ = ready.send(Ok(user_id));
                     }
                     let _ = self.incoming.send(Incoming::Connected { session_present });
                 }

@@ -18,6 +18,7 @@ pub mod admin;
 pub mod client;
 pub mod config;
 mod connection;
+pub mod e2ee;
 mod http;
 pub mod metrics;
 pub mod server;

@@ -97,3 +97,111 @@ fn serve_token_send_and_listen_work_as_the_readme_shows() {
     let (ok, _, err) = run(&["token", "issue", "--user", "a:b", "--device", "d", "--data-dir", data], None);
     assert!(!ok && err.starts_with("tern: error:"), "{err}");
 }
+
+/// `tern send --e2ee` and `tern listen --e2ee`: key stores are created on first use, messages
+/// decrypt across separate processes (the stores carry the sessions), and the broker's data
+/// directory never holds the plaintext.
+#[test]
+fn send_and_listen_encrypt_end_to_end_with_key_stores() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let mut serve = Command::new(TERN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir", data])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(serve.stdout.take().unwrap());
+    let _serve = Killed(serve);
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let addr = line.split_whitespace().find(|w| w.parse::<std::net::SocketAddr>().is_ok()).unwrap().to_owned();
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    let token = |user: &str, device: &str| {
+        let (ok, out, err) = run(&["token", "issue", "--user", user, "--device", device, "--data-dir", data], None);
+        assert!(ok, "{err}");
+        out.trim().to_owned()
+    };
+    let (alice, bob) = (token("alice", "phone"), token("bob", "laptop"));
+    let alice_keys = dir.path().join("alice.keys");
+    let bob_keys = dir.path().join("bob.keys");
+    let (alice_keys, bob_keys) = (alice_keys.to_str().unwrap(), bob_keys.to_str().unwrap());
+
+    for (round, secret) in ["first e2ee cli secret", "second e2ee cli secret"].iter().enumerate() {
+        let mut listen = Command::new(TERN)
+            .args([
+                "listen", "--e2ee", "--server", &addr, "--token", &bob, "--device", "laptop", "--keys", bob_keys,
+                "--count", "1",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait until the listener has published its keys.
+        let mut err = BufReader::new(listen.stderr.take().unwrap());
+        let mut said = String::new();
+        while !said.contains("listening as bob/laptop") {
+            assert!(err.read_line(&mut said).unwrap() > 0, "listen ended early: {said}");
+        }
+        assert_eq!(said.contains("created the E2EE key store"), round == 0, "{said}");
+        let (ok, out, err_out) = run(
+            &[
+                "send", "--e2ee", "--server", &addr, "--token", &alice, "--device", "phone", "--keys", alice_keys,
+                "--to", "user/bob", secret,
+            ],
+            None,
+        );
+        assert!(ok, "{err_out}");
+        assert!(out.contains("encrypted for 1 device(s) of bob"), "{out}");
+        let mut printed = String::new();
+        listen.stdout.take().unwrap().read_to_string(&mut printed).unwrap();
+        assert!(listen.wait().unwrap().success());
+        assert!(
+            printed.trim_end().ends_with(&format!("from=alice/phone conversation=1 (e2ee): {secret}")),
+            "{printed}"
+        );
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(bob_keys).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the key store is private");
+    }
+    // A plain send to a user without E2EE still works; an --e2ee send to a user who never
+    // published keys fails clearly.
+    let (ok, _, err) = run(
+        &[
+            "send",
+            "--e2ee",
+            "--server",
+            &addr,
+            "--token",
+            &alice,
+            "--device",
+            "phone",
+            "--keys",
+            alice_keys,
+            "--to",
+            "user/nobody",
+            "x",
+        ],
+        None,
+    );
+    assert!(!ok && err.contains("has published no E2EE keys"), "{err}");
+    let mut stack = vec![std::path::PathBuf::from(data)];
+    let mut files = 0;
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files += 1;
+                let bytes = std::fs::read(&path).unwrap();
+                assert!(!bytes.windows(10).any(|w| w == b"cli secret"), "{} holds plaintext", path.display());
+            }
+        }
+    }
+    assert!(files > 1, "the data directory was not scanned");
+}

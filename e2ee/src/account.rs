@@ -138,8 +138,6 @@ pub struct Account {
     list: proto::DeviceList,
     /// The account's device certificates (on the device holding the account key).
     own_certs: Vec<proto::DeviceCert>,
-    /// The device-list version the directory has accepted from this device.
-    list_published: u64,
     spks: Vec<(SignedPrekey, DhSecret)>,
     opks: BTreeMap<u32, (OneTimePrekey, DhSecret)>,
     next_opk: u32,
@@ -172,7 +170,6 @@ impl Account {
             cert: proto::DeviceCert::default(),
             list: proto::DeviceList::default(),
             own_certs: Vec::new(),
-            list_published: 0,
             spks: Vec::new(),
             opks: BTreeMap::new(),
             next_opk: 1,
@@ -251,20 +248,15 @@ impl Account {
         self.aik_pub
     }
 
-    /// Records that the directory accepted [`Account::key_publish`].
-    pub fn published(&mut self) {
-        self.list_published = self.list.version;
-    }
-
     /// What to publish to the key directory: account key, certificate, the device list when
-    /// this device holds the account key and the list changed, signed prekey and the unused
-    /// one-time prekeys.
+    /// this device holds the account key, signed prekey and the unused one-time prekeys.
+    /// Publishing it again is harmless (the directory ignores an identical device list).
     pub fn key_publish(&self) -> proto::KeyPublish {
         let (spk, _) = self.spks.first().map(|(s, d)| (s.clone(), d)).unzip();
         proto::KeyPublish {
             account_key: Bytes::copy_from_slice(&self.aik_pub),
             device_cert: Some(self.cert.clone()),
-            device_list: (self.aik.is_some() && self.list.version > self.list_published).then(|| self.list.clone()),
+            device_list: self.aik.as_ref().map(|_| self.list.clone()),
             signed_prekey: spk.map(|s| proto::SignedPrekey {
                 spk_id: s.id,
                 spk_pub: Bytes::copy_from_slice(&s.public),
@@ -688,7 +680,6 @@ impl Account {
         for c in &self.own_certs {
             put_proto(&mut e, c);
         }
-        e.u64(self.list_published);
         e.len(self.spks.len());
         for (s, secret) in &self.spks {
             e.u32(s.id);
@@ -767,7 +758,6 @@ impl Account {
         for _ in 0..d.len()? {
             own_certs.push(get_proto(&mut d)?);
         }
-        let list_published = d.u64()?;
         let mut spks = Vec::new();
         for _ in 0..d.len()? {
             let (id, created_ms) = (d.u32()?, d.u64()?);
@@ -835,7 +825,6 @@ impl Account {
             cert,
             list,
             own_certs,
-            list_published,
             spks,
             opks,
             next_opk,

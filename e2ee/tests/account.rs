@@ -28,7 +28,6 @@ fn only_devices_in_the_signed_list_are_used_and_identity_changes_are_refused() {
     let mut alice = Account::new_primary(Suite::Aes256Gcm, "alice", "phone", NOW, &mut rng).unwrap();
     let mut bob = Account::new_primary(Suite::Aes256Gcm, "bob", "laptop", NOW, &mut rng).unwrap();
     let v1 = bob.key_publish();
-    bob.published();
     let bob_phone = bob.link("phone", NOW, &mut rng).unwrap();
     let v2 = bob.key_publish();
 

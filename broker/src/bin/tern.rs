@@ -9,6 +9,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use tern_broker::client::{Client, ClientOptions, Incoming};
 use tern_broker::config::{resolve, FileConfig, FileTls, Overrides};
+use tern_broker::e2ee::{load_or_create, save, E2eeClient, Event};
 use tern_broker::token::{load_or_create_secret, TokenKey};
 use tern_broker::Broker;
 
@@ -70,13 +71,20 @@ enum Command {
         /// Destination topic, e.g. `user/bob`.
         #[arg(long)]
         to: String,
+        /// Encrypt end to end for every device of the recipient (a `user/{peer}` topic).
+        #[arg(long)]
+        e2ee: bool,
         /// The message; read from stdin when absent.
         message: Option<String>,
     },
-    /// Print messages as they arrive: `seq`, sender and payload.
+    /// Print messages as they arrive: `seq`, sender and payload. Encrypted messages are
+    /// decrypted when this device has a key store (`--e2ee` creates one and publishes its keys).
     Listen {
         #[command(flatten)]
         conn: Connection,
+        /// Receive end-to-end encrypted messages: create the key store if there is none.
+        #[arg(long)]
+        e2ee: bool,
         /// Stop after this many messages.
         #[arg(long)]
         count: Option<usize>,
@@ -114,6 +122,10 @@ struct Connection {
     /// Server name to verify with TLS.
     #[arg(long, default_value = "localhost")]
     server_name: String,
+    /// This device's E2EE key store, created (and its public keys published) on first use
+    /// [default: tern-keys/<user>-<device>.keys].
+    #[arg(long, env = "TERN_KEYS")]
+    keys: Option<PathBuf>,
 }
 
 impl Connection {
@@ -241,7 +253,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let token = TokenKey::new(&secret).issue(&user, &device, expires).map_err(anyhow::Error::msg)?;
             println!("{token}");
         }
-        Command::Send { conn, to, message } => {
+        Command::Send { conn, to, e2ee, message } => {
             let body = match message {
                 Some(m) => m.into_bytes(),
                 None => {
@@ -251,46 +263,127 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             let client = Client::connect(conn.options()?).await?;
-            let ack = client.publish(&to, body).await?;
-            println!("stored: conversation {} seq {} msg_id {}", ack.conversation_id, ack.seq, ack.msg_id);
-            client.close().await;
+            if e2ee {
+                let peer = to.strip_prefix("user/").context("--e2ee sends to a user/{peer} topic")?.to_owned();
+                let (mut e2ee, path) = open_e2ee(&conn, client).await?;
+                let devices = e2ee.send(&peer, &body).await;
+                save(&path, &e2ee.account)?;
+                println!("encrypted for {} device(s) of {peer} and your other devices", devices?);
+                e2ee.client.close().await;
+            } else {
+                let ack = client.publish(&to, body).await?;
+                println!("stored: conversation {} seq {} msg_id {}", ack.conversation_id, ack.seq, ack.msg_id);
+                client.close().await;
+            }
         }
-        Command::Listen { conn, count } => {
-            let mut client = Client::connect(conn.options()?).await?;
+        Command::Listen { conn, e2ee, count } => {
+            let client = Client::connect(conn.options()?).await?;
+            // With a key store (or --e2ee, which creates one and publishes its keys) encrypted
+            // messages are decrypted; plain messages print as they are either way.
+            let keys = key_store_path(&conn, client.user());
+            if !(e2ee || keys.exists()) {
+                return listen_plain(client, count).await;
+            }
+            let (mut e2ee, path) = open_e2ee(&conn, client).await?;
+            eprintln!(
+                "listening as {}/{} (e2ee keys in {})",
+                e2ee.account.identity().user,
+                conn.device,
+                path.display()
+            );
             let mut seen = 0;
             while count.is_none_or(|c| seen < c) {
-                match client.next().await {
-                    Some(Incoming::Message(m)) => {
-                        seen += 1;
-                        println!(
-                            "seq={} from={}/{} conversation={}: {}",
-                            m.seq,
-                            m.sender_user,
-                            m.sender_device,
-                            m.conversation_id,
-                            String::from_utf8_lossy(&m.payload)
-                        );
-                    }
-                    Some(Incoming::Package(members)) => {
-                        for m in members {
-                            seen += 1;
-                            println!(
-                                "seq={} from={}/{} package: {}",
-                                m.seq,
-                                m.sender_user,
-                                m.sender_device,
-                                String::from_utf8_lossy(&m.payload)
-                            );
-                        }
-                    }
-                    Some(_) => {}
-                    None => bail!("connection closed"),
+                let Some(m) = e2ee.next_deliver().await else { bail!("connection closed") };
+                let (seq, conversation) = (m.seq, m.conversation_id);
+                let event = e2ee.handle(m).await;
+                save(&path, &e2ee.account)?;
+                match event {
+                    Ok(None) => continue,
+                    Ok(Some(Event::Plain(m))) => println!(
+                        "seq={seq} from={}/{} conversation={conversation}: {}",
+                        m.sender_user,
+                        m.sender_device,
+                        String::from_utf8_lossy(&m.payload)
+                    ),
+                    Ok(Some(Event::Text { from_user, from_device, text })) => println!(
+                        "seq={seq} from={from_user}/{from_device} conversation={conversation} (e2ee): {}",
+                        String::from_utf8_lossy(&text)
+                    ),
+                    Ok(Some(Event::Group { group, from_user, from_device, text })) => println!(
+                        "seq={seq} from={from_user}/{from_device} group={group} (e2ee): {}",
+                        String::from_utf8_lossy(&text)
+                    ),
+                    Err(e) => eprintln!("seq={seq}: cannot decrypt: {e}"),
                 }
+                seen += 1;
             }
-            client.close().await;
+            e2ee.client.close().await;
         }
     }
     Ok(())
+}
+
+/// The key store of this device: `--keys`, or `tern-keys/<user>-<device>.keys`.
+fn key_store_path(conn: &Connection, user: &str) -> PathBuf {
+    conn.keys.clone().unwrap_or_else(|| PathBuf::from(format!("tern-keys/{user}-{}.keys", conn.device)))
+}
+
+/// `tern listen` without end-to-end encryption.
+async fn listen_plain(mut client: Client, count: Option<usize>) -> anyhow::Result<()> {
+    let mut seen = 0;
+    while count.is_none_or(|c| seen < c) {
+        match client.next().await {
+            Some(Incoming::Message(m)) => {
+                seen += 1;
+                println!(
+                    "seq={} from={}/{} conversation={}: {}",
+                    m.seq,
+                    m.sender_user,
+                    m.sender_device,
+                    m.conversation_id,
+                    String::from_utf8_lossy(&m.payload)
+                );
+            }
+            Some(Incoming::Package(members)) => {
+                for m in members {
+                    seen += 1;
+                    println!(
+                        "seq={} from={}/{} package: {}",
+                        m.seq,
+                        m.sender_user,
+                        m.sender_device,
+                        String::from_utf8_lossy(&m.payload)
+                    );
+                }
+            }
+            Some(_) => {}
+            None => bail!("connection closed"),
+        }
+    }
+    client.close().await;
+    Ok(())
+}
+
+/// This device's E2EE client: the key store, created on first use; the device's public keys
+/// are (re-)published every time, so a new or restored broker learns them.
+async fn open_e2ee(conn: &Connection, client: Client) -> anyhow::Result<(E2eeClient, PathBuf)> {
+    let user = client.user().to_owned();
+    let path = key_store_path(conn, &user);
+    let mut seed = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed)
+        .map_err(|_| anyhow::anyhow!("no system randomness"))?;
+    let (account, created) = load_or_create(&path, &user, &conn.device, seed)?;
+    if created {
+        eprintln!("created the E2EE key store {}", path.display());
+    }
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed)
+        .map_err(|_| anyhow::anyhow!("no system randomness"))?;
+    let mut e2ee = E2eeClient::new(client, account, seed);
+    if created {
+        save(&path, &e2ee.account)?;
+    }
+    e2ee.publish_keys().await?;
+    Ok((e2ee, path))
 }
 
 /// Prints a line for the operator; a closed stdout (`tern serve | head -1`) must not stop the

@@ -82,10 +82,12 @@ impl Store {
             }
             if let Some(list) = &p.device_list {
                 let stored: Option<proto::DeviceList> = decode(tx.get(list_key(user))?, "device list")?;
-                if stored.is_some_and(|s| list.version <= s.version) {
-                    return Ok(Err(ReasonCode::InvalidRequest));
+                match stored {
+                    // The same list again (a device re-publishing its keys): nothing to do.
+                    Some(s) if s == *list => {}
+                    Some(s) if list.version <= s.version => return Ok(Err(ReasonCode::InvalidRequest)),
+                    _ => tx.insert(list_key(user), list.encode_to_vec())?,
                 }
-                tx.insert(list_key(user), list.encode_to_vec())?;
             }
             if let Some(cert) = &p.device_cert {
                 let k = key(&[&cert_prefix(user), cert.device_id.as_bytes()]);

@@ -29,7 +29,7 @@ pub(super) const CASES: &[Case] = &[
     broker(
         "e2ee.directory.device-list-version@broker",
         &["REQ-E2E-004"],
-        "a device list is accepted only with a version above the stored one",
+        "a device list is accepted only with a version above the stored one (an identical repeat changes nothing)",
         device_list_version,
     )
     .needs(Feature::KeyDirectory),
@@ -187,23 +187,25 @@ fn device_list_version(cx: &Cx) -> CaseFuture<'_> {
     Box::pin(async move {
         let user = cx.name("dl");
         let (mut p, _) = cx.session("owner", &user, "d1").await?;
-        let list = |version: u64| proto::KeyPublish {
+        let list = |version: u64, issued_at_ms: u64| proto::KeyPublish {
             device_list: Some(proto::DeviceList {
                 user_id: user.clone(),
                 version,
-                issued_at_ms: version,
+                issued_at_ms,
                 entries: vec![proto::DeviceListEntry { device_id: "d1".into(), cert_hash: bytes(cx.seed, 9, 32) }],
                 aik_sig: bytes(cx.seed, 10, 64),
             }),
             ..Default::default()
         };
-        for (version, accept) in [(2, true), (2, false), (1, false), (3, true)] {
-            let r = publish(cx, &mut p, list(version)).await?;
+        // (version, issued_at, accepted): a new list at the same version is refused, the
+        // identical list again is a harmless repeat, an older version is refused.
+        for (version, issued, accept) in [(2, 2, true), (2, 5, false), (2, 2, true), (1, 1, false), (3, 3, true)] {
+            let r = publish(cx, &mut p, list(version, issued)).await?;
             let accepted = r.reason == 0;
             check!(
                 accepted == accept,
                 "REQ-E2E-004",
-                "device list version {version} was {} ({})",
+                "device list version {version} (issued {issued}) was {} ({})",
                 if accepted { "accepted" } else { "refused" },
                 reason_name(r.reason)
             );
