@@ -13,6 +13,7 @@
 //! - [`target`]: the broker under test, TLS and the provisioning contract.
 //! - [`runner`], [`report`], [`expectations`], [`coverage`]: running, reporting (JSON, JUnit,
 //!   Markdown, transcripts), known deviations and requirement coverage.
+//! - [`vectors`]: the spec's test vectors, embedded for `tern-conformance vectors`.
 //!
 //! ```
 //! use tern_conformance::requirements::{defined_ids, is_valid_id};
@@ -39,6 +40,7 @@ pub mod runner;
 pub mod shim;
 pub mod target;
 pub mod transcript;
+pub mod vectors;
 
 use std::sync::OnceLock;
 

@@ -100,3 +100,31 @@ fn usage_errors_exit_2_and_a_shim_that_ignores_the_contract_fails_self_check() {
     let out = std::process::Command::new(bin).args(["self-check", "--shim", "true"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn every_vector_file_is_embedded_and_the_cli_exports_them() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../spec/vectors");
+    let mut on_disk = Vec::new();
+    let mut stack = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "json") {
+                on_disk.push(path.strip_prefix(&root).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    on_disk.sort();
+    let embedded: Vec<String> = tern_conformance::vectors::VECTORS.iter().map(|(p, _)| p.to_string()).collect();
+    assert_eq!(embedded, on_disk, "conformance/src/vectors.rs must list every file of spec/vectors");
+    let out = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_tern-conformance"))
+        .args(["vectors", "--out", out.path().to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let written = std::fs::read_to_string(out.path().join("e2ee/session_test.json")).unwrap();
+    assert_eq!(written, std::fs::read_to_string(root.join("e2ee/session_test.json")).unwrap());
+}

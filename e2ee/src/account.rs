@@ -29,8 +29,39 @@ use crate::x3dh::{self, Bundle, DeviceIdentity, OneTimePrekey, SignedPrekey, X3d
 pub const CONTENT_TYPE: &str = "application/tern-e2ee";
 /// The content type of a signed group operation relayed to members.
 pub const OP_CONTENT_TYPE: &str = "application/tern-e2ee-op";
-/// One-time prekeys published at a time.
+/// One-time prekeys published at a time by a default device.
 pub const PREKEY_POOL: u32 = 20;
+/// One-time prekeys an IoT device keeps (design 6.12: small flash, few peers).
+pub const IOT_PREKEY_POOL: u32 = 16;
+
+/// Device profiles (design 6.12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// AES-256-GCM, [`PREKEY_POOL`] one-time prekeys.
+    Default,
+    /// ChaCha20-Poly1305 (no AES hardware needed), [`IOT_PREKEY_POOL`] one-time prekeys, and the
+    /// certificate flag `iot`.
+    Iot,
+}
+
+impl Profile {
+    fn suite(self) -> Suite {
+        match self {
+            Profile::Default => Suite::Aes256Gcm,
+            Profile::Iot => Suite::ChaCha20Poly1305,
+        }
+    }
+
+    fn pool(self) -> usize {
+        match self {
+            Profile::Default => PREKEY_POOL as usize,
+            Profile::Iot => IOT_PREKEY_POOL as usize,
+        }
+    }
+
+    /// The device-certificate flag bit for IoT devices.
+    pub const IOT_FLAG: u32 = 1;
+}
 
 const KIND_TEXT: u8 = 0x01;
 const KIND_SENDER_KEY: u8 = 0x02;
@@ -141,6 +172,8 @@ pub struct Account {
     spks: Vec<(SignedPrekey, DhSecret)>,
     opks: BTreeMap<u32, (OneTimePrekey, DhSecret)>,
     next_opk: u32,
+    /// One-time prekeys to keep published.
+    pool: usize,
     peers: BTreeMap<String, Peer>,
     sessions: BTreeMap<(String, String), PeerSession>,
     rosters: BTreeMap<String, Roster>,
@@ -173,6 +206,7 @@ impl Account {
             spks: Vec::new(),
             opks: BTreeMap::new(),
             next_opk: 1,
+            pool: PREKEY_POOL as usize,
             peers: BTreeMap::new(),
             sessions: BTreeMap::new(),
             rosters: BTreeMap::new(),
@@ -189,9 +223,35 @@ impl Account {
         now_ms: u64,
         rng: &mut (impl RngCore + CryptoRng),
     ) -> Result<Account, AccountError> {
+        Account::primary(suite, PREKEY_POOL as usize, 0, user, device, now_ms, rng)
+    }
+
+    /// The first device of a new account with a [`Profile`] (an IoT device: ChaCha20-Poly1305,
+    /// a smaller prekey pool, the `iot` certificate flag).
+    pub fn new_primary_with(
+        profile: Profile,
+        user: &str,
+        device: &str,
+        now_ms: u64,
+        rng: &mut (impl RngCore + CryptoRng),
+    ) -> Result<Account, AccountError> {
+        let flags = if profile == Profile::Iot { Profile::IOT_FLAG } else { 0 };
+        Account::primary(profile.suite(), profile.pool(), flags, user, device, now_ms, rng)
+    }
+
+    fn primary(
+        suite: Suite,
+        pool: usize,
+        flags: u32,
+        user: &str,
+        device: &str,
+        now_ms: u64,
+        rng: &mut (impl RngCore + CryptoRng),
+    ) -> Result<Account, AccountError> {
         let aik = SigningKey::generate(rng)?;
         let mut a = Account::device(suite, user, device, aik.public(), rng)?;
-        a.cert = devices::issue_cert(&aik, &a.sig, &a.me, &[suite.id()], now_ms, 0)?;
+        a.pool = pool;
+        a.cert = devices::issue_cert(&aik, &a.sig, &a.me, &[suite.id()], now_ms, flags)?;
         a.own_certs = vec![a.cert.clone()];
         a.list = devices::sign_list(&aik, user, 1, now_ms, &a.own_certs)?;
         a.aik = Some(aik);
@@ -217,6 +277,7 @@ impl Account {
         self.own_certs.push(new.cert.clone());
         self.list = devices::sign_list(aik, &self.me.user, self.list.version + 1, now_ms, &self.own_certs)?;
         new.list = self.list.clone();
+        new.pool = self.pool;
         new.rotate_prekeys(now_ms, rng)?;
         Ok(new)
     }
@@ -228,7 +289,7 @@ impl Account {
         x3dh::sign_spk(&self.sig, &self.me.user, &self.me.device, &mut spk)?;
         self.spks.insert(0, (spk, spk_secret));
         self.spks.truncate(2);
-        while self.opks.len() < PREKEY_POOL as usize {
+        while self.opks.len() < self.pool {
             let secret = DhSecret::generate(rng);
             let mut opk = OneTimePrekey { id: self.next_opk, public: secret.public(), sig: [0; 64] };
             x3dh::sign_opk(&self.sig, &self.me.user, &self.me.device, &mut opk)?;
@@ -399,7 +460,7 @@ impl Account {
         };
         Ok(proto::E2eeEnvelope {
             version: 1,
-            suite: u32::from(self.suite.id()),
+            suite: u32::from(entry.session.suite().id()),
             sender_device: self.me.device.clone(),
             body: Some(body),
             recipient_device: device.into(),
@@ -694,6 +755,7 @@ impl Account {
             e.key(&secret.to_bytes());
         }
         e.u32(self.next_opk);
+        e.len(self.pool);
         e.len(self.peers.len());
         for (user, p) in &self.peers {
             e.str(user);
@@ -773,6 +835,7 @@ impl Account {
             opks.insert(id, (OneTimePrekey { id, public: secret.public(), sig: sig_bytes }, secret));
         }
         let next_opk = d.u32()?;
+        let pool = usize::try_from(d.u32()?).map_err(|_| PersistError("pool"))?;
         let mut peers = BTreeMap::new();
         for _ in 0..d.len()? {
             let (user, aik, list_version) = (d.str()?, d.key()?, d.u64()?);
@@ -828,6 +891,7 @@ impl Account {
             spks,
             opks,
             next_opk,
+            pool,
             peers,
             sessions,
             rosters,

@@ -332,6 +332,11 @@ impl Session {
         })
     }
 
+    /// The session's suite (chosen by the initiator).
+    pub fn suite(&self) -> Suite {
+        self.suite
+    }
+
     /// Message keys currently kept for skipped messages.
     pub fn skipped_keys(&self) -> usize {
         self.skipped.len()

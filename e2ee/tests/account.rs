@@ -95,3 +95,29 @@ fn a_persisted_account_carries_on_and_corrupt_stores_are_refused() {
     extra.push(0);
     assert!(Account::from_bytes(&extra).is_err());
 }
+
+#[test]
+fn an_iot_device_uses_chacha_and_a_small_prekey_pool_and_talks_to_a_phone() {
+    use tern_e2ee::account::{Profile, Received, IOT_PREKEY_POOL};
+    let mut rng = ChaCha20Rng::seed_from_u64(23);
+    let mut sensor = Account::new_primary_with(Profile::Iot, "plant", "sensor-7", NOW, &mut rng).unwrap();
+    let mut owner = Account::new_primary(Suite::Aes256Gcm, "owner", "phone", NOW, &mut rng).unwrap();
+    let published = sensor.key_publish();
+    assert_eq!(published.one_time_prekeys.len(), IOT_PREKEY_POOL as usize);
+    assert_eq!(published.device_cert.as_ref().unwrap().flags, Profile::IOT_FLAG);
+    assert_eq!(published.device_cert.as_ref().unwrap().suites, vec![2], "ChaCha20-Poly1305");
+    let o_pub = owner.key_publish();
+    sensor.learn(&listing(std::slice::from_ref(&o_pub), 0)).unwrap();
+    owner.learn(&listing(std::slice::from_ref(&published), 0)).unwrap();
+    let bundle = proto::KeyBundle {
+        device_cert: o_pub.device_cert.clone(),
+        signed_prekey: o_pub.signed_prekey.clone(),
+        one_time_prekey: o_pub.one_time_prekeys.first().cloned(),
+    };
+    let env = sensor.encrypt("owner", "phone", Some(&bundle), b"soil moisture 31%", NOW, &mut rng).unwrap();
+    assert_eq!(env.suite, 2);
+    assert_eq!(owner.decrypt("plant", &env, &mut rng).unwrap(), Received::Text(b"soil moisture 31%".to_vec()));
+    let back = owner.encrypt("plant", "sensor-7", None, b"water now", NOW, &mut rng).unwrap();
+    assert_eq!(back.suite, 2, "the session keeps the initiator's suite");
+    assert_eq!(sensor.decrypt("owner", &back, &mut rng).unwrap(), Received::Text(b"water now".to_vec()));
+}

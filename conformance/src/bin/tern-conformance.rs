@@ -76,6 +76,13 @@ enum Command {
         #[command(flatten)]
         run: RunArgs,
     },
+    /// Write the spec's test vectors (frames, fragments, delivery, packages, E2EE) into a
+    /// directory, for implementations to check themselves against.
+    Vectors {
+        /// Output directory.
+        #[arg(long, default_value = "tern-vectors")]
+        out: PathBuf,
+    },
     /// Check that a shim exits 127 for a case it cannot know.
     SelfCheck {
         /// The shim command.
@@ -178,6 +185,11 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     }
                 }
             }
+            Ok(0)
+        }
+        Command::Vectors { out } => {
+            let n = tern_conformance::vectors::write_all(&out)?;
+            println!("wrote {n} vector files into {}", out.display());
             Ok(0)
         }
         Command::SelfCheck { shim } => {
