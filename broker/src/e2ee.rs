@@ -112,9 +112,19 @@ impl E2eeClient {
         Ok(r)
     }
 
-    /// Publishes this device's public keys to the directory.
+    /// Publishes this device's public keys to the directory, and refills its one-time
+    /// prekeys when the directory reports the pool running low.
     pub async fn publish_keys(&mut self) -> Result<(), E2eeError> {
-        self.request_ok(Op::KeyPublish(self.account.key_publish())).await?;
+        let r = self.request_ok(Op::KeyPublish(self.account.key_publish())).await?;
+        self.account.published();
+        let remaining = match r.result {
+            Some(R::KeyPublished(k)) => k.one_time_prekeys_remaining,
+            _ => 0,
+        };
+        if self.account.top_up_prekeys(remaining, &mut self.rng)? > 0 {
+            self.request_ok(Op::KeyPublish(self.account.key_publish())).await?;
+            self.account.published();
+        }
         Ok(())
     }
 

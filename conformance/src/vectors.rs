@@ -6,6 +6,7 @@
 pub const VECTORS: &[(&str, &str)] = &[
     ("delivery/ordered_receive_test.json", include_str!("../../spec/vectors/delivery/ordered_receive_test.json")),
     ("e2ee/group_test.json", include_str!("../../spec/vectors/e2ee/group_test.json")),
+    ("e2ee/primitives_test.json", include_str!("../../spec/vectors/e2ee/primitives_test.json")),
     ("e2ee/session_test.json", include_str!("../../spec/vectors/e2ee/session_test.json")),
     ("fragments/reassembly_test.json", include_str!("../../spec/vectors/fragments/reassembly_test.json")),
     ("frames/frame_codec_test.json", include_str!("../../spec/vectors/frames/frame_codec_test.json")),

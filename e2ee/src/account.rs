@@ -174,6 +174,9 @@ pub struct Account {
     next_opk: u32,
     /// One-time prekeys to keep published.
     pool: usize,
+    /// The highest one-time prekey id already sent to the directory: a claimed prekey must
+    /// never be published again, so later publishes carry only newer ones.
+    opk_published: u32,
     peers: BTreeMap<String, Peer>,
     sessions: BTreeMap<(String, String), PeerSession>,
     rosters: BTreeMap<String, Roster>,
@@ -207,6 +210,7 @@ impl Account {
             opks: BTreeMap::new(),
             next_opk: 1,
             pool: PREKEY_POOL as usize,
+            opk_published: 0,
             peers: BTreeMap::new(),
             sessions: BTreeMap::new(),
             rosters: BTreeMap::new(),
@@ -282,6 +286,44 @@ impl Account {
         Ok(new)
     }
 
+    /// Records that the directory accepted [`Account::key_publish`].
+    pub fn published(&mut self) {
+        self.opk_published =
+            self.opks.keys().next_back().copied().unwrap_or(self.opk_published).max(self.opk_published);
+    }
+
+    /// Refills the directory's pool when it reports fewer than half of [`PREKEY_POOL`] (or the
+    /// profile's pool) one-time prekeys left: makes enough new ones for a full pool and returns
+    /// how many; publish again afterwards. Private keys of older prekeys are kept (a claim may
+    /// still be in flight), at most four pools' worth.
+    pub fn top_up_prekeys(
+        &mut self,
+        remaining: u32,
+        rng: &mut (impl RngCore + CryptoRng),
+    ) -> Result<usize, AccountError> {
+        let remaining = remaining as usize;
+        if remaining * 2 >= self.pool {
+            return Ok(0);
+        }
+        let fresh = self.pool - remaining;
+        for _ in 0..fresh {
+            self.new_opk(rng)?;
+        }
+        while self.opks.len() > 4 * self.pool {
+            self.opks.pop_first();
+        }
+        Ok(fresh)
+    }
+
+    fn new_opk(&mut self, rng: &mut (impl RngCore + CryptoRng)) -> Result<(), AccountError> {
+        let secret = DhSecret::generate(rng);
+        let mut opk = OneTimePrekey { id: self.next_opk, public: secret.public(), sig: [0; 64] };
+        x3dh::sign_opk(&self.sig, &self.me.user, &self.me.device, &mut opk)?;
+        self.opks.insert(opk.id, (opk, secret));
+        self.next_opk += 1;
+        Ok(())
+    }
+
     fn rotate_prekeys(&mut self, now_ms: u64, rng: &mut (impl RngCore + CryptoRng)) -> Result<(), AccountError> {
         let spk_secret = DhSecret::generate(rng);
         let id = self.spks.first().map_or(1, |(s, _)| s.id + 1);
@@ -290,11 +332,7 @@ impl Account {
         self.spks.insert(0, (spk, spk_secret));
         self.spks.truncate(2);
         while self.opks.len() < self.pool {
-            let secret = DhSecret::generate(rng);
-            let mut opk = OneTimePrekey { id: self.next_opk, public: secret.public(), sig: [0; 64] };
-            x3dh::sign_opk(&self.sig, &self.me.user, &self.me.device, &mut opk)?;
-            self.opks.insert(opk.id, (opk, secret));
-            self.next_opk += 1;
+            self.new_opk(rng)?;
         }
         Ok(())
     }
@@ -310,7 +348,7 @@ impl Account {
     }
 
     /// What to publish to the key directory: account key, certificate, the device list when
-    /// this device holds the account key, signed prekey and the unused one-time prekeys.
+    /// this device holds the account key, signed prekey and the one-time prekeys not yet sent.
     /// Publishing it again is harmless (the directory ignores an identical device list).
     pub fn key_publish(&self) -> proto::KeyPublish {
         let (spk, _) = self.spks.first().map(|(s, d)| (s.clone(), d)).unzip();
@@ -327,6 +365,7 @@ impl Account {
             one_time_prekeys: self
                 .opks
                 .values()
+                .filter(|(o, _)| o.id > self.opk_published)
                 .map(|(o, _)| proto::OneTimePrekey {
                     opk_id: o.id,
                     opk_pub: Bytes::copy_from_slice(&o.public),
@@ -756,6 +795,7 @@ impl Account {
         }
         e.u32(self.next_opk);
         e.len(self.pool);
+        e.u32(self.opk_published);
         e.len(self.peers.len());
         for (user, p) in &self.peers {
             e.str(user);
@@ -836,6 +876,7 @@ impl Account {
         }
         let next_opk = d.u32()?;
         let pool = usize::try_from(d.u32()?).map_err(|_| PersistError("pool"))?;
+        let opk_published = d.u32()?;
         let mut peers = BTreeMap::new();
         for _ in 0..d.len()? {
             let (user, aik, list_version) = (d.str()?, d.key()?, d.u64()?);
@@ -892,6 +933,7 @@ impl Account {
             opks,
             next_opk,
             pool,
+            opk_published,
             peers,
             sessions,
             rosters,

@@ -121,3 +121,19 @@ fn an_iot_device_uses_chacha_and_a_small_prekey_pool_and_talks_to_a_phone() {
     assert_eq!(back.suite, 2, "the session keeps the initiator's suite");
     assert_eq!(sensor.decrypt("owner", &back, &mut rng).unwrap(), Received::Text(b"water now".to_vec()));
 }
+
+#[test]
+fn one_time_prekeys_are_published_once_and_topped_up_when_low() {
+    let mut rng = ChaCha20Rng::seed_from_u64(24);
+    let mut a = Account::new_primary(Suite::Aes256Gcm, "alice", "phone", NOW, &mut rng).unwrap();
+    let first = a.key_publish();
+    assert_eq!(first.one_time_prekeys.len(), tern_e2ee::account::PREKEY_POOL as usize);
+    a.published();
+    assert!(a.key_publish().one_time_prekeys.is_empty(), "a prekey the directory may have handed out is never sent again");
+    assert_eq!(a.top_up_prekeys(15, &mut rng).unwrap(), 0, "half the pool left: nothing to do");
+    assert_eq!(a.top_up_prekeys(3, &mut rng).unwrap(), 17);
+    let again = a.key_publish();
+    assert_eq!(again.one_time_prekeys.len(), 17);
+    let max_first = first.one_time_prekeys.iter().map(|o| o.opk_id).max().unwrap();
+    assert!(again.one_time_prekeys.iter().all(|o| o.opk_id > max_first), "new ids only");
+}

@@ -229,3 +229,54 @@ mod group {
         }
     }
 }
+
+/// The primitives' known-answer vectors in `spec/vectors/e2ee/primitives_test.json`.
+#[test]
+fn primitive_known_answers_hold() {
+    use tern_e2ee::primitives::{hkdf_sha256, verify, Suite};
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../spec/vectors/e2ee/primitives_test.json");
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let hx = |v: &Value| hex::decode(v.as_str().unwrap()).unwrap();
+    let mut ran = 0;
+    for g in doc["testGroups"].as_array().unwrap() {
+        for t in g["tests"].as_array().unwrap() {
+            ran += 1;
+            match g["type"].as_str().unwrap() {
+                "X25519" => {
+                    let shared = DhSecret::from_bytes(hx(&t["private"]).try_into().unwrap())
+                        .dh(&hx(&t["public"]).try_into().unwrap())
+                        .unwrap();
+                    assert_eq!(shared.to_vec(), hx(&t["shared"]), "tcId {}", t["tcId"]);
+                }
+                "Ed25519Verify" => {
+                    let sig: Option<[u8; 64]> = hx(&t["sig"]).try_into().ok();
+                    let ok =
+                        sig.is_some_and(|s| verify(&hx(&t["public"]).try_into().unwrap(), &hx(&t["msg"]), &s).is_ok());
+                    assert_eq!(ok, t["result"] == "valid", "tcId {}", t["tcId"]);
+                }
+                "Aead" => {
+                    let suite = Suite::from_id(t["suite"].as_u64().unwrap() as u16).unwrap();
+                    let (key, nonce) = (hx(&t["key"]).try_into().unwrap(), hx(&t["nonce"]).try_into().unwrap());
+                    assert_eq!(
+                        suite.seal(&key, &nonce, &hx(&t["aad"]), &hx(&t["pt"])).unwrap(),
+                        hx(&t["ct_and_tag"]),
+                        "tcId {}",
+                        t["tcId"]
+                    );
+                }
+                "HkdfSha256" => {
+                    let okm = hx(&t["okm"]);
+                    let mut out = vec![0u8; okm.len()];
+                    hkdf_sha256(&hx(&t["salt"]), &hx(&t["ikm"]), &[&hx(&t["info"])], &mut out).unwrap();
+                    assert_eq!(out, okm, "tcId {}", t["tcId"]);
+                }
+                other => panic!("unknown group {other}"),
+            }
+        }
+    }
+    assert_eq!(json_count(&doc), ran);
+}
+
+fn json_count(doc: &Value) -> usize {
+    doc["numberOfTests"].as_u64().unwrap() as usize
+}
