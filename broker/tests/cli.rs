@@ -36,10 +36,9 @@ fn run(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
     )
 }
 
-#[test]
-fn serve_token_send_and_listen_work_as_the_readme_shows() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().to_str().unwrap();
+/// Starts `tern serve` on `data` with port 0; returns the process (killed on drop) and the
+/// native address it printed.
+fn serve(data: &str) -> (Killed, String) {
     let mut serve = Command::new(TERN)
         .args(["serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir", data])
         .stdout(Stdio::piped())
@@ -47,18 +46,27 @@ fn serve_token_send_and_listen_work_as_the_readme_shows() {
         .spawn()
         .unwrap();
     let mut out = BufReader::new(serve.stdout.take().unwrap());
-    let _serve = Killed(serve);
+    let serve = Killed(serve);
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
     let addr = line.split_whitespace().find(|w| w.parse::<std::net::SocketAddr>().is_ok()).unwrap().to_owned();
     std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    (serve, addr)
+}
 
-    let token = |user: &str, device: &str| {
-        let (ok, out, err) = run(&["token", "issue", "--user", user, "--device", device, "--data-dir", data], None);
-        assert!(ok, "{err}");
-        out.trim().to_owned()
-    };
-    let (alice, bob) = (token("alice", "phone"), token("bob", "laptop"));
+/// `tern token issue` for `user`'s `device`.
+fn token(data: &str, user: &str, device: &str) -> String {
+    let (ok, out, err) = run(&["token", "issue", "--user", user, "--device", device, "--data-dir", data], None);
+    assert!(ok, "{err}");
+    out.trim().to_owned()
+}
+
+#[test]
+fn serve_token_send_and_listen_work_as_the_readme_shows() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let (_serve, addr) = serve(data);
+    let (alice, bob) = (token(data, "alice", "phone"), token(data, "bob", "laptop"));
 
     // Register bob's device (connect and leave) so both messages are after its sync point,
     // whenever the listener below gets connected.
@@ -106,24 +114,8 @@ fn send_and_listen_encrypt_end_to_end_with_key_stores() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let data = data.to_str().unwrap();
-    let mut serve = Command::new(TERN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir", data])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(serve.stdout.take().unwrap());
-    let _serve = Killed(serve);
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    let addr = line.split_whitespace().find(|w| w.parse::<std::net::SocketAddr>().is_ok()).unwrap().to_owned();
-    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-    let token = |user: &str, device: &str| {
-        let (ok, out, err) = run(&["token", "issue", "--user", user, "--device", device, "--data-dir", data], None);
-        assert!(ok, "{err}");
-        out.trim().to_owned()
-    };
-    let (alice, bob) = (token("alice", "phone"), token("bob", "laptop"));
+    let (_serve, addr) = serve(data);
+    let (alice, bob) = (token(data, "alice", "phone"), token(data, "bob", "laptop"));
     let alice_keys = dir.path().join("alice.keys");
     let bob_keys = dir.path().join("bob.keys");
     let (alice_keys, bob_keys) = (alice_keys.to_str().unwrap(), bob_keys.to_str().unwrap());

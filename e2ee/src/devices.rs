@@ -9,7 +9,7 @@
 
 use tern_codec::proto;
 
-use crate::primitives::{check_dh_public, sha256, verify, CryptoError, SigningKey};
+use crate::primitives::{check_dh_public, lp, sha256, verify, CryptoError, SigningKey};
 use crate::x3dh::DeviceIdentity;
 
 /// Why a device or list is not trusted.
@@ -32,13 +32,6 @@ pub enum DeviceError {
     /// The certificate or list names another user, or a key field has the wrong length.
     #[error("malformed: {0}")]
     Malformed(&'static str),
-}
-
-fn lp(out: &mut Vec<u8>, bytes: &[u8]) -> Result<(), CryptoError> {
-    let len = u16::try_from(bytes.len()).map_err(|_| CryptoError::Malformed("field longer than 65535 bytes"))?;
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(bytes);
-    Ok(())
 }
 
 fn key32(bytes: &[u8]) -> Result<[u8; 32], DeviceError> {

@@ -14,9 +14,7 @@ use std::collections::{BTreeSet, VecDeque};
 use rand_core::{CryptoRng, RngCore};
 use zeroize::Zeroizing;
 
-use crate::primitives::{
-    check_signing_public, hkdf_sha256, hmac_sha256, sha256, verify, CryptoError, SigningKey, Suite,
-};
+use crate::primitives::{check_signing_public, hmac_sha256, lp, sha256, verify, CryptoError, SigningKey, Suite};
 
 /// Most message keys one receiving chain may skip.
 pub const MAX_GROUP_SKIP: u32 = 1000;
@@ -47,14 +45,6 @@ pub enum GroupError {
     /// Bytes that do not decode.
     #[error("malformed: {0}")]
     Malformed(&'static str),
-}
-
-/// Appends with a u16 length prefix.
-fn lp(out: &mut Vec<u8>, bytes: &[u8]) -> Result<(), CryptoError> {
-    let len = u16::try_from(bytes.len()).map_err(|_| CryptoError::Malformed("field longer than 65535 bytes"))?;
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(bytes);
-    Ok(())
 }
 
 /// Reads the encodings written with [`lp`] and fixed-width integers.
@@ -253,14 +243,7 @@ fn message_keys(
     lp(&mut info, group.as_bytes())?;
     info.extend_from_slice(&epoch.to_be_bytes());
     info.extend_from_slice(&chain_id.to_be_bytes());
-    let mut out = Zeroizing::new([0u8; 44]);
-    hkdf_sha256(&[0u8; 32], mk, &[&info], out.as_mut())?;
-    let (k, n) = out.split_at(32);
-    let mut key = Zeroizing::new([0u8; 32]);
-    key.copy_from_slice(k);
-    let mut nonce = [0u8; 12];
-    nonce.copy_from_slice(n);
-    Ok((key, nonce))
+    crate::primitives::aead_key_nonce(mk, &[&info])
 }
 
 /// A sender device's chain for one group epoch.

@@ -116,6 +116,27 @@ pub fn hkdf_sha256(salt: &[u8], ikm: &[u8], info: &[&[u8]], out: &mut [u8]) -> R
         .map_err(|_| CryptoError::Malformed("HKDF output length"))
 }
 
+/// Appends `bytes` with a u16 length prefix (the `lp(x)` of spec 9.4).
+pub fn lp(out: &mut Vec<u8>, bytes: &[u8]) -> Result<(), CryptoError> {
+    let len = u16::try_from(bytes.len()).map_err(|_| CryptoError::Malformed("field longer than 65535 bytes"))?;
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(bytes);
+    Ok(())
+}
+
+/// An AEAD key and nonce from HKDF-SHA-256 over a message key (`L = 44`: key ‖ nonce), as the
+/// 1:1 and group message keys are derived (spec 9.6, 9.8).
+pub fn aead_key_nonce(mk: &[u8; 32], info: &[&[u8]]) -> Result<(Zeroizing<[u8; 32]>, [u8; 12]), CryptoError> {
+    let mut out = Zeroizing::new([0u8; 44]);
+    hkdf_sha256(&[0u8; 32], mk, info, out.as_mut())?;
+    let (k, n) = out.split_at(32);
+    let mut key = Zeroizing::new([0u8; 32]);
+    key.copy_from_slice(k);
+    let mut nonce = [0u8; 12];
+    nonce.copy_from_slice(n);
+    Ok((key, nonce))
+}
+
 /// HMAC-SHA-256.
 pub fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
     let tag = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key), data);

@@ -108,14 +108,7 @@ fn kdf_ck(ck: &[u8; 32]) -> (Key, Key) {
 }
 
 fn message_keys(suite: Suite, mk: &[u8; 32]) -> Result<(Key, [u8; 12]), CryptoError> {
-    let mut out = Zeroizing::new([0u8; 44]);
-    hkdf_sha256(&[0u8; 32], mk, &[b"TERN-E2EE-v1/DR-msg", &suite.id().to_be_bytes()], out.as_mut())?;
-    let (k, n) = out.split_at(32);
-    let mut key = Zeroizing::new([0u8; 32]);
-    key.copy_from_slice(k);
-    let mut nonce = [0u8; 12];
-    nonce.copy_from_slice(n);
-    Ok((key, nonce))
+    crate::primitives::aead_key_nonce(mk, &[b"TERN-E2EE-v1/DR-msg", &suite.id().to_be_bytes()])
 }
 
 /// Pads to a size bucket (multiples of 64 bytes up to 1 KiB, then of 256) with `0x80 0x00…`,

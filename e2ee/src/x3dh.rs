@@ -8,7 +8,7 @@
 use rand_core::{CryptoRng, RngCore};
 use zeroize::Zeroizing;
 
-use crate::primitives::{check_dh_public, hkdf_sha256, verify, CryptoError, DhSecret, SigningKey, Suite};
+use crate::primitives::{check_dh_public, hkdf_sha256, lp, verify, CryptoError, DhSecret, SigningKey, Suite};
 
 /// Signed prekeys older than this are refused (35 days).
 pub const SPK_MAX_AGE_MS: u64 = 35 * 24 * 3600 * 1000;
@@ -70,13 +70,6 @@ pub struct Bundle {
     pub signed_prekey: SignedPrekey,
     /// One one-time prekey, when the directory had one left.
     pub one_time_prekey: Option<OneTimePrekey>,
-}
-
-fn lp(out: &mut Vec<u8>, bytes: &[u8]) -> Result<(), CryptoError> {
-    let len = u16::try_from(bytes.len()).map_err(|_| CryptoError::Malformed("field longer than 65535 bytes"))?;
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(bytes);
-    Ok(())
 }
 
 /// `"TERN-E2EE-v1/sig/spk" ‖ lp(user) ‖ lp(device) ‖ spk_id ‖ spk_pub ‖ created_ms`.

@@ -129,7 +129,10 @@ fn one_time_prekeys_are_published_once_and_topped_up_when_low() {
     let first = a.key_publish();
     assert_eq!(first.one_time_prekeys.len(), tern_e2ee::account::PREKEY_POOL as usize);
     a.published();
-    assert!(a.key_publish().one_time_prekeys.is_empty(), "a prekey the directory may have handed out is never sent again");
+    assert!(
+        a.key_publish().one_time_prekeys.is_empty(),
+        "a prekey the directory may have handed out is never sent again"
+    );
     assert_eq!(a.top_up_prekeys(15, &mut rng).unwrap(), 0, "half the pool left: nothing to do");
     assert_eq!(a.top_up_prekeys(3, &mut rng).unwrap(), 17);
     let again = a.key_publish();
