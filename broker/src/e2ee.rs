@@ -72,7 +72,13 @@ pub struct E2eeClient {
     pub client: Client,
     rng: ChaCha20Rng,
     backlog: VecDeque<proto::Deliver>,
+    /// Group messages that arrived before their sender's key (keys travel on the pairwise
+    /// streams, group messages on the group's): retried when a key or operation arrives.
+    waiting: VecDeque<proto::Deliver>,
 }
+
+/// Group messages kept while waiting for keys.
+const MAX_WAITING: usize = 1000;
 
 fn now_ms() -> u64 {
     crate::unix_now_ms()
@@ -81,7 +87,18 @@ fn now_ms() -> u64 {
 impl E2eeClient {
     /// Wraps a connected client; `seed` seeds the randomness (draw it from the system).
     pub fn new(client: Client, account: Account, seed: [u8; 32]) -> E2eeClient {
-        E2eeClient { account, client, rng: ChaCha20Rng::from_seed(seed), backlog: VecDeque::new() }
+        E2eeClient {
+            account,
+            client,
+            rng: ChaCha20Rng::from_seed(seed),
+            backlog: VecDeque::new(),
+            waiting: VecDeque::new(),
+        }
+    }
+
+    /// The account and the connection, e.g. to go offline and come back with the same state.
+    pub fn into_parts(self) -> (Account, Client) {
+        (self.account, self.client)
     }
 
     /// Sends a REQUEST and returns its RESPONSE; messages arriving meanwhile are kept.
@@ -229,25 +246,47 @@ impl E2eeClient {
         if m.content_type == OP_CONTENT_TYPE {
             self.learn(std::slice::from_ref(&m.sender_user)).await?;
             self.account.apply_group_op(&m.payload)?;
+            self.retry_waiting();
             return Ok(None);
         }
         if m.content_type != CONTENT_TYPE {
             return Ok(Some(Event::Plain(Box::new(m))));
         }
         let env = proto::E2eeEnvelope::decode(m.payload.as_ref()).map_err(|_| AccountError::Malformed("envelope"))?;
-        let got = match self.account.decrypt(&m.sender_user, &env, &mut self.rng) {
-            Err(AccountError::UnknownDevice(user, _)) => {
-                self.learn(&[user]).await?;
-                self.account.decrypt(&m.sender_user, &env, &mut self.rng)?
+        let mut got = self.account.decrypt(&m.sender_user, &env, &mut self.rng);
+        if let Err(AccountError::UnknownDevice(user, _)) = &got {
+            self.learn(std::slice::from_ref(user)).await?;
+            got = self.account.decrypt(&m.sender_user, &env, &mut self.rng);
+        }
+        let got = match got {
+            // A group message ahead of its key: keep it for when the key arrives.
+            Err(AccountError::Group(tern_e2ee::group::GroupError::UnknownChain) | AccountError::NotAMember(_))
+                if matches!(env.body, Some(proto::e2ee_envelope::Body::SenderKey(_))) =>
+            {
+                self.waiting.push_back(m);
+                if self.waiting.len() > MAX_WAITING {
+                    self.waiting.pop_front();
+                }
+                return Ok(None);
             }
             other => other?,
         };
+        if matches!(got, Received::GroupKey(_)) {
+            self.retry_waiting();
+        }
         let (from_user, from_device) = (m.sender_user, env.sender_device);
         Ok(match got {
             Received::NotForThisDevice | Received::GroupKey(_) => None,
             Received::Text(text) => Some(Event::Text { from_user, from_device, text }),
             Received::GroupText { group, text } => Some(Event::Group { group, from_user, from_device, text }),
         })
+    }
+
+    /// Puts the group messages that waited for keys back in front of the queue.
+    fn retry_waiting(&mut self) {
+        while let Some(m) = self.waiting.pop_back() {
+            self.backlog.push_front(m);
+        }
     }
 
     /// The next event for the application; `None` when the connection has ended.

@@ -64,6 +64,13 @@ impl Profile {
 }
 
 const KIND_TEXT: u8 = 0x01;
+/// Sender keys kept while their epoch's operation is on its way.
+const MAX_PENDING_KEYS: usize = 256;
+
+fn check_signing_key(d: &Distribution) -> Result<(), AccountError> {
+    crate::primitives::check_signing_public(&d.sig_pub)?;
+    Ok(())
+}
 const KIND_SENDER_KEY: u8 = 0x02;
 
 /// Why an envelope or operation could not be handled. State is unchanged.
@@ -182,6 +189,9 @@ pub struct Account {
     rosters: BTreeMap<String, Roster>,
     outbound: BTreeMap<String, Outbound>,
     inbound: Vec<InboundGroupSession>,
+    /// Sender keys for an epoch whose membership operation has not arrived yet (the key
+    /// and the operation travel on different streams); installed when it is applied.
+    pending_keys: Vec<(String, String, Distribution)>,
 }
 
 impl Account {
@@ -216,6 +226,7 @@ impl Account {
             rosters: BTreeMap::new(),
             outbound: BTreeMap::new(),
             inbound: Vec::new(),
+            pending_keys: Vec::new(),
         })
     }
 
@@ -395,8 +406,35 @@ impl Account {
             }
         }
         let names = found.keys().cloned().collect();
+        // A device that left the list loses its sessions and group chains, and every group
+        // chain of this device rotates so the departed device cannot read what follows.
+        let gone: Vec<String> =
+            pinned.map(|p| p.devices.keys().filter(|d| !found.contains_key(*d)).cloned().collect()).unwrap_or_default();
+        if !gone.is_empty() {
+            let user = keys.user_id.clone();
+            self.sessions.retain(|(u, d), _| !(*u == user && gone.contains(d)));
+            self.inbound.retain(|s| !(s.sender().0 == user && gone.iter().any(|d| d == s.sender().1)));
+            let groups_with_user: Vec<String> =
+                self.rosters.iter().filter(|(_, r)| r.contains(&user)).map(|(g, _)| g.clone()).collect();
+            for g in groups_with_user {
+                self.outbound.remove(&g);
+            }
+        }
         self.peers.insert(keys.user_id.clone(), Peer { aik, list_version: list.version, devices: found });
         Ok(names)
+    }
+
+    /// Removes a device from this (primary) account: signs the next device list without it.
+    /// Publish the keys afterwards; peers that learn the new list stop encrypting for it and
+    /// rotate their group keys.
+    pub fn unlink(&mut self, device: &str, now_ms: u64) -> Result<(), AccountError> {
+        let aik = self
+            .aik
+            .as_ref()
+            .ok_or(AccountError::Malformed("only the device holding the account key unlinks devices"))?;
+        self.own_certs.retain(|c| c.device_id != device);
+        self.list = devices::sign_list(aik, &self.me.user, self.list.version + 1, now_ms, &self.own_certs)?;
+        Ok(())
     }
 
     /// The verified devices of `user` (without this device).
@@ -580,18 +618,35 @@ impl Account {
             Some((&KIND_TEXT, text)) => Ok(Received::Text(text.to_vec())),
             Some((&KIND_SENDER_KEY, bytes)) => {
                 let d = Distribution::from_bytes(bytes)?;
-                let roster =
-                    self.rosters.get(&d.group_id).ok_or_else(|| AccountError::NotAMember(d.group_id.clone()))?;
-                if !roster.contains(sender_user) || d.epoch != roster.epoch() {
-                    return Err(AccountError::NotAMember(d.group_id.clone()));
+                let group = d.group_id.clone();
+                let epoch = self.rosters.get(&group).map_or(0, Roster::epoch);
+                if d.epoch > epoch {
+                    // The operation that makes this epoch has not been applied yet: keep the
+                    // key until it is (bounded; the oldest is dropped first).
+                    check_signing_key(&d)?;
+                    self.pending_keys.push((sender_user.to_owned(), sender_device.to_owned(), d));
+                    if self.pending_keys.len() > MAX_PENDING_KEYS {
+                        self.pending_keys.remove(0);
+                    }
+                    return Ok(Received::GroupKey(group));
                 }
-                let session = InboundGroupSession::new(sender_user, sender_device, &d)?;
-                self.inbound.retain(|s| !(s.sender() == (sender_user, sender_device) && s.matches_group(&d.group_id)));
-                self.inbound.push(session);
-                Ok(Received::GroupKey(d.group_id))
+                self.install_key(sender_user, sender_device, d)?;
+                Ok(Received::GroupKey(group))
             }
             _ => Err(AccountError::Malformed("inner kind")),
         }
+    }
+
+    /// Installs a sender key for the roster's current epoch, from one of its members.
+    fn install_key(&mut self, sender_user: &str, sender_device: &str, d: Distribution) -> Result<(), AccountError> {
+        let roster = self.rosters.get(&d.group_id).ok_or_else(|| AccountError::NotAMember(d.group_id.clone()))?;
+        if !roster.contains(sender_user) || d.epoch != roster.epoch() {
+            return Err(AccountError::NotAMember(d.group_id.clone()));
+        }
+        let session = InboundGroupSession::new(sender_user, sender_device, &d)?;
+        self.inbound.retain(|s| !(s.sender() == (sender_user, sender_device) && s.matches_group(&d.group_id)));
+        self.inbound.push(session);
+        Ok(())
     }
 
     fn decrypt_group(
@@ -659,6 +714,17 @@ impl Account {
         }
         if let OpKind::Remove(user) = &op.kind {
             self.inbound.retain(|s| !(s.sender().0 == user && s.matches_group(&op.group_id)));
+        }
+        // Keys that waited for this epoch can be installed now; keys for older epochs are dead.
+        let epoch = self.rosters.get(&op.group_id).map_or(0, Roster::epoch);
+        let waiting = std::mem::take(&mut self.pending_keys);
+        for (user, device, d) in waiting {
+            if d.group_id != op.group_id || d.epoch > epoch {
+                self.pending_keys.push((user, device, d));
+            } else if d.epoch == epoch {
+                // A sender no longer in the roster is simply not installed.
+                let _ = self.install_key(&user, &device, d);
+            }
         }
         Ok(())
     }
@@ -839,6 +905,15 @@ impl Account {
         for s in &self.inbound {
             s.encode(&mut e);
         }
+        e.len(self.pending_keys.len());
+        for (user, device, d) in &self.pending_keys {
+            e.str(user);
+            e.str(device);
+            match d.to_bytes() {
+                Ok(bytes) => e.bytes(&bytes),
+                Err(_) => e.bytes(&[]),
+            }
+        }
         e.0
     }
 
@@ -918,6 +993,13 @@ impl Account {
         for _ in 0..d.len()? {
             inbound.push(InboundGroupSession::decode(&mut d)?);
         }
+        let mut pending_keys = Vec::new();
+        for _ in 0..d.len()? {
+            let (user, device) = (d.str()?, d.str()?);
+            if let Ok(dist) = Distribution::from_bytes(d.bytes()?) {
+                pending_keys.push((user, device, dist));
+            }
+        }
         d.end()?;
         Ok(Account {
             suite,
@@ -939,6 +1021,7 @@ impl Account {
             rosters,
             outbound,
             inbound,
+            pending_keys,
         })
     }
 }

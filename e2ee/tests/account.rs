@@ -140,3 +140,81 @@ fn one_time_prekeys_are_published_once_and_topped_up_when_low() {
     let max_first = first.one_time_prekeys.iter().map(|o| o.opk_id).max().unwrap();
     assert!(again.one_time_prekeys.iter().all(|o| o.opk_id > max_first), "new ids only");
 }
+
+#[test]
+fn a_device_that_leaves_gets_no_new_group_keys() {
+    use tern_e2ee::account::Received;
+    let mut rng = ChaCha20Rng::seed_from_u64(25);
+    let mut alice = Account::new_primary(Suite::Aes256Gcm, "alice", "phone", NOW, &mut rng).unwrap();
+    let mut laptop = alice.link("laptop", NOW, &mut rng).unwrap();
+    let mut bob = Account::new_primary(Suite::Aes256Gcm, "bob", "pc", NOW, &mut rng).unwrap();
+    let (a_pub, l_pub, b_pub) = (alice.key_publish(), laptop.key_publish(), bob.key_publish());
+    bob.learn(&listing(&[a_pub.clone(), l_pub.clone()], 0)).unwrap();
+    for d in [&mut alice, &mut laptop] {
+        d.learn(&listing(std::slice::from_ref(&b_pub), 0)).unwrap();
+    }
+    let op = bob.create_group("g", &["alice".to_string()], NOW).unwrap();
+    for d in [&mut alice, &mut laptop] {
+        d.apply_group_op(&op.to_bytes().unwrap()).unwrap();
+    }
+    let bundle = |p: &proto::KeyPublish| proto::KeyBundle {
+        device_cert: p.device_cert.clone(),
+        signed_prekey: p.signed_prekey.clone(),
+        one_time_prekey: p.one_time_prekeys.first().cloned(),
+    };
+    // Bob's first group message: his sender key goes to both of alice's devices.
+    let (dists, env) = bob.group_encrypt("g", b"one", &mut rng).unwrap();
+    assert_eq!(dists.iter().map(|d| d.device.as_str()).collect::<Vec<_>>(), vec!["laptop", "phone"]);
+    for d in &dists {
+        let b = if d.device == "phone" { bundle(&a_pub) } else { bundle(&l_pub) };
+        let skdm = bob.encrypt_distribution(&d.user, &d.device, Some(&b), &d.inner, NOW, &mut rng).unwrap();
+        let target = if d.device == "phone" { &mut alice } else { &mut laptop };
+        target.decrypt("bob", &skdm, &mut rng).unwrap();
+    }
+    assert!(matches!(laptop.decrypt("bob", &env, &mut rng).unwrap(), Received::GroupText { .. }));
+
+    // Alice unlinks the laptop; once bob learns the new list his next message uses a new
+    // chain that only the phone receives.
+    alice.unlink("laptop", NOW).unwrap();
+    let v3 = alice.key_publish();
+    bob.learn(&listing(&[v3], 0)).unwrap();
+    let (dists, env) = bob.group_encrypt("g", b"two", &mut rng).unwrap();
+    assert_eq!(dists.iter().map(|d| d.device.as_str()).collect::<Vec<_>>(), vec!["phone"]);
+    let skdm = bob.encrypt_distribution("alice", "phone", None, &dists[0].inner, NOW, &mut rng).unwrap();
+    alice.decrypt("bob", &skdm, &mut rng).unwrap();
+    assert_eq!(
+        alice.decrypt("bob", &env, &mut rng).unwrap(),
+        Received::GroupText { group: "g".into(), text: b"two".to_vec() }
+    );
+    assert!(laptop.decrypt("bob", &env, &mut rng).is_err(), "the unlinked laptop cannot read the new chain");
+}
+
+#[test]
+fn a_sender_key_that_overtakes_its_membership_operation_waits_for_it() {
+    use tern_e2ee::account::Received;
+    use tern_e2ee::group::OpKind;
+    let mut rng = ChaCha20Rng::seed_from_u64(26);
+    let mut alice = Account::new_primary(Suite::Aes256Gcm, "alice", "phone", NOW, &mut rng).unwrap();
+    let mut bob = Account::new_primary(Suite::Aes256Gcm, "bob", "pc", NOW, &mut rng).unwrap();
+    let (a_pub, b_pub) = (alice.key_publish(), bob.key_publish());
+    alice.learn(&listing(std::slice::from_ref(&b_pub), 0)).unwrap();
+    bob.learn(&listing(std::slice::from_ref(&a_pub), 0)).unwrap();
+    let create = alice.create_group("g", &["bob".to_string(), "carol".to_string()], NOW).unwrap();
+    bob.apply_group_op(&create.to_bytes().unwrap()).unwrap();
+    // Epoch 2 (carol leaves): bob receives alice's new sender key before the operation.
+    let remove = alice.change_group("g", OpKind::Remove("carol".into()), NOW).unwrap();
+    let (dists, env) = alice.group_encrypt("g", b"after carol", &mut rng).unwrap();
+    let b = proto::KeyBundle {
+        device_cert: b_pub.device_cert.clone(),
+        signed_prekey: b_pub.signed_prekey.clone(),
+        one_time_prekey: b_pub.one_time_prekeys.first().cloned(),
+    };
+    let skdm = alice.encrypt_distribution("bob", "pc", Some(&b), &dists[0].inner, NOW, &mut rng).unwrap();
+    assert_eq!(bob.decrypt("alice", &skdm, &mut rng).unwrap(), Received::GroupKey("g".into()));
+    assert!(bob.decrypt("alice", &env, &mut rng).is_err(), "not readable before the operation");
+    bob.apply_group_op(&remove.to_bytes().unwrap()).unwrap();
+    assert_eq!(
+        bob.decrypt("alice", &env, &mut rng).unwrap(),
+        Received::GroupText { group: "g".into(), text: b"after carol".to_vec() }
+    );
+}
