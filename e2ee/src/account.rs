@@ -192,7 +192,13 @@ pub struct Account {
     /// Sender keys for an epoch whose membership operation has not arrived yet (the key
     /// and the operation travel on different streams); installed when it is applied.
     pending_keys: Vec<(String, String, Distribution)>,
+    /// Hashes of the session setups (signed prekey id and ephemeral key) already accepted: a
+    /// replayed first message must not reset a session, with or without a one-time prekey.
+    seen_setups: std::collections::VecDeque<[u8; 32]>,
 }
+
+/// Session setups remembered against replay.
+const MAX_SEEN_SETUPS: usize = 2000;
 
 impl Account {
     fn device(
@@ -227,6 +233,7 @@ impl Account {
             outbound: BTreeMap::new(),
             inbound: Vec::new(),
             pending_keys: Vec::new(),
+            seen_setups: std::collections::VecDeque::new(),
         })
     }
 
@@ -589,6 +596,12 @@ impl Account {
                 };
                 let ek: [u8; 32] =
                     p.ek_pub.as_ref().try_into().map_err(|_| AccountError::Malformed("ephemeral key"))?;
+                let mut setup = p.spk_id.to_be_bytes().to_vec();
+                setup.extend_from_slice(&ek);
+                let setup = crate::primitives::sha256(&setup);
+                if self.seen_setups.contains(&setup) {
+                    return Err(AccountError::Ratchet(RatchetError::Duplicate));
+                }
                 let (sk, ad) = x3dh::respond(suite, &self.me, &self.dh, &spk, opk.as_ref(), &initiator, &ek)?;
                 let mut session = Session::responder(suite, &sk, ad, spk);
                 let plain = session.decrypt(&msg, rng)?;
@@ -597,6 +610,10 @@ impl Account {
                     self.opks.remove(&p.opk_id);
                 }
                 self.sessions.insert(key, PeerSession { session, pending: None });
+                self.seen_setups.push_back(setup);
+                if self.seen_setups.len() > MAX_SEEN_SETUPS {
+                    self.seen_setups.pop_front();
+                }
                 self.inner(sender_user, &env.sender_device, plain)
             }
             Some(Body::Ratchet(r)) => {
@@ -914,6 +931,10 @@ impl Account {
                 Err(_) => e.bytes(&[]),
             }
         }
+        e.len(self.seen_setups.len());
+        for h in &self.seen_setups {
+            e.key(h);
+        }
         e.0
     }
 
@@ -1000,6 +1021,10 @@ impl Account {
                 pending_keys.push((user, device, dist));
             }
         }
+        let mut seen_setups = std::collections::VecDeque::new();
+        for _ in 0..d.len()? {
+            seen_setups.push_back(d.key()?);
+        }
         d.end()?;
         Ok(Account {
             suite,
@@ -1022,6 +1047,7 @@ impl Account {
             outbound,
             inbound,
             pending_keys,
+            seen_setups,
         })
     }
 }

@@ -218,3 +218,28 @@ fn a_sender_key_that_overtakes_its_membership_operation_waits_for_it() {
         Received::GroupText { group: "g".into(), text: b"after carol".to_vec() }
     );
 }
+
+#[test]
+fn a_replayed_first_message_does_not_reset_the_session() {
+    use tern_e2ee::account::Received;
+    let mut rng = ChaCha20Rng::seed_from_u64(27);
+    let mut alice = Account::new_primary(Suite::Aes256Gcm, "alice", "phone", NOW, &mut rng).unwrap();
+    let mut bob = Account::new_primary(Suite::Aes256Gcm, "bob", "pc", NOW, &mut rng).unwrap();
+    let (a_pub, b_pub) = (alice.key_publish(), bob.key_publish());
+    alice.learn(&listing(std::slice::from_ref(&b_pub), 0)).unwrap();
+    bob.learn(&listing(std::slice::from_ref(&a_pub), 0)).unwrap();
+    // No one-time prekey left at the directory: the setup rests on the signed prekey alone.
+    let bundle = proto::KeyBundle {
+        device_cert: b_pub.device_cert.clone(),
+        signed_prekey: b_pub.signed_prekey.clone(),
+        one_time_prekey: None,
+    };
+    let first = alice.encrypt("bob", "pc", Some(&bundle), b"hello", NOW, &mut rng).unwrap();
+    assert_eq!(bob.decrypt("alice", &first, &mut rng).unwrap(), Received::Text(b"hello".to_vec()));
+    let reply = bob.encrypt("alice", "phone", None, b"hi", NOW, &mut rng).unwrap();
+    alice.decrypt("bob", &reply, &mut rng).unwrap();
+    // The broker (or anyone) replays alice's first message: refused, and the session lives on.
+    assert!(bob.decrypt("alice", &first, &mut rng).is_err());
+    let next = alice.encrypt("bob", "pc", None, b"still the same session", NOW, &mut rng).unwrap();
+    assert_eq!(bob.decrypt("alice", &next, &mut rng).unwrap(), Received::Text(b"still the same session".to_vec()));
+}
