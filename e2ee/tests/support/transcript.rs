@@ -176,7 +176,16 @@ impl Inputs {
                 "ciphertext": hex::encode(&m.ciphertext),
             }));
         }
+        // The four agreements, recomputed here from the secrets (Alice's first draw is EK).
+        let ek = DhSecret::from_bytes(self.alice_random[0]);
+        let spk_pub = bundle.signed_prekey.public;
+        let dh1 = DhSecret::from_bytes(self.alice_dh).dh(&spk_pub).unwrap();
+        let dh2 = ek.dh(&bob.dh_pub).unwrap();
+        let dh3 = ek.dh(&spk_pub).unwrap();
+        let dh4 = bundle.one_time_prekey.as_ref().map(|o| hex::encode(*ek.dh(&o.public).unwrap()));
+        assert_eq!(ek.public(), init.ek_pub, "EK is Alice's first draw");
         json!({
+            "dh1": hex::encode(*dh1), "dh2": hex::encode(*dh2), "dh3": hex::encode(*dh3), "dh4": dh4,
             "alice_sig_pub": hex::encode(alice.sig_pub), "alice_dh_pub": hex::encode(alice.dh_pub),
             "bob_sig_pub": hex::encode(bob.sig_pub), "bob_dh_pub": hex::encode(bob.dh_pub),
             "spk_pub": hex::encode(bundle.signed_prekey.public), "spk_sig": hex::encode(bundle.signed_prekey.sig),
