@@ -91,6 +91,9 @@ pub(crate) enum ToConnection {
     Deliver(Box<proto::Deliver>),
     /// Close with this reason (takeover, shutdown).
     Close(ReasonCode),
+    /// Close with SESSION_TAKEN_OVER and hand the session to the connection that resumes it
+    /// (the same device reconnected, naming this session, before this link was seen to die).
+    HandOver(tokio::sync::oneshot::Sender<Parked>),
     /// Send this frame (RECEIPT, PRESENCE).
     Frame(Box<Frame>),
     /// A read fan-out conversation has news: send NOTIFY.
@@ -105,6 +108,8 @@ pub(crate) enum ToConnection {
 pub(crate) struct Live {
     pub(crate) conn_id: u64,
     pub(crate) tx: mpsc::UnboundedSender<ToConnection>,
+    /// The session this connection carries (what a resuming CONNECT names).
+    pub(crate) session_id: Vec<u8>,
     /// When this device came online, or last changed status (ms since the epoch).
     pub(crate) since_ms: u64,
     /// ONLINE or AWAY, as the device reports (REQ-PRS-003).
@@ -112,6 +117,7 @@ pub(crate) struct Live {
 }
 
 /// A session whose link dropped, kept for resume until its grace period ends.
+#[derive(Debug)]
 pub(crate) struct Parked {
     pub(crate) session_id: Vec<u8>,
     pub(crate) machine: BrokerSession,

@@ -73,6 +73,8 @@ impl Bucket {
 }
 
 struct Conn {
+    /// Set when a resuming connection asked for this session: `finish` hands it over.
+    handover: Option<tokio::sync::oneshot::Sender<crate::server::Parked>>,
     shared: Arc<Shared>,
     conn_id: u64,
     machine: BrokerSession,
@@ -80,6 +82,9 @@ struct Conn {
     tx: mpsc::UnboundedSender<ToConnection>,
     publish_budget: Bucket,
 }
+
+/// How long a resuming connection waits for the live one to hand its session over.
+const HANDOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Drives one accepted TCP connection to its end.
 pub(crate) async fn run<S>(shared: Arc<Shared>, stream: S, peer: SocketAddr)
@@ -93,6 +98,7 @@ where
     let span = tracing::info_span!("conn", id = conn_id, %peer);
     let (tx, rx) = mpsc::unbounded_channel();
     let mut conn = Conn {
+        handover: None,
         machine: BrokerSession::new(now(), shared.options.session.clone()),
         shared: shared.clone(),
         conn_id,
@@ -104,8 +110,9 @@ where
         conn.machine.close(ReasonCode::ServerBusy, "too many connections");
     }
     async {
-        conn.serve(stream, rx).await;
-        conn.finish();
+        let mut rx = rx;
+        conn.serve(stream, &mut rx).await;
+        conn.finish(&mut rx);
     }
     .instrument(span)
     .await;
@@ -117,7 +124,7 @@ where
 }
 
 impl Conn {
-    async fn serve<S>(&mut self, stream: S, mut rx: mpsc::UnboundedReceiver<ToConnection>)
+    async fn serve<S>(&mut self, stream: S, rx: &mut mpsc::UnboundedReceiver<ToConnection>)
     where
         S: AsyncRead + AsyncWrite + Send + Unpin,
     {
@@ -152,6 +159,10 @@ impl Conn {
                 Some(cmd) = rx.recv() => match cmd {
                     ToConnection::Deliver(d) => { self.deliver(*d); }
                     ToConnection::Close(reason) => self.machine.close(reason, ""),
+                    ToConnection::HandOver(to) => {
+                        self.handover = Some(to);
+                        self.machine.close(ReasonCode::SessionTakenOver, "");
+                    }
                     ToConnection::Notify { conversation_id } => self.notify(conversation_id),
                     ToConnection::Frame(frame) => { let _ = self.machine.send(&frame); }
                 },
@@ -167,7 +178,7 @@ impl Conn {
     async fn process_events(&mut self) -> bool {
         while let Some(event) = self.machine.poll_event() {
             match event {
-                BrokerEvent::Connect(c) => self.on_connect(c),
+                BrokerEvent::Connect(c) => self.on_connect(c).await,
                 BrokerEvent::Publish(p) => self.on_publish(vec![p]).await,
                 BrokerEvent::Package(members) => self.on_publish(members).await,
                 BrokerEvent::PackageExpired { cids, .. } => self.refuse(&cids, ReasonCode::PackageTimeout).await,
@@ -208,7 +219,7 @@ impl Conn {
         false
     }
 
-    fn on_connect(&mut self, c: proto::Connect) {
+    async fn on_connect(&mut self, c: proto::Connect) {
         let claims = match self.shared.tokens.verify(&c.token, &c.device_id, crate::unix_now()) {
             Ok(claims) => claims,
             Err(reason) => {
@@ -236,17 +247,26 @@ impl Conn {
             inbox_acked_seq: cursor,
             server_time_ms: crate::unix_now_ms(),
         };
-        let (resumed, previous) = {
+        let (parked, handover) = {
             let mut router = self.shared.router();
-            // Takeover: the same device connected again while still live (REQ-HSK-013).
+            // Takeover: the same device connected again while still live (REQ-HSK-013). When
+            // it names that live session, the session moves here (REQ-HSK-011).
+            let mut handover = None;
             if let Some(old) = router.live.get_mut(&user).and_then(|d| d.remove(&device)) {
-                let _ = old.tx.send(ToConnection::Close(ReasonCode::SessionTakenOver));
+                if !c.resume_session_id.is_empty() && old.session_id == c.resume_session_id.as_ref() {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    let _ = old.tx.send(ToConnection::HandOver(tx));
+                    handover = Some(rx);
+                } else {
+                    let _ = old.tx.send(ToConnection::Close(ReasonCode::SessionTakenOver));
+                }
             }
             router.live.entry(user.clone()).or_default().insert(
                 device.clone(),
                 Live {
                     conn_id: self.conn_id,
                     tx: self.tx.clone(),
+                    session_id: session_id.to_vec(),
                     since_ms: crate::unix_now_ms(),
                     status: proto::PresenceStatus::Online,
                 },
@@ -254,14 +274,26 @@ impl Conn {
             router.announce(&user, &device, proto::PresenceStatus::Online, crate::unix_now_ms());
             let parked = router.parked.get_mut(&user).and_then(|d| d.remove(&device));
             router.parked.retain(|_, devices| !devices.is_empty());
-            let grace = self.shared.options.resume_grace;
-            let resumable = parked.filter(|p| {
-                !c.resume_session_id.is_empty()
-                    && p.session_id == c.resume_session_id.as_ref()
-                    && p.parked_at.elapsed() < grace
-            });
-            (resumable.is_some(), resumable)
+            (parked, handover)
         };
+        // The old connection closes and sends its session; a task that is already gone sends
+        // nothing (the sender drops) and this connection starts fresh.
+        let parked = match handover {
+            Some(rx) => tokio::time::timeout(HANDOVER_WAIT, rx).await.ok().and_then(Result::ok),
+            None => parked,
+        };
+        let grace = self.shared.options.resume_grace;
+        let previous = parked.filter(|p| {
+            !c.resume_session_id.is_empty()
+                && p.session_id == c.resume_session_id.as_ref()
+                && p.parked_at.elapsed() < grace
+        });
+        let resumed = previous.is_some();
+        if let Some(live) = self.shared.router().live.get_mut(&user).and_then(|d| d.get_mut(&device)) {
+            if live.conn_id == self.conn_id {
+                live.session_id = previous.as_ref().map_or_else(|| session_id.to_vec(), |p| p.session_id.clone());
+            }
+        }
         if let Some(mut old) = previous {
             accept.session_id = Bytes::from(old.session_id.clone());
             let fresh =
@@ -314,10 +346,30 @@ impl Conn {
 
     /// The connection is over: drop the live entry (if still ours) and park the session for
     /// resume.
-    fn finish(&mut self) {
+    fn finish(&mut self, rx: &mut mpsc::UnboundedReceiver<ToConnection>) {
         let Some(me) = self.me.take() else { return };
         let mut router = self.shared.router();
+        // A resuming connection may have asked for the session after this link died but
+        // before this task got here; it did so under the router lock, so it is in the channel.
+        while let Ok(cmd) = rx.try_recv() {
+            if let ToConnection::HandOver(to) = cmd {
+                self.handover = Some(to);
+            }
+        }
         router.leave_all_rooms(self.conn_id);
+        if let Some(to) = self.handover.take() {
+            // A resuming connection of the same device asked for this session.
+            let machine =
+                std::mem::replace(&mut self.machine, BrokerSession::new(now(), self.shared.options.session.clone()));
+            let parked = crate::server::Parked {
+                session_id: me.session_id.clone(),
+                machine,
+                parked_at: tokio::time::Instant::now(),
+            };
+            let _ = to.send(parked);
+            tracing::info!(user = %me.user, device = %me.device, "session handed over");
+            return;
+        }
         let ours = router.live.get(&me.user).and_then(|d| d.get(&me.device)).is_some_and(|l| l.conn_id == self.conn_id);
         // After a takeover the live entry belongs to the new connection: leave it alone.
         if ours {

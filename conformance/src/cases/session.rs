@@ -55,6 +55,12 @@ pub(super) const CASES: &[Case] = &[
         resume,
     ),
     broker(
+        "session.resume-while-live@broker",
+        &["REQ-HSK-011", "REQ-HSK-013"],
+        "a reconnect naming the session while its old link is still open takes it over and resumes it",
+        resume_while_live,
+    ),
+    broker(
         "session.takeover@broker",
         &["REQ-HSK-013", "REQ-HSK-014"],
         "a second connection of the same device takes the session over: the first gets SESSION_TAKEN_OVER",
@@ -173,6 +179,21 @@ fn resume(cx: &Cx) -> CaseFuture<'_> {
         let (mut third, ack3) = cx.session_with("unknown-id", connect).await?;
         check!(!ack3.session_present, "REQ-HSK-011", "an unknown resume_session_id gave session_present true");
         third.close().await
+    })
+}
+
+fn resume_while_live(cx: &Cx) -> CaseFuture<'_> {
+    Box::pin(async move {
+        let user = cx.name("rwl");
+        let (mut old, ack) = cx.session("old-link", &user, "d1").await?;
+        // The old link stays open, as a dead NAT binding would look to the broker.
+        let mut connect = cx.connect_frame(&user, "d1").await?;
+        connect.resume_session_id = ack.session_id.clone();
+        let (mut new, ack2) = cx.session_with("new-link", connect).await?;
+        check!(ack2.session_present, "REQ-HSK-011", "the session the old link still held was not resumed");
+        check!(ack2.session_id == ack.session_id, "REQ-HSK-011", "the resumed session has another id");
+        old.expect_close(cx.prompt(), "REQ-HSK-013", ReasonCode::SessionTakenOver).await?;
+        new.close().await
     })
 }
 
