@@ -9,19 +9,33 @@ use tern_codec::{Frame, ReasonCode};
 use super::{now, wire, Conn};
 use crate::store::NewMessage;
 
+/// A PUBLISH (or package) committed but not yet flushed, acknowledged or delivered.
+pub(super) struct StagedPublish {
+    received: std::time::Instant,
+    started: std::time::Instant,
+    committed: Vec<crate::store::Committed>,
+    notify_members: Vec<(u64, Vec<String>)>,
+}
+
 impl Conn {
     /// Stores QoS 1/2 messages (one, or a whole package atomically), acknowledges them after
     /// the commit is durable, and pushes them to every device of every recipient.
-    pub(super) async fn on_publish(&mut self, messages: Vec<proto::Publish>) {
+    /// Stores a PUBLISH (or a whole package) without waiting for the flush: the caller
+    /// collects what one read brought, flushes once for all of it, then completes each in
+    /// order ([`Conn::complete_publishes`]). Refusals and rooms are handled here, after the
+    /// earlier staged messages are completed, so PUBACKs keep cid order.
+    pub(super) async fn stage_publish(&mut self, messages: Vec<proto::Publish>, staged: &mut Vec<StagedPublish>) {
         let Some(me) = &self.me else { return };
         let (user, device) = (me.user.clone(), me.device.clone());
         let received = std::time::Instant::now();
         // Per-connection rate limit: a burst, then a sustained rate (a package costs its size).
         if !self.publish_budget.take(messages.len() as f64) {
+            self.complete_publishes(staged).await;
             let cids: Vec<Cid> = messages.iter().filter(|p| p.qos > 0).map(|p| Cid(p.cid)).collect();
             return self.refuse(&cids, ReasonCode::RateLimited).await;
         }
         if messages.first().is_some_and(|p| p.topic.starts_with("room/")) {
+            self.complete_publishes(staged).await;
             return self.on_room_publish(&user, &device, messages).await;
         }
         if messages.iter().all(|p| p.qos == 0) {
@@ -55,6 +69,7 @@ impl Conn {
             }
         }
         if !refused.is_empty() {
+            self.complete_publishes(staged).await;
             // One member of a package refused refuses the whole package: nothing partial.
             let reason = refused.first().map_or(ReasonCode::NotFound, |r| r.1);
             let all: Vec<(Cid, ReasonCode)> = batch.iter().map(|m| (Cid(m.cid), reason)).chain(refused).collect();
@@ -73,30 +88,43 @@ impl Conn {
                 return;
             }
         };
+        staged.push(StagedPublish { received, started, committed, notify_members });
+    }
+
+    /// Makes the staged commits durable with one flush, then acknowledges and delivers them in
+    /// order: nothing is acknowledged or delivered before it is on disk.
+    pub(super) async fn complete_publishes(&mut self, staged: &mut Vec<StagedPublish>) {
+        if staged.is_empty() {
+            return;
+        }
+        let Some(user) = self.me.as_ref().map(|m| m.user.clone()) else { return };
         if let Err(e) = self.shared.store.flush().await {
             tracing::error!(error = %e, "flush failed");
+            staged.clear();
             self.machine.close(ReasonCode::StoreUnavailable, "store unavailable");
             return;
         }
-        self.shared.metrics.commit_seconds.observe(started.elapsed());
-        for c in &committed {
-            self.shared.metrics.stored(c.ack.conversation_id);
-        }
-        for (conversation_id, members) in notify_members {
-            if !members.is_empty() {
-                self.shared.router().notify(&members, conversation_id);
+        for StagedPublish { received, started, committed, notify_members } in staged.drain(..) {
+            self.shared.metrics.commit_seconds.observe(started.elapsed());
+            for c in &committed {
+                self.shared.metrics.stored(c.ack.conversation_id);
             }
-        }
-        self.shared.metrics.publish_to_ack_seconds.observe(received.elapsed());
-        for c in committed {
-            let _ = self.machine.ack_publish(c.ack);
-            for (to, d) in c.deliveries {
-                if to == user {
-                    // This device gets its own copy through its own machine, in order.
-                    self.deliver(d.clone());
-                    self.shared.router().push(&to, Some(self.conn_id), &d, now());
-                } else {
-                    self.shared.router().push(&to, None, &d, now());
+            for (conversation_id, members) in notify_members {
+                if !members.is_empty() {
+                    self.shared.router().notify(&members, conversation_id);
+                }
+            }
+            self.shared.metrics.publish_to_ack_seconds.observe(received.elapsed());
+            for c in committed {
+                let _ = self.machine.ack_publish(c.ack);
+                for (to, d) in c.deliveries {
+                    if to == user {
+                        // This device gets its own copy through its own machine, in order.
+                        self.deliver(d.clone());
+                        self.shared.router().push(&to, Some(self.conn_id), &d, now());
+                    } else {
+                        self.shared.router().push(&to, None, &d, now());
+                    }
                 }
             }
         }

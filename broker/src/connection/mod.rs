@@ -176,11 +176,16 @@ impl Conn {
 
     /// Handles the machine's events; returns true when the connection is over.
     async fn process_events(&mut self) -> bool {
+        // PUBLISHes that arrived together share one flush (group commit within a connection).
+        let mut staged = Vec::new();
         while let Some(event) = self.machine.poll_event() {
+            if !matches!(event, BrokerEvent::Publish(_) | BrokerEvent::Package(_)) {
+                self.complete_publishes(&mut staged).await;
+            }
             match event {
                 BrokerEvent::Connect(c) => self.on_connect(c).await,
-                BrokerEvent::Publish(p) => self.on_publish(vec![p]).await,
-                BrokerEvent::Package(members) => self.on_publish(members).await,
+                BrokerEvent::Publish(p) => self.stage_publish(vec![p], &mut staged).await,
+                BrokerEvent::Package(members) => self.stage_publish(members, &mut staged).await,
                 BrokerEvent::PackageExpired { cids, .. } => self.refuse(&cids, ReasonCode::PackageTimeout).await,
                 BrokerEvent::StreamAcked { stream: StreamId::Inbox, seq } => {
                     if let Some(me) = &self.me {
@@ -216,6 +221,7 @@ impl Conn {
                 }
             }
         }
+        self.complete_publishes(&mut staged).await;
         false
     }
 
