@@ -131,6 +131,7 @@ impl Conn {
         let (mut rd, mut wr) = tokio::io::split(stream);
         let mut buf = vec![0u8; 16 * 1024];
         let mut shutdown = self.shared.shutdown.clone();
+        let mut stopping = false;
         loop {
             let over = self.process_events().await;
             self.shared.metrics.add_session(&self.machine.take_counters());
@@ -141,7 +142,9 @@ impl Conn {
                     continue;
                 }
             }
-            if over {
+            // A closed machine has nothing more to do on this link, whatever closed it (its
+            // Closed event may have been handled before a resume or a hand-over replaced it).
+            if over || self.machine.is_closed() {
                 let _ = wr.shutdown().await;
                 return;
             }
@@ -168,8 +171,12 @@ impl Conn {
                 },
                 // Cancel-safe: a sleep can be dropped and recreated.
                 _ = crate::sleep_until(deadline) => self.machine.handle_timeout(now()),
-                // Cancel-safe: watch::changed only observes.
-                _ = shutdown.changed() => self.machine.close(ReasonCode::ServerShuttingDown, "shutting down"),
+                // Cancel-safe: watch::changed only observes. Once seen (or once the sender is
+                // gone, when changed() returns at once) the branch is off, so it cannot spin.
+                _ = shutdown.changed(), if !stopping => {
+                    stopping = true;
+                    self.machine.close(ReasonCode::ServerShuttingDown, "shutting down");
+                }
             }
         }
     }

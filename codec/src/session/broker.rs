@@ -213,6 +213,11 @@ impl BrokerSession {
         }
     }
 
+    /// Whether the link is over (closed, refused or lost): nothing more happens on it.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
     /// Whether this machine holds an accepted session (which a later CONNECT may resume).
     pub fn has_session(&self) -> bool {
         self.accepted
