@@ -15,6 +15,9 @@
 //! publish_burst = 2000
 //! retention_max_age_secs = 7776000   # 90 days
 //! retention_max_count = 100000
+//! mqtt = true                        # the MQTT listener for IoT devices (spec chapter 15)
+//! mqtt_listen = "127.0.0.1:1883"
+//! mqtt_tls_listen = "0.0.0.0:8883"   # uses the [tls] certificate
 //!
 //! [tls]
 //! listen = "0.0.0.0:7421"
@@ -35,6 +38,8 @@ use crate::{BrokerOptions, TlsOptions};
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7420";
 /// Default HTTP operations address.
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:7480";
+/// Default MQTT address (spec chapter 15).
+pub const DEFAULT_MQTT_LISTEN: &str = "127.0.0.1:1883";
 /// Default data directory.
 pub const DEFAULT_DATA_DIR: &str = "tern-data";
 
@@ -70,6 +75,12 @@ pub struct FileConfig {
     pub retention_max_count: Option<u64>,
     /// The TLS listener.
     pub tls: Option<FileTls>,
+    /// Whether the MQTT listener runs [default: true].
+    pub mqtt: Option<bool>,
+    /// MQTT listener address.
+    pub mqtt_listen: Option<SocketAddr>,
+    /// MQTT-over-TLS listener address (off unless set).
+    pub mqtt_tls_listen: Option<SocketAddr>,
 }
 
 /// `[tls]`.
@@ -107,6 +118,12 @@ pub struct Overrides {
     pub store: Option<String>,
     /// `--tls-listen`, `--tls-cert`, `--tls-key`.
     pub tls: Option<FileTls>,
+    /// `--mqtt-listen` / `TERN_MQTT_LISTEN`.
+    pub mqtt_listen: Option<SocketAddr>,
+    /// `--mqtt-tls-listen` / `TERN_MQTT_TLS_LISTEN`.
+    pub mqtt_tls_listen: Option<SocketAddr>,
+    /// `--no-mqtt`.
+    pub no_mqtt: bool,
 }
 
 /// The resolved settings: flags over environment over file over defaults.
@@ -121,6 +138,11 @@ pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<(BrokerOptio
     options.http = Some(over.http_listen.or(file.http_listen).map_or_else(|| parse(DEFAULT_HTTP_LISTEN), Ok)?);
     if let Some(t) = over.tls.or(file.tls) {
         options.tls = Some(TlsOptions { listen: t.listen, cert: t.cert, key: t.key });
+    }
+    if !over.no_mqtt && file.mqtt != Some(false) {
+        options.mqtt_listen =
+            Some(over.mqtt_listen.or(file.mqtt_listen).map_or_else(|| parse(DEFAULT_MQTT_LISTEN), Ok)?);
+        options.mqtt_tls_listen = over.mqtt_tls_listen.or(file.mqtt_tls_listen);
     }
     if let Some(n) = file.write_fanout_threshold {
         options.write_fanout_threshold = n;

@@ -7,6 +7,7 @@
 //! - [`config`]: `tern serve` settings (TOML file, environment, flags).
 //! - [`server`]: listener, shared state, the router from users to live connections.
 //! - `connection`: one task per connection, driving a `BrokerSession`.
+//! - `mqtt`: MQTT 3.1.1/5 connections for IoT devices (spec chapter 15; feature `mqtt`).
 //! - `http`, [`metrics`], [`admin`]: `/healthz`, `/metrics`, `/v1/dispatch`, `/v1/admin/`.
 //! - [`store`]: the embedded sled store (messages, inboxes, sync points, dedup ledger).
 //! - [`token`]: HMAC-SHA256 auth tokens.
@@ -21,6 +22,8 @@ mod connection;
 pub mod e2ee;
 mod http;
 pub mod metrics;
+#[cfg(feature = "mqtt")]
+mod mqtt;
 pub mod server;
 pub mod store;
 pub mod tls;

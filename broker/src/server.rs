@@ -49,6 +49,10 @@ pub struct BrokerOptions {
     pub compaction_interval: Duration,
     /// The store engine.
     pub engine: crate::store::Engine,
+    /// The MQTT listener (spec chapter 15), when set; `tern serve` defaults to 127.0.0.1:1883.
+    pub mqtt_listen: Option<SocketAddr>,
+    /// The MQTT-over-TLS listener (needs `tls` for its certificate), when set.
+    pub mqtt_tls_listen: Option<SocketAddr>,
 }
 
 /// The TLS listener's address and PEM files.
@@ -80,6 +84,8 @@ impl BrokerOptions {
             retention: crate::store::Retention::default(),
             compaction_interval: Duration::from_secs(60),
             engine: crate::store::Engine::default(),
+            mqtt_listen: None,
+            mqtt_tls_listen: None,
         }
     }
 }
@@ -103,11 +109,42 @@ pub(crate) enum ToConnection {
     },
 }
 
+/// Where the router sends work for one connection: a native connection's channel, or an MQTT
+/// connection's mailbox (lighter, for fleets of idle devices).
+#[derive(Debug, Clone)]
+pub(crate) enum Outbox {
+    Native(mpsc::UnboundedSender<ToConnection>),
+    #[cfg(feature = "mqtt")]
+    Mqtt(Arc<crate::mqtt::Mailbox>),
+}
+
+impl Outbox {
+    /// Queues a message; an error means the connection is gone.
+    pub(crate) fn send(&self, m: ToConnection) -> Result<(), ()> {
+        match self {
+            Outbox::Native(tx) => tx.send(m).map_err(|_| ()),
+            #[cfg(feature = "mqtt")]
+            Outbox::Mqtt(mailbox) => mailbox.send(m),
+        }
+    }
+
+    /// Hands over a message to deliver; an error means the connection is gone. An MQTT
+    /// connection reads stored messages from the inbox itself, so for it an inbox message is
+    /// only a wake-up.
+    pub(crate) fn deliver(&self, d: &proto::Deliver) -> Result<(), ()> {
+        match self {
+            Outbox::Native(tx) => tx.send(ToConnection::Deliver(Box::new(d.clone()))).map_err(|_| ()),
+            #[cfg(feature = "mqtt")]
+            Outbox::Mqtt(mailbox) => mailbox.deliver(d),
+        }
+    }
+}
+
 /// A live connection of one device.
 #[derive(Debug)]
 pub(crate) struct Live {
     pub(crate) conn_id: u64,
-    pub(crate) tx: mpsc::UnboundedSender<ToConnection>,
+    pub(crate) tx: Outbox,
     /// The session this connection carries (what a resuming CONNECT names).
     pub(crate) session_id: Vec<u8>,
     /// When this device came online, or last changed status (ms since the epoch).
@@ -131,11 +168,13 @@ pub(crate) struct Router {
     /// Parked sessions by user, then device (so a delivery finds a user's in O(1)).
     pub(crate) parked: HashMap<String, HashMap<String, Parked>>,
     /// Who watches whose presence: watched user → watcher connection → its channel.
-    pub(crate) watchers: HashMap<String, HashMap<u64, mpsc::UnboundedSender<ToConnection>>>,
+    pub(crate) watchers: HashMap<String, HashMap<u64, Outbox>>,
     /// When each user's last device went offline (ms).
     pub(crate) last_seen: HashMap<String, u64>,
     /// Room subscribers: room conversation → connection → its channel.
-    pub(crate) rooms: HashMap<u64, HashMap<u64, mpsc::UnboundedSender<ToConnection>>>,
+    pub(crate) rooms: HashMap<u64, HashMap<u64, Outbox>>,
+    /// Telemetry subscriptions by the user whose devices publish: (connection, filter, outbox).
+    pub(crate) telemetry: HashMap<String, Vec<(u64, String, Outbox)>>,
 }
 
 impl Router {
@@ -144,7 +183,7 @@ impl Router {
     pub(crate) fn push(&mut self, user: &str, except: Option<u64>, d: &proto::Deliver, now: std::time::Instant) {
         if let Some(devices) = self.live.get(user) {
             for live in devices.values().filter(|l| Some(l.conn_id) != except) {
-                let _ = live.tx.send(ToConnection::Deliver(Box::new(d.clone())));
+                let _ = live.tx.deliver(d);
             }
         }
         for parked in self.parked.get_mut(user).into_iter().flat_map(HashMap::values_mut) {
@@ -155,7 +194,7 @@ impl Router {
 
 impl Router {
     /// Adds a connection to a room's audience.
-    pub(crate) fn subscribe_room(&mut self, room: u64, conn_id: u64, tx: mpsc::UnboundedSender<ToConnection>) {
+    pub(crate) fn subscribe_room(&mut self, room: u64, conn_id: u64, tx: Outbox) {
         self.rooms.entry(room).or_default().insert(conn_id, tx);
     }
 
@@ -166,18 +205,54 @@ impl Router {
         removed
     }
 
-    /// Removes a closing connection from every room.
+    /// Removes a closing connection from every room and telemetry subscription.
     pub(crate) fn leave_all_rooms(&mut self, conn_id: u64) {
         for subs in self.rooms.values_mut() {
             subs.remove(&conn_id);
         }
         self.rooms.retain(|_, subs| !subs.is_empty());
+        for subs in self.telemetry.values_mut() {
+            subs.retain(|(c, _, _)| *c != conn_id);
+        }
+        self.telemetry.retain(|_, subs| !subs.is_empty());
+    }
+
+    /// Adds a telemetry filter (below `device/{owner}/`) for a connection.
+    pub(crate) fn subscribe_telemetry(&mut self, owner: &str, conn_id: u64, filter: &str, tx: Outbox) {
+        let subs = self.telemetry.entry(owner.to_owned()).or_default();
+        if !subs.iter().any(|(c, f, _)| *c == conn_id && f == filter) {
+            subs.push((conn_id, filter.to_owned(), tx));
+        }
+    }
+
+    /// Removes a telemetry filter of a connection; whether it was there.
+    pub(crate) fn unsubscribe_telemetry(&mut self, owner: &str, conn_id: u64, filter: &str) -> bool {
+        let Some(subs) = self.telemetry.get_mut(owner) else { return false };
+        let before = subs.len();
+        subs.retain(|(c, f, _)| !(*c == conn_id && f == filter));
+        let removed = subs.len() != before;
+        self.telemetry.retain(|_, subs| !subs.is_empty());
+        removed
+    }
+
+    /// Sends a telemetry message of one of `owner`'s devices to every connection with a
+    /// matching filter, once per connection.
+    pub(crate) fn broadcast_telemetry(&mut self, owner: &str, d: &proto::Deliver) {
+        let Some(subs) = self.telemetry.get_mut(owner) else { return };
+        let mut sent: Vec<u64> = Vec::new();
+        subs.retain(|(conn_id, filter, tx)| {
+            if sent.contains(conn_id) || !tern_codec::ids::topic_matches(filter, &d.topic) {
+                return true;
+            }
+            sent.push(*conn_id);
+            tx.deliver(d).is_ok()
+        });
     }
 
     /// Sends a room message to everyone subscribed now.
     pub(crate) fn broadcast_room(&mut self, room: u64, d: &proto::Deliver) {
         if let Some(subs) = self.rooms.get_mut(&room) {
-            subs.retain(|_, tx| tx.send(ToConnection::Deliver(Box::new(d.clone()))).is_ok());
+            subs.retain(|_, tx| tx.deliver(d).is_ok());
         }
     }
 
@@ -291,6 +366,8 @@ impl Shared {
 pub struct Broker {
     addr: SocketAddr,
     tls_addr: Option<SocketAddr>,
+    mqtt_addr: Option<SocketAddr>,
+    mqtt_tls_addr: Option<SocketAddr>,
     http_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
@@ -326,6 +403,12 @@ impl Broker {
             Some(l) => Some(l.local_addr()?),
             None => None,
         };
+        #[cfg(feature = "mqtt")]
+        let (mqtt, mqtt_tls) = crate::mqtt::bind(&options).await?;
+        #[cfg(not(feature = "mqtt"))]
+        if options.mqtt_listen.is_some() || options.mqtt_tls_listen.is_some() {
+            anyhow::bail!("this broker was built without the `mqtt` feature");
+        }
         let (stop, shutdown) = watch::channel(false);
         let shared = Arc::new(Shared {
             store,
@@ -346,6 +429,20 @@ impl Broker {
             tracing::info!(addr = ?tls_addr, "listening (TLS)");
             tasks.push(tokio::spawn(accept_loop(l, shared.clone(), Some(acceptor))));
         }
+        let (mut mqtt_addr, mut mqtt_tls_addr) = (None, None);
+        #[cfg(feature = "mqtt")]
+        {
+            if let Some(l) = mqtt {
+                mqtt_addr = crate::mqtt::addr_of(&l);
+                tracing::info!(addr = ?mqtt_addr, "listening (MQTT)");
+                tasks.push(tokio::spawn(crate::mqtt::accept_loop(l, shared.clone(), None)));
+            }
+            if let Some((l, acceptor)) = mqtt_tls {
+                mqtt_tls_addr = crate::mqtt::addr_of(&l);
+                tracing::info!(addr = ?mqtt_tls_addr, "listening (MQTT over TLS)");
+                tasks.push(tokio::spawn(crate::mqtt::accept_loop(l, shared.clone(), Some(acceptor))));
+            }
+        }
         if let Some(l) = http {
             tracing::info!(addr = ?http_addr, "listening (HTTP operations)");
             tasks.push(tokio::spawn(crate::http::serve(l, shared.clone())));
@@ -354,7 +451,7 @@ impl Broker {
             tasks.push(tokio::spawn(compaction(shared.clone())));
         }
         tracing::info!(%addr, "listening (native protocol)");
-        Ok(Broker { addr, tls_addr, http_addr, shared, stop, accept_tasks: tasks })
+        Ok(Broker { addr, tls_addr, mqtt_addr, mqtt_tls_addr, http_addr, shared, stop, accept_tasks: tasks })
     }
 
     /// The bound native-protocol address.
@@ -365,6 +462,16 @@ impl Broker {
     /// The bound TLS address, if a TLS listener is configured.
     pub fn tls_addr(&self) -> Option<SocketAddr> {
         self.tls_addr
+    }
+
+    /// The bound MQTT address, if an MQTT listener is configured.
+    pub fn mqtt_addr(&self) -> Option<SocketAddr> {
+        self.mqtt_addr
+    }
+
+    /// The bound MQTT-over-TLS address, if configured.
+    pub fn mqtt_tls_addr(&self) -> Option<SocketAddr> {
+        self.mqtt_tls_addr
     }
 
     /// The bound HTTP operations address, if configured.

@@ -40,7 +40,17 @@ fn run(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
 /// native address it printed.
 fn serve(data: &str) -> (Killed, String) {
     let mut serve = Command::new(TERN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir", data])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--mqtt-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data,
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -64,7 +64,18 @@ impl Drop for Broker {
 /// stdout is drained for as long as it runs.
 fn spawn_broker(dir: &std::path::Path, engine: &str) -> (Broker, std::net::SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--store", engine, "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--mqtt-listen",
+            "127.0.0.1:0",
+            "--store",
+            engine,
+            "--data-dir",
+        ])
         .arg(dir)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())

@@ -12,6 +12,7 @@ use tern_broker::config::{resolve, FileConfig, FileTls, Overrides};
 use tern_broker::e2ee::{load_or_create, save, E2eeClient, Event};
 use tern_broker::token::{load_or_create_secret, TokenKey};
 use tern_broker::Broker;
+use tern_codec::{proto, Frame, ReasonCode};
 
 /// Tern: a protocol-first instant-messaging broker.
 #[derive(Parser)]
@@ -53,6 +54,15 @@ enum Command {
         /// Private key for the TLS listener (PEM).
         #[arg(long, env = "TERN_TLS_KEY")]
         tls_key: Option<PathBuf>,
+        /// MQTT 3.1.1/5 listener for IoT devices [default: 127.0.0.1:1883].
+        #[arg(long, env = "TERN_MQTT_LISTEN", conflicts_with = "no_mqtt")]
+        mqtt_listen: Option<SocketAddr>,
+        /// MQTT-over-TLS listener (uses the --tls-cert certificate).
+        #[arg(long, env = "TERN_MQTT_TLS_LISTEN", requires_all = ["tls_cert", "tls_key"], conflicts_with = "no_mqtt")]
+        mqtt_tls_listen: Option<SocketAddr>,
+        /// Run without the MQTT listener.
+        #[arg(long)]
+        no_mqtt: bool,
     },
     /// Certificates for local use.
     Cert {
@@ -88,6 +98,10 @@ enum Command {
         /// Stop after this many messages.
         #[arg(long)]
         count: Option<usize>,
+        /// Also receive live messages matching this filter: `room/{room}`, or device telemetry
+        /// below `device/{your user}/` (`+` and `#` allowed). Repeatable.
+        #[arg(long = "subscribe", value_name = "FILTER")]
+        subscribe: Vec<String>,
     },
 }
 
@@ -200,7 +214,20 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { config, listen, data_dir, store, log_format, http_listen, tls_listen, tls_cert, tls_key } => {
+        Command::Serve {
+            config,
+            listen,
+            data_dir,
+            store,
+            log_format,
+            http_listen,
+            tls_listen,
+            tls_cert,
+            tls_key,
+            mqtt_listen,
+            mqtt_tls_listen,
+            no_mqtt,
+        } => {
             let file = match &config {
                 Some(path) => FileConfig::load(path)?,
                 None => FileConfig::default(),
@@ -209,7 +236,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 (Some(listen), Some(cert), Some(key)) => Some(FileTls { listen, cert, key }),
                 _ => None,
             };
-            let overrides = Overrides { listen, data_dir, http_listen, log_format, store, tls };
+            let overrides = Overrides {
+                listen,
+                data_dir,
+                http_listen,
+                log_format,
+                store,
+                tls,
+                mqtt_listen,
+                mqtt_tls_listen,
+                no_mqtt,
+            };
             let (options, json_logs) = resolve(file, overrides)?;
             init_logs(json_logs);
             let data_dir = options.data_dir.clone();
@@ -223,6 +260,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ));
             if let Some(addr) = broker.tls_addr() {
                 say(format_args!("tern: listening on {addr} (TLS)"));
+            }
+            if let Some(addr) = broker.mqtt_addr() {
+                say(format_args!("tern: listening on {addr} (MQTT)"));
+            }
+            if let Some(addr) = broker.mqtt_tls_addr() {
+                say(format_args!("tern: listening on {addr} (MQTT over TLS)"));
             }
             if let Some(addr) = broker.http_addr() {
                 say(format_args!("tern: listening on {addr} (HTTP: /healthz /metrics /v1/dispatch)"));
@@ -276,8 +319,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 client.close().await;
             }
         }
-        Command::Listen { conn, e2ee, count } => {
-            let client = Client::connect(conn.options()?).await?;
+        Command::Listen { conn, e2ee, count, subscribe } => {
+            let mut client = Client::connect(conn.options()?).await?;
+            if !subscribe.is_empty() {
+                subscribe_all(&mut client, subscribe).await?;
+            }
             // With a key store (or --e2ee, which creates one and publishes its keys) encrypted
             // messages are decrypted; plain messages print as they are either way.
             let keys = key_store_path(&conn, client.user());
@@ -329,14 +375,41 @@ fn key_store_path(conn: &Connection, user: &str) -> PathBuf {
 }
 
 /// `tern listen` without end-to-end encryption.
+/// SUBSCRIBE and wait for SUBACK; a refused filter is an error that names its reason.
+async fn subscribe_all(client: &mut Client, filters: Vec<String>) -> anyhow::Result<()> {
+    let sent = filters.clone();
+    let id = client.send(Frame::Subscribe(proto::Subscribe { request_id: 0, filters })).await?;
+    loop {
+        match client.next().await {
+            Some(Incoming::Frame(f)) => {
+                if let Frame::SubAck(a) = *f {
+                    if a.request_id != id {
+                        continue;
+                    }
+                    for (filter, reason) in sent.iter().zip(a.reasons) {
+                        if reason != 0 {
+                            let name = ReasonCode::from_u32(reason).map_or("unknown reason", ReasonCode::name);
+                            bail!("subscribing to {filter} refused: {name}");
+                        }
+                    }
+                    return Ok(());
+                }
+            }
+            Some(_) => {}
+            None => bail!("connection closed before SUBACK"),
+        }
+    }
+}
+
 async fn listen_plain(mut client: Client, count: Option<usize>) -> anyhow::Result<()> {
     let mut seen = 0;
     while count.is_none_or(|c| seen < c) {
         match client.next().await {
             Some(Incoming::Message(m)) => {
                 seen += 1;
+                let topic = if m.qos == 0 { format!(" topic={}", m.topic) } else { String::new() };
                 println!(
-                    "seq={} from={}/{} conversation={}: {}",
+                    "seq={} from={}/{} conversation={}{topic}: {}",
                     m.seq,
                     m.sender_user,
                     m.sender_device,

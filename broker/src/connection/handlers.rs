@@ -7,6 +7,7 @@ use tern_codec::proto;
 use tern_codec::{Frame, ReasonCode};
 
 use super::{now, wire, Conn};
+use crate::server::Shared;
 use crate::store::NewMessage;
 
 /// A PUBLISH (or package) committed but not yet flushed, acknowledged or delivered.
@@ -34,19 +35,19 @@ impl Conn {
             let cids: Vec<Cid> = messages.iter().filter(|p| p.qos > 0).map(|p| Cid(p.cid)).collect();
             return self.refuse(&cids, ReasonCode::RateLimited).await;
         }
-        if messages.first().is_some_and(|p| p.topic.starts_with("room/")) {
+        if messages.first().is_some_and(|p| super::rooms::is_ephemeral(&p.topic)) {
             self.complete_publishes(staged).await;
-            return self.on_room_publish(&user, &device, messages).await;
+            return self.on_ephemeral_publish(&user, &device, messages).await;
         }
         if messages.iter().all(|p| p.qos == 0) {
-            // QoS 0 outside rooms has no store and no ack, and no ephemeral route: dropped.
+            // QoS 0 outside rooms and telemetry has no store and no ack: dropped.
             return;
         }
         let mut batch = Vec::with_capacity(messages.len());
         let mut notify_members: Vec<(u64, Vec<String>)> = Vec::new();
         let mut refused = Vec::new();
         for p in messages {
-            match self.route(&user, &p.topic) {
+            match route(&self.shared, &user, &p.topic) {
                 Ok(Route { conversation_id, inboxes, notify }) => {
                     notify_members.push((conversation_id, notify));
                     batch.push(NewMessage {
@@ -130,37 +131,6 @@ impl Conn {
         }
     }
 
-    /// Resolves a topic to a conversation, the inboxes it writes to (write fan-out) and the
-    /// members told by NOTIFY instead (read fan-out), checking access (spec 5.2, 10.2).
-    fn route(&self, user: &str, topic: &str) -> Result<Route, ReasonCode> {
-        let store = &self.shared.store;
-        let unavailable = |_| ReasonCode::StoreUnavailable;
-        if let Some(peer) = topic.strip_prefix("user/") {
-            check_identifier("topic", peer).map_err(|_| ReasonCode::NotFound)?;
-            let conversation_id = store.conversation_for_pair(user, peer).map_err(unavailable)?;
-            let mut inboxes = vec![peer.to_owned()];
-            if peer != user {
-                inboxes.push(user.to_owned());
-            }
-            return Ok(Route { conversation_id, inboxes, notify: Vec::new() });
-        }
-        if let Some(group) = topic.strip_prefix("group/") {
-            let conversation_id = store.group_conversation(group).map_err(unavailable)?.ok_or(ReasonCode::NotFound)?;
-            if !store.is_member(conversation_id, user).map_err(unavailable)? {
-                return Err(ReasonCode::NotAMember);
-            }
-            let members = store.members(conversation_id).map_err(unavailable)?;
-            // Write fan-out up to the threshold, read fan-out above it (REQ-GRP-002).
-            return Ok(if members.len() <= self.shared.options.write_fanout_threshold {
-                Route { conversation_id, inboxes: members, notify: Vec::new() }
-            } else {
-                Route { conversation_id, inboxes: Vec::new(), notify: members }
-            });
-        }
-        // Rooms, conversations by id and device telemetry are not routed yet.
-        Err(ReasonCode::NotFound)
-    }
-
     /// Records and sends an outcome that stored nothing.
     pub(super) async fn refuse(&mut self, cids: &[Cid], reason: ReasonCode) {
         let Some(me) = &self.me else { return };
@@ -211,7 +181,7 @@ impl Conn {
                 let _ = self.machine.send(&Frame::SubAck(proto::SubAck { request_id: s.request_id, reasons }));
             }
             Frame::Unsubscribe(s) => {
-                let reasons = s.filters.iter().map(|f| wire(self.unsubscribe(f))).collect();
+                let reasons = s.filters.iter().map(|f| wire(self.unsubscribe(&user, f))).collect();
                 let _ = self.machine.send(&Frame::UnsubAck(proto::SubAck { request_id: s.request_id, reasons }));
             }
             _ => {}
@@ -411,13 +381,44 @@ impl Conn {
     }
 }
 
+/// Resolves a topic to a conversation, the inboxes it writes to (write fan-out) and the
+/// members told by NOTIFY instead (read fan-out), checking access (spec 5.2, 10.2).
+pub(crate) fn route(shared: &Shared, user: &str, topic: &str) -> Result<Route, ReasonCode> {
+    let store = &shared.store;
+    let unavailable = |_| ReasonCode::StoreUnavailable;
+    if let Some(peer) = topic.strip_prefix("user/") {
+        check_identifier("topic", peer).map_err(|_| ReasonCode::NotFound)?;
+        let conversation_id = store.conversation_for_pair(user, peer).map_err(unavailable)?;
+        let mut inboxes = vec![peer.to_owned()];
+        if peer != user {
+            inboxes.push(user.to_owned());
+        }
+        return Ok(Route { conversation_id, inboxes, notify: Vec::new() });
+    }
+    if let Some(group) = topic.strip_prefix("group/") {
+        let conversation_id = store.group_conversation(group).map_err(unavailable)?.ok_or(ReasonCode::NotFound)?;
+        if !store.is_member(conversation_id, user).map_err(unavailable)? {
+            return Err(ReasonCode::NotAMember);
+        }
+        let members = store.members(conversation_id).map_err(unavailable)?;
+        // Write fan-out up to the threshold, read fan-out above it (REQ-GRP-002).
+        return Ok(if members.len() <= shared.options.write_fanout_threshold {
+            Route { conversation_id, inboxes: members, notify: Vec::new() }
+        } else {
+            Route { conversation_id, inboxes: Vec::new(), notify: members }
+        });
+    }
+    // Rooms, conversations by id and device telemetry are not routed yet.
+    Err(ReasonCode::NotFound)
+}
+
 /// Where a message goes.
-struct Route {
-    conversation_id: u64,
+pub(crate) struct Route {
+    pub(crate) conversation_id: u64,
     /// Users whose inbox gets a copy (write fan-out).
-    inboxes: Vec<String>,
+    pub(crate) inboxes: Vec<String>,
     /// Members told by NOTIFY, who pull the conversation stream (read fan-out).
-    notify: Vec<String>,
+    pub(crate) notify: Vec<String>,
 }
 
 fn unreachable_op() -> ! {

@@ -16,9 +16,14 @@ use tracing::Instrument;
 
 mod handlers;
 mod keys;
-
-pub(crate) use keys::ClaimLimiter;
 mod rooms;
+
+pub(crate) use handlers::route;
+pub(crate) use keys::ClaimLimiter;
+pub(crate) use rooms::{
+    check_ephemeral_filter, is_ephemeral, publish_ephemeral, subscribe_ephemeral, unsubscribe_ephemeral, Ephemeral,
+    EphemeralFilter,
+};
 
 use crate::server::{Live, Parked, Shared, ToConnection};
 
@@ -79,7 +84,7 @@ struct Conn {
     conn_id: u64,
     machine: BrokerSession,
     me: Option<Identity>,
-    tx: mpsc::UnboundedSender<ToConnection>,
+    tx: crate::server::Outbox,
     publish_budget: Bucket,
 }
 
@@ -103,7 +108,7 @@ where
         shared: shared.clone(),
         conn_id,
         me: None,
-        tx,
+        tx: crate::server::Outbox::Native(tx),
         publish_budget: Bucket::new(shared.options.publish_rate),
     };
     if count as usize > shared.options.max_connections {

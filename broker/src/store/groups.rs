@@ -111,7 +111,17 @@ impl Store {
 
     /// The conversation of room `room`, created when `create` and absent.
     pub fn room(&self, room: &str, create: bool) -> Result<Option<u64>, StoreError> {
-        let rk = key(&[b"room/", room.as_bytes()]);
+        self.named_conversation(key(&[b"room/", room.as_bytes()]), create)
+    }
+
+    /// The conversation that numbers the telemetry of `user`'s devices (spec 5.2), created on
+    /// first use; like a room it keeps only its count.
+    pub fn telemetry_conversation(&self, user: &str) -> Result<u64, StoreError> {
+        let conv = self.named_conversation(key(&[b"tele/", user.as_bytes()]), true)?;
+        conv.ok_or_else(|| StoreError::Corrupt(format!("tele/{user}")))
+    }
+
+    fn named_conversation(&self, rk: Vec<u8>, create: bool) -> Result<Option<u64>, StoreError> {
         if let Some(v) = self.kv.get(&rk)? {
             return Ok(Some(read_u64(Some(v))));
         }

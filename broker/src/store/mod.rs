@@ -12,7 +12,8 @@
 //! - `g/msg_id` → last msg_id; `g/next_conv` → last conversation id
 //! - `r/pair/{a}\0{b}` → conversation id of the 1:1 pair (a < b)
 //! - `r/m/{conv}/{user}` → the conversation seq at which `user` joined (membership)
-//! - `room/{room}` → the room's conversation id (rooms keep only `c/{conv}/last`)
+//! - `room/{room}` → the room's conversation id (rooms keep only `c/{conv}/last`); `tele/{user}` →
+//!   the conversation numbering the telemetry of `user`'s devices
 //! - `g/{group}` → the group's conversation id; `ug/{user}/{group}` → (index of a user's groups)
 //! - `d/{user}/{device}/conv/{conv}` → the device's sync point on a conversation stream
 //! - `c/{conv}/last` → last conversation seq; `c/{conv}/m/{seq}` → message (`proto::Deliver`)
@@ -21,11 +22,14 @@
 //!   `d/{user}/{device}/cid/{cid}` → the cid's PUBACK
 //! - `c/{conv}/wf` → the last seq of a group stored under write fan-out
 //! - `k/...` → the E2EE key directory (`keys.rs`)
+//! - `q/...` → MQTT sessions and QoS 2 packet identifiers (`mqtt.rs`)
 
 mod flush;
 mod groups;
 mod keys;
 mod kv;
+#[cfg(feature = "mqtt")]
+mod mqtt;
 mod reads;
 mod retention;
 #[cfg(test)]
@@ -34,6 +38,8 @@ mod suite;
 pub use kv::{Engine, Entry, KvEngine, KvTx};
 pub use retention::Retention;
 
+#[cfg(feature = "mqtt")]
+pub use mqtt::MqttSessionRecord;
 pub use reads::UserConversation;
 
 use std::path::Path;
@@ -198,36 +204,9 @@ impl Store {
         let out = self.kv.transaction(|tx| {
             let mut out = Vec::with_capacity(messages.len());
             for m in messages {
-                let conv = m.conversation_id;
-                let seq = bump(tx, &key(&[b"c/", &be(conv), b"/last"]))?;
-                let msg_id = bump(tx, b"g/msg_id")?;
-                let mut stored = m.message.clone();
-                stored.conversation_id = conv;
-                stored.conversation_seq = seq;
-                stored.msg_id = msg_id;
-                stored.server_time_ms = now_ms;
-                stored.stream = None;
-                stored.seq = seq;
-                tx.insert(key(&[b"c/", &be(conv), b"/m/", &be(seq)]), stored.encode_to_vec())?;
-                if !m.inboxes.is_empty() && m.message.topic.starts_with("group/") {
-                    // Written to every member's inbox: if the group later switches to read
-                    // fan-out, members' conversation sync points start after this seq (REQ-GRP-002).
-                    tx.insert(groups::write_fanout_key(conv), be(seq))?;
-                }
-                let mut deliveries = Vec::with_capacity(m.inboxes.len());
-                for user in &m.inboxes {
-                    let inbox_seq = bump(tx, &key(&[b"u/", user.as_bytes(), b"/last"]))?;
-                    let topic = reads::topic_for(user, sender, &m.message.topic);
-                    reads::touch(tx, user, sender, conv, seq, now_ms, &topic)?;
-                    tx.insert(key(&[b"u/", user.as_bytes(), b"/i/", &be(inbox_seq)]), key(&[&be(conv), &be(seq)]))?;
-                    let mut d = stored.clone();
-                    d.stream = Some(StreamId::Inbox.to_proto());
-                    d.seq = inbox_seq;
-                    deliveries.push((user.clone(), d));
-                }
-                let ack = proto::PubAck { cid: m.cid, reason: 0, msg_id, conversation_id: conv, seq };
-                record_outcome_tx(tx, sender, device, &ack)?;
-                out.push(Committed { ack, deliveries });
+                let committed = commit_one(tx, sender, m, now_ms)?;
+                record_outcome_tx(tx, sender, device, &committed.ack)?;
+                out.push(committed);
             }
             Ok(out)
         })?;
@@ -357,6 +336,40 @@ impl Store {
     pub fn size_on_disk(&self) -> u64 {
         self.kv.size_on_disk()
     }
+}
+
+/// Stores one message in its conversation and in every listed inbox (inside a transaction);
+/// the caller records the sender's outcome.
+pub(crate) fn commit_one(tx: &Tx<'_>, sender: &str, m: &NewMessage, now_ms: u64) -> TxResult<Committed> {
+    let conv = m.conversation_id;
+    let seq = bump(tx, &key(&[b"c/", &be(conv), b"/last"]))?;
+    let msg_id = bump(tx, b"g/msg_id")?;
+    let mut stored = m.message.clone();
+    stored.conversation_id = conv;
+    stored.conversation_seq = seq;
+    stored.msg_id = msg_id;
+    stored.server_time_ms = now_ms;
+    stored.stream = None;
+    stored.seq = seq;
+    tx.insert(key(&[b"c/", &be(conv), b"/m/", &be(seq)]), stored.encode_to_vec())?;
+    if !m.inboxes.is_empty() && m.message.topic.starts_with("group/") {
+        // Written to every member's inbox: if the group later switches to read
+        // fan-out, members' conversation sync points start after this seq (REQ-GRP-002).
+        tx.insert(groups::write_fanout_key(conv), be(seq))?;
+    }
+    let mut deliveries = Vec::with_capacity(m.inboxes.len());
+    for user in &m.inboxes {
+        let inbox_seq = bump(tx, &key(&[b"u/", user.as_bytes(), b"/last"]))?;
+        let topic = reads::topic_for(user, sender, &m.message.topic);
+        reads::touch(tx, user, sender, conv, seq, now_ms, &topic)?;
+        tx.insert(key(&[b"u/", user.as_bytes(), b"/i/", &be(inbox_seq)]), key(&[&be(conv), &be(seq)]))?;
+        let mut d = stored.clone();
+        d.stream = Some(StreamId::Inbox.to_proto());
+        d.seq = inbox_seq;
+        deliveries.push((user.clone(), d));
+    }
+    let ack = proto::PubAck { cid: m.cid, reason: 0, msg_id, conversation_id: conv, seq };
+    Ok(Committed { ack, deliveries })
 }
 
 /// Records a cid outcome and advances the device's contiguous floor, pruning outcomes that

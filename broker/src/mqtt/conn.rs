@@ -1,0 +1,827 @@
+//! One MQTT connection: CONNECT and authentication, PUBLISH into Tern's routes, SUBSCRIBE,
+//! and delivery of stored messages from the user's inbox (spec chapter 15).
+//!
+//! Stored messages are never pushed from memory: a router push only says "the inbox has news",
+//! and the connection reads the inbox from its position, so offline backlog and live traffic are
+//! one ordered stream, and the position moves only on acknowledgement (REQ-MQT-010).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::BytesMut;
+use rumqttc::v5::mqttbytes::v5::DisconnectReasonCode;
+use tern_codec::ids::topic_matches;
+use tern_codec::proto;
+use tern_codec::ReasonCode;
+
+use super::packets::{
+    self, AckReason, ConnAckInfo, ConnectIn, ConnectOutcome, DecodeError, Incoming, Outgoing, PublishIn, PublishOut,
+    Version, Will,
+};
+use super::topics::{check_filter, refusal, FilterKind, Subscription};
+use super::{Mailbox, MqttIo};
+use crate::connection::{
+    is_ephemeral, publish_ephemeral, route, subscribe_ephemeral, unsubscribe_ephemeral, Ephemeral, EphemeralFilter,
+};
+use crate::server::{Live, Outbox, Shared, ToConnection};
+use crate::store::{MqttSessionRecord, NewMessage};
+
+/// Unacknowledged deliveries at once when the device names no Receive Maximum.
+const DEFAULT_WINDOW: usize = 32;
+/// Most unacknowledged deliveries at once, whatever the device asks for.
+const MAX_WINDOW: usize = 1024;
+/// Inbox messages read from the store at a time.
+const READ_BATCH: usize = 64;
+
+/// The packet identifier of the delivery of inbox seq `seq` (spec 15.3): the same after a
+/// reconnect or a restart, unique among at most 65535 unacknowledged deliveries.
+pub(crate) fn pkid_for(seq: u64) -> u16 {
+    u16::try_from(seq.saturating_sub(1) % 65535 + 1).unwrap_or(1)
+}
+
+/// A delivery of a stored message not yet acknowledged (or done, behind one that is not).
+struct Inflight {
+    seq: u64,
+    pkid: u16,
+    done: bool,
+}
+
+/// The device, once CONNECT is accepted.
+struct Device {
+    user: String,
+    device: String,
+    /// Seconds the session outlives the connection (`None`: a clean session).
+    persistent: Option<u32>,
+    will: Option<Will>,
+}
+
+struct Conn {
+    shared: Arc<Shared>,
+    conn_id: u64,
+    version: Version,
+    mailbox: Arc<Mailbox>,
+    me: Option<Box<Device>>,
+    subs: Vec<Subscription>,
+    /// Bytes received but not yet a whole packet.
+    rbuf: BytesMut,
+    /// Packets to send once the batch they answer is durable.
+    wbuf: BytesMut,
+    /// How long the device may stay silent (1.5 × keep alive; CONNECT timeout before CONNECT).
+    silence: Option<Duration>,
+    // Delivery from the inbox.
+    next_read: u64,
+    saved_cursor: u64,
+    inflight: VecDeque<Inflight>,
+    pending: usize,
+    window: usize,
+    max_out: usize,
+    /// Commits of this batch, delivered after the batch's flush.
+    committed: Vec<(crate::store::Committed, Vec<String>)>,
+    /// Set when the connection should end after writing what is queued.
+    closing: bool,
+    /// The device ended with DISCONNECT (no Will).
+    clean_exit: bool,
+}
+
+/// Drives one accepted MQTT connection to its end.
+pub(crate) async fn run<S: MqttIo>(shared: Arc<Shared>, mut io: S, peer: SocketAddr) {
+    let gauge = shared.gauge.clone();
+    let count = gauge.count.fetch_add(1, Ordering::AcqRel) + 1;
+    shared.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
+    let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
+    let mut conn = Conn {
+        shared: shared.clone(),
+        conn_id,
+        version: Version::V4,
+        mailbox: Arc::new(Mailbox::default()),
+        me: None,
+        subs: Vec::new(),
+        rbuf: BytesMut::new(),
+        wbuf: BytesMut::new(),
+        silence: Some(tern_codec::limits::CONNECT_TIMEOUT),
+        next_read: 0,
+        saved_cursor: 0,
+        inflight: VecDeque::new(),
+        pending: 0,
+        window: DEFAULT_WINDOW,
+        max_out: usize::MAX,
+        committed: Vec::new(),
+        closing: false,
+        clean_exit: false,
+    };
+    let busy = count as usize > shared.options.max_connections;
+    conn.serve(&mut io, busy).await;
+    conn.finish().await;
+    tracing::debug!(%peer, conn_id, "MQTT connection closed");
+    drop(conn);
+    drop(shared);
+    gauge.leave();
+}
+
+impl Conn {
+    async fn serve<S: MqttIo>(&mut self, io: &mut S, busy: bool) {
+        let mut shutdown = self.shared.shutdown.clone();
+        let mut stopping = false;
+        let mut connected = false;
+        loop {
+            if !self.wbuf.is_empty() {
+                let out = std::mem::take(&mut self.wbuf);
+                self.shared.metrics.bytes_out.fetch_add(out.len() as u64, Ordering::Relaxed);
+                if io.write_all(&out).await.is_err() {
+                    return;
+                }
+            }
+            if self.closing {
+                io.shutdown().await;
+                return;
+            }
+            let deadline = self.silence.map(|d| tokio::time::Instant::now() + d);
+            let wake = self.mailbox.wake.notified();
+            tokio::select! {
+                read = io.read_more(&mut self.rbuf) => match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        self.shared.metrics.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                        if !connected {
+                            match packets::peek_level(&self.rbuf) {
+                                Ok(None) => continue,
+                                Ok(Some(4)) => self.version = Version::V4,
+                                Ok(Some(5)) => self.version = Version::V5,
+                                Ok(Some(_)) => {
+                                    // REQ-MQT-001: an answer any MQTT client understands.
+                                    self.wbuf.extend_from_slice(&packets::CONNACK_UNSUPPORTED_LEVEL);
+                                    self.closing = true;
+                                    continue;
+                                }
+                                Err(_) => return,
+                            }
+                            connected = true;
+                            if busy {
+                                self.send(Outgoing::ConnAck(ConnectOutcome::Busy, ConnAckInfo::default()));
+                                self.closing = true;
+                                continue;
+                            }
+                        }
+                        self.on_bytes().await;
+                    }
+                },
+                // Cancel-safe: a Notify permit stays stored until a later `notified()` takes it.
+                _ = wake => self.on_mail(),
+                _ = crate::sleep_until(deadline) => {
+                    // Silent past 1.5 × keep alive, or no CONNECT in time.
+                    self.disconnect(DisconnectReasonCode::KeepAliveTimeout);
+                }
+                _ = shutdown.changed(), if !stopping => {
+                    stopping = true;
+                    self.disconnect(DisconnectReasonCode::ServerShuttingDown);
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, p: Outgoing) {
+        if let Err(e) = packets::encode(self.version, p, &mut self.wbuf) {
+            tracing::warn!(error = %e, "MQTT packet not encoded");
+        }
+    }
+
+    /// Ends the connection: MQTT 5 says why first; 3.1.1 just closes.
+    fn disconnect(&mut self, reason: DisconnectReasonCode) {
+        if self.me.is_some() {
+            self.send(Outgoing::Disconnect(reason));
+        }
+        self.closing = true;
+    }
+
+    /// Handles every whole packet received, then makes their stores durable before anything
+    /// they caused is sent (REQ-MQT-008).
+    async fn on_bytes(&mut self) {
+        let max = self.max_packet();
+        while !self.closing {
+            match packets::decode(self.version, &mut self.rbuf, max) {
+                Ok(None) => break,
+                Ok(Some(p)) => self.on_packet(p),
+                Err(DecodeError::TooLarge) => self.disconnect(DisconnectReasonCode::PacketTooLarge),
+                Err(e) => {
+                    tracing::info!(conn = self.conn_id, error = ?e, "malformed MQTT packet");
+                    self.disconnect(DisconnectReasonCode::MalformedPacket);
+                }
+            }
+        }
+        if self.rbuf.is_empty() {
+            // Idle connections keep no buffer.
+            self.rbuf = BytesMut::new();
+        }
+        self.complete().await;
+    }
+
+    /// Flushes this batch's commits, then lets the router deliver them.
+    async fn complete(&mut self) {
+        if self.committed.is_empty() {
+            return;
+        }
+        if let Err(e) = self.shared.store.flush().await {
+            tracing::error!(error = %e, "flush failed");
+            // Nothing acknowledged: the device retransmits after reconnecting.
+            self.wbuf.clear();
+            self.committed.clear();
+            self.closing = true;
+            return;
+        }
+        let now = tokio::time::Instant::now().into_std();
+        for (c, notify) in std::mem::take(&mut self.committed) {
+            self.shared.metrics.stored(c.ack.conversation_id);
+            let mut router = self.shared.router();
+            if !notify.is_empty() {
+                router.notify(&notify, c.ack.conversation_id);
+            }
+            for (to, d) in &c.deliveries {
+                router.push(to, None, d, now);
+            }
+        }
+    }
+
+    fn max_packet(&self) -> usize {
+        self.shared.options.session.max_message_size as usize + 1024
+    }
+
+    fn on_packet(&mut self, p: Incoming) {
+        if self.me.is_none() {
+            return match p {
+                Incoming::Connect(c) => self.on_connect(*c),
+                _ => self.closing = true,
+            };
+        }
+        match p {
+            Incoming::Connect(_) => self.disconnect(DisconnectReasonCode::ProtocolError),
+            Incoming::Publish(p) => self.on_publish(p),
+            Incoming::PubAck(pkid) | Incoming::PubComp(pkid) => {
+                self.acknowledged(pkid);
+                self.pump();
+            }
+            Incoming::PubRec(pkid) => self.send(Outgoing::PubRel(pkid)),
+            Incoming::PubRel(pkid) => {
+                if let Some(me) = &self.me {
+                    if let Err(e) = self.shared.store.release_mqtt_pkid(&me.user, &me.device, pkid) {
+                        tracing::error!(error = %e, "QoS 2 release not stored");
+                    }
+                }
+                self.send(Outgoing::PubComp(pkid, AckReason::Success));
+            }
+            Incoming::Subscribe { pkid, filters } => self.on_subscribe(pkid, filters),
+            Incoming::Unsubscribe { pkid, filters } => self.on_unsubscribe(pkid, filters),
+            Incoming::PingReq => self.send(Outgoing::PingResp),
+            Incoming::Disconnect => {
+                self.clean_exit = true;
+                self.closing = true;
+            }
+            Incoming::Unexpected(what) => {
+                tracing::info!(conn = self.conn_id, what, "unexpected MQTT packet");
+                self.disconnect(DisconnectReasonCode::ProtocolError);
+            }
+        }
+    }
+
+    /// CONNECT: authenticate with the token in the password (REQ-MQT-002, REQ-MQT-003), take
+    /// the device over, open or resume the session (REQ-MQT-011).
+    fn on_connect(&mut self, c: ConnectIn) {
+        let password = c.password.as_deref().unwrap_or_default();
+        let claims = match self.shared.tokens.verify_token(password.as_bytes(), crate::unix_now()) {
+            Ok(claims) => claims,
+            Err(reason) => {
+                tracing::info!(conn = self.conn_id, %reason, "MQTT CONNECT refused");
+                self.send(Outgoing::ConnAck(ConnectOutcome::NotAuthorized, ConnAckInfo::default()));
+                self.closing = true;
+                return;
+            }
+        };
+        if !c.client_id.is_empty() && c.client_id != claims.device {
+            self.send(Outgoing::ConnAck(ConnectOutcome::BadClientId, ConnAckInfo::default()));
+            self.closing = true;
+            return;
+        }
+        if c.username.as_ref().is_some_and(|u| *u != claims.user) {
+            self.send(Outgoing::ConnAck(ConnectOutcome::BadUserName, ConnAckInfo::default()));
+            self.closing = true;
+            return;
+        }
+        let (user, device) = (claims.user, claims.device);
+        let store = &self.shared.store;
+        // 3.1.1: Clean Session = 0 is a session that never expires; 5: the expiry interval.
+        let persistent = match self.version {
+            Version::V4 => (!c.clean).then_some(u32::MAX),
+            Version::V5 => (c.session_expiry > 0).then_some(c.session_expiry),
+        };
+        let now_ms = crate::unix_now_ms();
+        let stored = if c.clean { None } else { store.mqtt_session(&user, &device).ok().flatten() };
+        let stored = stored.filter(|s| !s.expired(now_ms));
+        if stored.is_none() {
+            if let Err(e) = store.drop_mqtt_session(&user, &device) {
+                tracing::error!(error = %e, "MQTT session not dropped");
+            }
+        }
+        let session_present = stored.is_some();
+        let latest = store.inbox_latest(&user).unwrap_or(0);
+        self.next_read = if session_present { store.cursor(&user, &device).unwrap_or(latest) } else { latest };
+        if persistent.is_some() && !session_present {
+            let _ = store.advance_cursor(&user, &device, latest);
+        }
+        self.saved_cursor = self.next_read;
+        self.window = c.receive_max.map_or(DEFAULT_WINDOW, usize::from).clamp(1, MAX_WINDOW);
+        self.max_out = c.max_packet_size.map_or(usize::MAX, |m| m as usize);
+        let keep_alive = u64::from(c.keep_alive);
+        self.silence = (keep_alive > 0).then(|| Duration::from_millis(keep_alive * 1500));
+        self.take_over(&user, &device);
+        self.me = Some(Box::new(Device { user: user.clone(), device: device.clone(), persistent, will: c.will }));
+        self.send(Outgoing::ConnAck(
+            ConnectOutcome::Accepted,
+            ConnAckInfo {
+                session_present,
+                receive_max: u16::try_from(tern_codec::limits::MAX_RECEIVE_WINDOW).unwrap_or(u16::MAX),
+                max_packet_size: u32::try_from(self.max_packet()).unwrap_or(u32::MAX),
+                session_expiry: None,
+            },
+        ));
+        tracing::info!(%user, %device, mqtt = ?self.version, session_present, "MQTT session open");
+        self.shared.metrics.sessions_total.fetch_add(1, Ordering::Relaxed);
+        if let Some(s) = stored {
+            // Restore the subscriptions, each checked again: membership may have changed.
+            for (filter, qos) in s.subscriptions {
+                if let Ok(sub) = check_filter(&self.shared, &user, &filter, qos) {
+                    self.register(&sub);
+                    self.subs.push(sub);
+                }
+            }
+        }
+        self.save_session(0);
+        self.pump();
+    }
+
+    /// Makes this connection the device's live one, closing any other (REQ-MQT-004).
+    fn take_over(&mut self, user: &str, device: &str) {
+        let now_ms = crate::unix_now_ms();
+        let mut router = self.shared.router();
+        if let Some(old) = router.live.get_mut(user).and_then(|d| d.remove(device)) {
+            let _ = old.tx.send(ToConnection::Close(ReasonCode::SessionTakenOver));
+        }
+        router.live.entry(user.to_owned()).or_default().insert(
+            device.to_owned(),
+            Live {
+                conn_id: self.conn_id,
+                tx: Outbox::Mqtt(self.mailbox.clone()),
+                session_id: Vec::new(),
+                since_ms: now_ms,
+                status: proto::PresenceStatus::Online,
+            },
+        );
+        router.announce(user, device, proto::PresenceStatus::Online, now_ms);
+    }
+
+    fn on_publish(&mut self, p: PublishIn) {
+        if p.retain && self.version == Version::V5 {
+            // REQ-MQT-005: retained messages are not offered.
+            return self.disconnect(DisconnectReasonCode::RetainNotSupported);
+        }
+        let Some(me) = self.me.as_deref() else { return };
+        let (user, device) = (me.user.clone(), me.device.clone());
+        match self.publish_as(&user, &device, &p) {
+            Ok(true) | Err(_) if p.qos == 0 => {}
+            Ok(_) => self.acknowledge(&p, AckReason::Success),
+            Err(reason) => {
+                tracing::debug!(conn = self.conn_id, topic = %p.topic, ?reason, "MQTT PUBLISH refused");
+                self.shared.metrics.refused(reason);
+                // 3.1.1 has no reason codes: acknowledged as usual and dropped (REQ-MQT-006).
+                let ack = if self.version == Version::V5 { refusal(&p.topic, reason) } else { AckReason::Success };
+                self.acknowledge(&p, ack);
+            }
+        }
+    }
+
+    /// Stores or routes a PUBLISH of the device (also its Will). `Ok(false)`: a QoS 2
+    /// retransmission already stored.
+    fn publish_as(&mut self, user: &str, device: &str, p: &PublishIn) -> Result<bool, ReasonCode> {
+        if tern_codec::ids::check_topic("topic", &p.topic, tern_codec::ids::TopicUse::Name).is_err() {
+            return Err(ReasonCode::InvalidField);
+        }
+        if is_ephemeral(&p.topic) {
+            let m = Ephemeral {
+                user,
+                device,
+                topic: &p.topic,
+                payload: p.payload.clone(),
+                content_type: p.content_type.clone(),
+            };
+            return publish_ephemeral(&self.shared, m).map(|_| true);
+        }
+        let r = route(&self.shared, user, &p.topic)?;
+        let message = NewMessage {
+            cid: 0,
+            conversation_id: r.conversation_id,
+            inboxes: r.inboxes,
+            message: proto::Deliver {
+                topic: p.topic.clone(),
+                sender_user: user.to_owned(),
+                sender_device: device.to_owned(),
+                // Stored messages reach native devices at least once, whatever the MQTT QoS.
+                qos: u32::from(p.qos.max(1)),
+                payload: p.payload.clone(),
+                content_type: p.content_type.clone(),
+                ..Default::default()
+            },
+        };
+        let pkid = (p.qos == 2).then_some(p.pkid);
+        match self.shared.store.commit_mqtt(user, device, &message, pkid, crate::unix_now_ms()) {
+            Ok(Some(c)) => {
+                self.committed.push((c, r.notify));
+                Ok(true)
+            }
+            Ok(None) => Ok(false),
+            Err(e) => {
+                tracing::error!(error = %e, "MQTT commit failed");
+                Err(ReasonCode::StoreUnavailable)
+            }
+        }
+    }
+
+    fn acknowledge(&mut self, p: &PublishIn, reason: AckReason) {
+        match p.qos {
+            1 => self.send(Outgoing::PubAck(p.pkid, reason)),
+            2 => self.send(Outgoing::PubRec(p.pkid, reason)),
+            _ => {}
+        }
+    }
+
+    fn on_subscribe(&mut self, pkid: u16, filters: Vec<(String, u8)>) {
+        let Some(user) = self.me.as_ref().map(|m| m.user.clone()) else { return };
+        let mut granted = Vec::with_capacity(filters.len());
+        for (filter, qos) in filters {
+            match check_filter(&self.shared, &user, &filter, qos) {
+                Ok(sub) => {
+                    granted.push(Ok(sub.qos));
+                    self.drop_subscription(&filter);
+                    self.register(&sub);
+                    if let FilterKind::Presence(target) = &sub.kind {
+                        // The current state first, then changes (spec 15.6).
+                        let now = self.shared.router().presence_of(target);
+                        for p in now {
+                            self.presence(&sub, &p);
+                        }
+                    }
+                    self.subs.push(sub);
+                }
+                Err(refused) => granted.push(Err(refused)),
+            }
+        }
+        self.send(Outgoing::SubAck(pkid, granted));
+        self.save_session(0);
+        // Messages already read past while nothing matched stay behind; new ones match now.
+        self.pump();
+    }
+
+    fn on_unsubscribe(&mut self, pkid: u16, filters: Vec<String>) {
+        let existed = filters.iter().map(|f| self.drop_subscription(f)).collect();
+        self.send(Outgoing::UnsubAck(pkid, existed));
+        self.save_session(0);
+    }
+
+    /// Registers a granted subscription with the router where it routes live messages.
+    fn register(&self, sub: &Subscription) {
+        let tx = Outbox::Mqtt(self.mailbox.clone());
+        match &sub.kind {
+            FilterKind::Inbox => {}
+            FilterKind::Ephemeral(f) => subscribe_ephemeral(&self.shared, f, &sub.matcher, self.conn_id, tx),
+            FilterKind::Presence(target) => {
+                self.shared.router().watchers.entry(target.clone()).or_default().insert(self.conn_id, tx);
+            }
+        }
+    }
+
+    /// Removes a subscription by its filter; whether it existed.
+    fn drop_subscription(&mut self, filter: &str) -> bool {
+        let Some(i) = self.subs.iter().position(|s| s.filter == filter) else { return false };
+        let sub = self.subs.remove(i);
+        let user = self.me.as_ref().map(|m| m.user.clone()).unwrap_or_default();
+        let still_used = self.subs.iter().any(|s| s.matcher == sub.matcher);
+        match &sub.kind {
+            FilterKind::Ephemeral(_) if !still_used => {
+                unsubscribe_ephemeral(&self.shared, &user, &sub.matcher, self.conn_id);
+            }
+            FilterKind::Presence(target) if !still_used => {
+                if let Some(w) = self.shared.router().watchers.get_mut(target) {
+                    w.remove(&self.conn_id);
+                }
+            }
+            _ => {}
+        }
+        true
+    }
+
+    /// Stores the persistent session (`disconnected_ms` 0 while connected).
+    fn save_session(&self, disconnected_ms: u64) {
+        let Some(me) = self.me.as_deref() else { return };
+        let Some(expiry_secs) = me.persistent else { return };
+        let record = MqttSessionRecord {
+            subscriptions: self.subs.iter().map(|s| (s.filter.clone(), s.qos)).collect(),
+            expiry_secs,
+            disconnected_ms,
+        };
+        if let Err(e) = self.shared.store.save_mqtt_session(&me.user, &me.device, &record) {
+            tracing::error!(error = %e, "MQTT session not stored");
+        }
+    }
+
+    /// What the router left: inbox news, live room and telemetry messages, presence, closes.
+    fn on_mail(&mut self) {
+        let (news, queue) = self.mailbox.take();
+        for m in queue {
+            match m {
+                ToConnection::Deliver(d) => self.deliver_live(&d),
+                ToConnection::Close(reason) => {
+                    let code = match reason {
+                        ReasonCode::SessionTakenOver => DisconnectReasonCode::SessionTakenOver,
+                        ReasonCode::ServerShuttingDown => DisconnectReasonCode::ServerShuttingDown,
+                        _ => DisconnectReasonCode::AdministrativeAction,
+                    };
+                    self.disconnect(code);
+                }
+                // A native connection cannot resume an MQTT session: dropping the sender tells it.
+                ToConnection::HandOver(_) => self.disconnect(DisconnectReasonCode::SessionTakenOver),
+                ToConnection::Frame(f) => {
+                    if let tern_codec::Frame::Presence(p) = *f {
+                        let subs: Vec<usize> = (0..self.subs.len())
+                            .filter(|&i| {
+                                self.subs
+                                    .get(i)
+                                    .is_some_and(|s| matches!(&s.kind, FilterKind::Presence(t) if *t == p.user_id))
+                            })
+                            .collect();
+                        for i in subs {
+                            if let Some(sub) = self.subs.get(i) {
+                                let out = presence_publish(sub, &p);
+                                self.send(Outgoing::Publish(Box::new(out)));
+                            }
+                        }
+                    }
+                }
+                // Read fan-out groups are refused at SUBSCRIBE (spec 15.2).
+                ToConnection::Notify { .. } => {}
+            }
+        }
+        if news {
+            self.pump();
+        }
+    }
+
+    fn presence(&mut self, sub: &Subscription, p: &proto::Presence) {
+        let out = presence_publish(sub, p);
+        self.send(Outgoing::Publish(Box::new(out)));
+    }
+
+    /// A room or telemetry message: QoS 0 to each matching presentation (raw, envelope).
+    fn deliver_live(&mut self, d: &proto::Deliver) {
+        let raw =
+            self.subs.iter().any(|s| !s.envelope && matches!(s.kind, FilterKind::Ephemeral(_)) && live_match(s, d));
+        let env =
+            self.subs.iter().any(|s| s.envelope && matches!(s.kind, FilterKind::Ephemeral(_)) && live_match(s, d));
+        if raw {
+            let out = self.publish_out(d, 0, false);
+            self.send_publish(out);
+        }
+        if env {
+            let out = self.publish_out(d, 0, true);
+            self.send_publish(out);
+        }
+    }
+
+    /// Reads the inbox from the last position read and delivers what matches, up to the
+    /// window (REQ-MQT-010, REQ-MQT-011).
+    fn pump(&mut self) {
+        let Some(user) = self.me.as_ref().map(|m| m.user.clone()) else { return };
+        while self.pending < self.window && !self.closing {
+            let want = READ_BATCH.min(self.window - self.pending);
+            let batch = match self.shared.store.inbox_after(&user, self.next_read, want) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(error = %e, "inbox read failed");
+                    break;
+                }
+            };
+            if batch.is_empty() {
+                break;
+            }
+            for d in batch {
+                self.next_read = d.seq;
+                self.offer(&d);
+            }
+        }
+        self.advance();
+    }
+
+    /// One stored message: delivered once, at the best QoS of the filters that match, as an
+    /// envelope when an `envelope/` filter matches; skipped when none does.
+    fn offer(&mut self, d: &proto::Deliver) {
+        let matching =
+            self.subs.iter().filter(|s| matches!(s.kind, FilterKind::Inbox) && topic_matches(&s.matcher, &d.topic));
+        let (mut best, mut envelope) = (None::<u8>, false);
+        for s in matching {
+            best = Some(best.map_or(s.qos, |b| b.max(s.qos)));
+            envelope |= s.envelope;
+        }
+        let qos = best.map(|q| q.min(u8::try_from(d.qos).unwrap_or(2)));
+        let Some(qos) = qos.filter(|_| !d.payload_omitted) else {
+            return self.inflight_done(d.seq);
+        };
+        let out = self.publish_out(d, qos, envelope);
+        if !self.send_publish(out) || qos == 0 {
+            return self.inflight_done(d.seq);
+        }
+        self.inflight.push_back(Inflight { seq: d.seq, pkid: pkid_for(d.seq), done: false });
+        self.pending += 1;
+    }
+
+    /// A message that needs no acknowledgement keeps its place behind unacknowledged ones.
+    fn inflight_done(&mut self, seq: u64) {
+        if !self.inflight.is_empty() {
+            self.inflight.push_back(Inflight { seq, pkid: 0, done: true });
+        }
+    }
+
+    /// PUBACK / PUBCOMP of a delivery.
+    fn acknowledged(&mut self, pkid: u16) {
+        if let Some(f) = self.inflight.iter_mut().find(|f| !f.done && f.pkid == pkid) {
+            f.done = true;
+            self.pending = self.pending.saturating_sub(1);
+        }
+    }
+
+    /// Moves the stored inbox position past everything acknowledged or skipped.
+    fn advance(&mut self) {
+        while self.inflight.front().is_some_and(|f| f.done) {
+            self.inflight.pop_front();
+        }
+        let position = match self.inflight.front() {
+            Some(f) => f.seq - 1,
+            None => self.next_read,
+        };
+        if position <= self.saved_cursor {
+            return;
+        }
+        self.saved_cursor = position;
+        let Some(me) = self.me.as_deref() else { return };
+        if me.persistent.is_some() {
+            if let Err(e) = self.shared.store.advance_cursor(&me.user, &me.device, position) {
+                tracing::error!(error = %e, "cursor update failed");
+            }
+        }
+    }
+
+    /// The PUBLISH of a message; MQTT 5 metadata in properties (spec 15.5).
+    fn publish_out(&self, d: &proto::Deliver, qos: u8, envelope: bool) -> PublishOut {
+        let stored = d.msg_id != 0;
+        if envelope {
+            let json = serde_json::json!({
+                "topic": d.topic,
+                "sender_user": d.sender_user,
+                "sender_device": d.sender_device,
+                "msg_id": d.msg_id,
+                "conversation_id": if stored { d.conversation_id } else { 0 },
+                "seq": if stored { d.conversation_seq } else { 0 },
+                "server_time_ms": d.server_time_ms,
+                "content_type": d.content_type,
+                "payload_base64": base64::engine::general_purpose::STANDARD.encode(&d.payload),
+            });
+            return PublishOut {
+                qos,
+                pkid: pkid_for(d.seq),
+                topic: format!("{}{}", super::topics::ENVELOPE_PREFIX, d.topic),
+                payload: bytes::Bytes::from(json.to_string().into_bytes()),
+                content_type: "application/json".into(),
+                ..Default::default()
+            };
+        }
+        let mut props = vec![("tern-sender".to_owned(), format!("{}/{}", d.sender_user, d.sender_device))];
+        if stored {
+            props.push(("tern-msg-id".into(), d.msg_id.to_string()));
+            props.push(("tern-conversation".into(), d.conversation_id.to_string()));
+            props.push(("tern-seq".into(), d.conversation_seq.to_string()));
+            props.push(("tern-time-ms".into(), d.server_time_ms.to_string()));
+        }
+        PublishOut {
+            qos,
+            dup: false,
+            pkid: pkid_for(d.seq),
+            topic: d.topic.clone(),
+            payload: d.payload.clone(),
+            content_type: d.content_type.clone(),
+            user_properties: props,
+        }
+    }
+
+    /// Queues a PUBLISH unless it exceeds the device's Maximum Packet Size; whether it went.
+    fn send_publish(&mut self, out: PublishOut) -> bool {
+        let before = self.wbuf.len();
+        self.send(Outgoing::Publish(Box::new(out)));
+        if self.wbuf.len() - before > self.max_out {
+            self.wbuf.truncate(before);
+            return false;
+        }
+        true
+    }
+
+    /// The connection is over: leave the router, publish the Will, store the session.
+    async fn finish(&mut self) {
+        self.mailbox.close();
+        let Some(me) = self.me.take() else { return };
+        if !self.clean_exit {
+            if let Some(w) = &me.will {
+                let p = PublishIn {
+                    qos: w.qos,
+                    retain: false,
+                    pkid: 0,
+                    topic: w.topic.clone(),
+                    payload: w.payload.clone(),
+                    content_type: w.content_type.clone(),
+                };
+                if let Err(reason) = self.publish_as(&me.user, &me.device, &p) {
+                    tracing::info!(user = %me.user, device = %me.device, ?reason, "Will refused");
+                }
+                self.complete().await;
+            }
+        }
+        {
+            let now_ms = crate::unix_now_ms();
+            let mut router = self.shared.router();
+            router.leave_all_rooms(self.conn_id);
+            for w in router.watchers.values_mut() {
+                w.remove(&self.conn_id);
+            }
+            let ours =
+                router.live.get(&me.user).and_then(|d| d.get(&me.device)).is_some_and(|l| l.conn_id == self.conn_id);
+            if ours {
+                if let Some(devices) = router.live.get_mut(&me.user) {
+                    devices.remove(&me.device);
+                    if devices.is_empty() {
+                        router.live.remove(&me.user);
+                        router.last_seen.insert(me.user.clone(), now_ms);
+                    }
+                }
+                router.announce(&me.user, &me.device, proto::PresenceStatus::Offline, now_ms);
+            }
+        }
+        self.me = Some(me);
+        match self.me.as_deref().and_then(|m| m.persistent) {
+            Some(_) => self.save_session(crate::unix_now_ms()),
+            None => {
+                if let Some(me) = self.me.as_deref() {
+                    let _ = self.shared.store.drop_mqtt_session(&me.user, &me.device);
+                }
+            }
+        }
+        if let Some(me) = self.me.as_deref() {
+            tracing::info!(user = %me.user, device = %me.device, "MQTT session closed");
+        }
+    }
+}
+
+fn live_match(s: &Subscription, d: &proto::Deliver) -> bool {
+    match &s.kind {
+        FilterKind::Ephemeral(EphemeralFilter::Room(conv)) => *conv == d.conversation_id,
+        FilterKind::Ephemeral(EphemeralFilter::Telemetry(_)) => topic_matches(&s.matcher, &d.topic),
+        _ => false,
+    }
+}
+
+/// A presence change as MQTT sees it (spec 15.6).
+fn presence_publish(sub: &Subscription, p: &proto::Presence) -> PublishOut {
+    let status = match proto::PresenceStatus::try_from(p.status) {
+        Ok(proto::PresenceStatus::Online) => "online",
+        Ok(proto::PresenceStatus::Away) => "away",
+        _ => "offline",
+    };
+    let json = serde_json::json!({"user": p.user_id, "device": p.device_id, "status": status, "since_ms": p.since_ms});
+    let prefix = if sub.envelope { super::topics::ENVELOPE_PREFIX } else { "" };
+    PublishOut {
+        qos: 0,
+        topic: format!("{prefix}presence/{}", p.user_id),
+        payload: bytes::Bytes::from(json.to_string().into_bytes()),
+        content_type: "application/json".into(),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pkid_for;
+
+    #[test]
+    fn packet_identifiers_follow_the_inbox_seq_and_skip_zero() {
+        assert_eq!(pkid_for(1), 1);
+        assert_eq!(pkid_for(65535), 65535);
+        assert_eq!(pkid_for(65536), 1);
+        assert_ne!(pkid_for(0), 0);
+    }
+}
