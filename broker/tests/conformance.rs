@@ -25,6 +25,7 @@ async fn broker(tls: Option<&std::path::Path>, retention: Option<u64>) -> TestBr
         o.write_fanout_threshold = THRESHOLD;
         o.retention.max_count = retention;
         o.compaction_interval = Duration::from_millis(100);
+        o.mqtt_listen = Some("127.0.0.1:0".parse().unwrap());
         if let Some((cert, key)) = certs {
             o.tls = Some(TlsOptions { listen: "127.0.0.1:0".parse().unwrap(), cert, key });
         }
@@ -68,11 +69,13 @@ async fn run(subject: Subject, tests: &[&str]) -> Report {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_whole_suite_passes_against_the_broker_over_tcp() {
     let t = broker(None, None).await;
+    let mut claims = declared(None);
+    claims.mqtt = t.broker.mqtt_addr().map(|a| a.to_string());
     let target = Target {
         addr: t.broker.local_addr().to_string(),
         tls: None,
         provision: in_process_tokens(&t),
-        declared: declared(None),
+        declared: claims,
     };
     let report = run(Subject::Broker(Arc::new(target)), &[]).await;
     assert_eq!(report.exit_code, 0, "{}", failures(&report));

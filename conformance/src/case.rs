@@ -121,6 +121,8 @@ pub enum Feature {
     Retention,
     /// The E2EE key directory (spec 9.2).
     KeyDirectory,
+    /// MQTT devices (spec chapter 15; needs `--mqtt`).
+    Mqtt,
 }
 
 impl Feature {
@@ -132,6 +134,7 @@ impl Feature {
             Feature::ReadFanout => "read-fanout",
             Feature::Retention => "retention",
             Feature::KeyDirectory => "key-directory",
+            Feature::Mqtt => "mqtt",
         }
     }
 }

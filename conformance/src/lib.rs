@@ -32,6 +32,7 @@ pub mod client_cx;
 pub mod coverage;
 pub mod cx;
 pub mod expectations;
+pub mod mqtt;
 pub mod peer;
 pub mod raw;
 pub mod report;

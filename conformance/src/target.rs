@@ -129,6 +129,8 @@ pub struct Declared {
     pub no_rooms: bool,
     /// The E2EE key directory is not claimed.
     pub no_key_directory: bool,
+    /// `host:port` of the MQTT listener (spec chapter 15), when MQTT is claimed.
+    pub mqtt: Option<String>,
 }
 
 impl Declared {
@@ -140,6 +142,7 @@ impl Declared {
             Feature::ReadFanout => self.read_fanout_threshold.is_some(),
             Feature::Retention => self.retention_max_count.is_some(),
             Feature::KeyDirectory => !self.no_key_directory,
+            Feature::Mqtt => self.mqtt.is_some(),
         }
     }
 }

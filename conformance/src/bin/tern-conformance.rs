@@ -65,6 +65,9 @@ enum Command {
         /// The broker does not implement the E2EE key directory.
         #[arg(long)]
         no_key_directory: bool,
+        /// The broker's MQTT listener, `host:port` (enables the MQTT cases, spec chapter 15).
+        #[arg(long, value_name = "HOST:PORT")]
+        mqtt: Option<String>,
         #[command(flatten)]
         run: RunArgs,
     },
@@ -217,6 +220,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             retention_max_count,
             no_rooms,
             no_key_directory,
+            mqtt,
             run,
         } => {
             let provision = match (provision_cmd, provision_http) {
@@ -237,7 +241,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             } else {
                 None
             };
-            let declared = Declared { read_fanout_threshold, retention_max_count, no_rooms, no_key_directory };
+            let declared = Declared { read_fanout_threshold, retention_max_count, no_rooms, no_key_directory, mqtt };
             let target = Arc::new(Target { addr, tls, provision, declared });
             execute(&all, Subject::Broker(target), run).await
         }

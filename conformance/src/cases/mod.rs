@@ -12,6 +12,7 @@ mod delivery;
 mod e2ee;
 mod framing;
 mod im;
+mod mqtt;
 mod session;
 mod sync;
 mod tls;
@@ -73,6 +74,7 @@ pub fn all() -> Vec<Case> {
         im::CASES,
         e2ee::CASES,
         tls::CASES,
+        mqtt::CASES,
         client::CASES,
         client_tls::CASES,
     ] {

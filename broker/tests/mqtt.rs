@@ -1,0 +1,440 @@
+//! MQTT devices (spec chapter 15), tested with MQTT clients no one here wrote: Debian's
+//! `mosquitto_pub` / `mosquitto_sub` and Python's paho-mqtt (`scripts/test` installs both), and
+//! raw packets where a real client cannot be made to misbehave on purpose.
+// Test code: a panic is how it reports a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use common::{next_message, start_with, TestBroker};
+use rumqttc::mqttbytes::{v4, QoS};
+use tern_broker::client::{Client, Incoming};
+use tern_codec::{proto, Frame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Bounds every wait on an external client, so a broken broker fails instead of hanging.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+async fn mqtt_broker() -> TestBroker {
+    start_with(|o| o.mqtt_listen = Some("127.0.0.1:0".parse().unwrap())).await
+}
+
+fn port(t: &TestBroker) -> String {
+    t.broker.mqtt_addr().unwrap().port().to_string()
+}
+
+fn token(t: &TestBroker, user: &str, device: &str) -> String {
+    t.broker.issue_token(user, device, Duration::from_secs(3600)).unwrap()
+}
+
+fn tool(name: &str) -> Command {
+    let found = Command::new("sh").args(["-c", &format!("command -v {name}")]).output().unwrap().status.success();
+    assert!(found, "{name} is not installed: run scripts/test, which installs Debian's mosquitto-clients");
+    Command::new(name)
+}
+
+/// A client process whose stdout lines arrive on a channel; killed on drop.
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command) -> Proc {
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let (tx, lines) = mpsc::channel();
+        for out in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        Proc { child, lines }
+    }
+
+    /// Waits (off the async threads) for a line containing `needle`; all lines seen so far.
+    async fn until(&mut self, needle: &str) -> Vec<String> {
+        let mut seen = Vec::new();
+        loop {
+            match tokio::task::block_in_place(|| self.lines.recv_timeout(PATIENCE)) {
+                Ok(line) => {
+                    let hit = line.contains(needle);
+                    seen.push(line);
+                    if hit {
+                        return seen;
+                    }
+                }
+                Err(_) => panic!("no line with {needle:?}; saw {seen:#?}"),
+            }
+        }
+    }
+
+    /// Waits for the process to exit; its remaining output.
+    fn finish(mut self) -> (bool, Vec<String>) {
+        let status = self.child.wait().unwrap();
+        let mut rest = Vec::new();
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(200)) {
+            rest.push(l);
+        }
+        (status.success(), rest)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn subscribe_native(c: &mut Client, filter: &str) {
+    let id = c.send(Frame::Subscribe(proto::Subscribe { request_id: 0, filters: vec![filter.into()] })).await.unwrap();
+    loop {
+        if let Some(Incoming::Frame(f)) = c.next().await {
+            if let Frame::SubAck(a) = *f {
+                assert_eq!((a.request_id, a.reasons.as_slice()), (id, &[0u32][..]), "SUBACK for {filter}");
+                return;
+            }
+        }
+    }
+}
+
+async fn message_within(c: &mut Client) -> proto::Deliver {
+    tokio::time::timeout(PATIENCE, next_message(c)).await.expect("no message arrived")
+}
+
+fn mosquitto_pub(t: &TestBroker, user: &str, device: &str, version: &str, args: &[&str]) -> (bool, Vec<String>) {
+    let mut cmd = tool("mosquitto_pub");
+    cmd.args(["-h", "127.0.0.1", "-p", &port(t), "-i", device, "-u", user, "-P", &token(t, user, device)])
+        .args(["-V", version, "-d"])
+        .args(args);
+    Proc::spawn(cmd).finish()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn telemetry_from_a_mosquitto_device_reaches_a_native_listener_over_both_versions() {
+    let t = mqtt_broker().await;
+    let mut phone = t.client("alice", "phone").await;
+    subscribe_native(&mut phone, "device/alice/+/temp").await;
+    for (version, reading) in [("mqttv311", "21.5"), ("mqttv5", "22.0")] {
+        let (ok, out) = mosquitto_pub(
+            &t,
+            "alice",
+            "sensor1",
+            version,
+            &["-t", "device/alice/sensor1/temp", "-m", reading, "-q", "1"],
+        );
+        assert!(ok, "{out:#?}");
+        let m = message_within(&mut phone).await;
+        assert_eq!((m.topic.as_str(), &m.payload[..]), ("device/alice/sensor1/temp", reading.as_bytes()));
+        assert_eq!((m.sender_user.as_str(), m.sender_device.as_str(), m.qos), ("alice", "sensor1", 0));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_native_send_reaches_a_device_subscribed_with_mosquitto_sub() {
+    let t = mqtt_broker().await;
+    let bob = t.client("bob", "laptop").await;
+    for version in ["mqttv311", "mqttv5"] {
+        tool("mosquitto_sub");
+        // Line-buffered, so the SUBACK debug line arrives before the message does.
+        let mut cmd = Command::new("stdbuf");
+        cmd.args([
+            "-oL",
+            "mosquitto_sub",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port(&t),
+            "-i",
+            "sensor1",
+            "-u",
+            "alice",
+            "-P",
+            &token(&t, "alice", "sensor1"),
+        ])
+        .args(["-V", version, "-d", "-q", "2", "-t", "user/alice", "-C", "1", "-F", "MSG %t %q %p"]);
+        let mut sub = Proc::spawn(cmd);
+        sub.until("SUBACK").await;
+        let text = format!("hello {version}");
+        bob.publish("user/alice", text.clone()).await.unwrap();
+        let lines = sub.until("MSG ").await;
+        // Stored at QoS 2 by the native client, granted QoS 2: delivered exactly once at QoS 2.
+        assert_eq!(lines.last().unwrap(), &format!("MSG user/alice 2 {text}"));
+        let (ok, rest) = sub.finish();
+        assert!(ok, "{rest:#?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_311_device_publishing_where_its_acl_forbids_is_acknowledged_and_nothing_is_delivered() {
+    let t = mqtt_broker().await;
+    let mut bob = t.client("bob", "laptop").await;
+    subscribe_native(&mut bob, "device/bob/#").await;
+    // alice's device may not publish under bob's devices (REQ-MQT-006, 3.1.1 behaviour).
+    let (ok, out) =
+        mosquitto_pub(&t, "alice", "sensor1", "mqttv311", &["-t", "device/bob/laptop/x", "-m", "forged", "-q", "1"]);
+    assert!(ok, "{out:#?}");
+    assert!(out.iter().any(|l| l.contains("received PUBACK")), "{out:#?}");
+    // Then an allowed message from bob's own device: it is the first thing bob sees.
+    let (ok, out) =
+        mosquitto_pub(&t, "bob", "thermo", "mqttv311", &["-t", "device/bob/thermo/t", "-m", "ok", "-q", "1"]);
+    assert!(ok, "{out:#?}");
+    let m = message_within(&mut bob).await;
+    assert_eq!((m.topic.as_str(), &m.payload[..]), ("device/bob/thermo/t", &b"ok"[..]));
+}
+
+/// Runs a paho-mqtt script (Python); its stdout lines.
+fn paho(script: &str, args: &[&str]) -> Vec<String> {
+    let ok = Command::new("python3").args(["-c", "import paho.mqtt"]).status().unwrap().success();
+    assert!(ok, "paho-mqtt is not installed: run scripts/test, which installs it from PyPI");
+    let out = Command::new("python3").arg("-c").arg(script).args(args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "paho script failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    stdout.lines().map(str::to_owned).collect()
+}
+
+/// paho over MQTT 5: refused PUBLISH and SUBSCRIBE carry Not authorized (0x87), nothing is
+/// delivered, and the connection stays usable.
+const PAHO_V5_ACL: &str = r#"
+import sys, threading
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+port, token = int(sys.argv[1]), sys.argv[2]
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="sensor1", protocol=mqtt.MQTTv5)
+c.username_pw_set("alice", token)
+done = {}
+events = {k: threading.Event() for k in ("conn", "pub1", "pub2", "sub")}
+def on_connect(c, u, flags, rc, props): done["conn"] = rc.value; events["conn"].set()
+def on_publish(c, u, mid, rc, props): done[mid] = rc.value; events["pub1" if len(done) == 2 else "pub2"].set()
+def on_subscribe(c, u, mid, rcs, props): done["sub"] = [r.value for r in rcs]; events["sub"].set()
+c.on_connect, c.on_publish, c.on_subscribe = on_connect, on_publish, on_subscribe
+c.connect("127.0.0.1", port)
+c.loop_start()
+assert events["conn"].wait(20), "no CONNACK"
+print("connack", done["conn"])
+m1 = c.publish("device/bob/laptop/x", b"forged", qos=1).mid
+assert events["pub1"].wait(20), "no PUBACK"
+print("puback", done[m1])
+c.subscribe([("device/bob/#", 1), ("device/alice/#", 1)])
+assert events["sub"].wait(20), "no SUBACK"
+print("suback", *done["sub"])
+props = Properties(PacketTypes.PUBLISH)
+props.ContentType = "text/plain"
+m2 = c.publish("user/bob", b"allowed", qos=1, properties=props).mid
+assert events["pub2"].wait(20), "no second PUBACK"
+print("puback", done[m2])
+c.disconnect()
+c.loop_stop()
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn paho_v5_gets_not_authorized_for_a_forbidden_publish_and_subscribe() {
+    let t = mqtt_broker().await;
+    let mut bob = t.client("bob", "laptop").await;
+    subscribe_native(&mut bob, "device/bob/#").await;
+    let p = port(&t);
+    let tok = token(&t, "alice", "sensor1");
+    let lines = tokio::task::spawn_blocking(move || paho(PAHO_V5_ACL, &[&p, &tok])).await.unwrap();
+    assert_eq!(lines, ["connack 0", "puback 135", "suback 135 1", "puback 0"]);
+    // The forged telemetry never arrived; the allowed 1:1 message did, with its content type.
+    let m = message_within(&mut bob).await;
+    assert_eq!(
+        (m.topic.as_str(), &m.payload[..], m.content_type.as_str()),
+        ("user/bob", &b"allowed"[..], "text/plain")
+    );
+    assert_eq!((m.sender_user.as_str(), m.sender_device.as_str()), ("alice", "sensor1"));
+}
+
+/// paho over MQTT 3.1.1 with a persistent session: subscribe, go away, come back to find what
+/// arrived meanwhile, in order, once (REQ-MQT-011).
+const PAHO_PERSISTENT: &str = r#"
+import sys, threading
+import paho.mqtt.client as mqtt
+port, token, phase, expect = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="sensor1", clean_session=False, protocol=mqtt.MQTTv311)
+c.username_pw_set("alice", token)
+got, ready, subscribed, enough = [], threading.Event(), threading.Event(), threading.Event()
+def on_connect(c, u, flags, rc, props):
+    print("session_present", int(flags.session_present)); ready.set()
+def on_subscribe(c, u, mid, rcs, props): subscribed.set()
+def on_message(c, u, m):
+    got.append(m.payload.decode())
+    if len(got) >= expect: enough.set()
+c.on_connect, c.on_subscribe, c.on_message = on_connect, on_subscribe, on_message
+c.connect("127.0.0.1", port)
+c.loop_start()
+assert ready.wait(20), "no CONNACK"
+if phase == "subscribe":
+    c.subscribe("user/alice", qos=1)
+    assert subscribed.wait(20), "no SUBACK"
+else:
+    assert enough.wait(20), f"only {got}"
+for p in got: print("msg", p)
+c.disconnect()
+c.loop_stop()
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paho_device_with_a_persistent_session_receives_what_arrived_while_it_was_away() {
+    let t = mqtt_broker().await;
+    let bob = t.client("bob", "laptop").await;
+    let (p, tok) = (port(&t), token(&t, "alice", "sensor1"));
+    let run = |phase: &'static str, expect: &'static str| {
+        let (p, tok) = (p.clone(), tok.clone());
+        tokio::task::spawn_blocking(move || paho(PAHO_PERSISTENT, &[&p, &tok, phase, expect]))
+    };
+    assert_eq!(run("subscribe", "0").await.unwrap(), ["session_present 0"]);
+    for i in 1..=3 {
+        bob.publish("user/alice", format!("while away {i}")).await.unwrap();
+    }
+    let lines = run("receive", "3").await.unwrap();
+    assert_eq!(lines, ["session_present 1", "msg while away 1", "msg while away 2", "msg while away 3"]);
+    // Acknowledged: a third connection finds nothing new.
+    bob.publish("user/alice", "after").await.unwrap();
+    assert_eq!(run("receive", "1").await.unwrap(), ["session_present 1", "msg after"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mqtt_over_tls_with_mosquitto_pub() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = tern_broker::tls::write_dev_cert(dir.path(), &["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let t = start_with(|o| {
+        o.tls = Some(tern_broker::TlsOptions { listen: "127.0.0.1:0".parse().unwrap(), cert: cert.clone(), key });
+        o.mqtt_tls_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let mut phone = t.client("alice", "phone").await;
+    subscribe_native(&mut phone, "device/alice/#").await;
+    let mut cmd = tool("mosquitto_pub");
+    cmd.args(["-h", "127.0.0.1", "-p", &t.broker.mqtt_tls_addr().unwrap().port().to_string()])
+        .args([
+            "--cafile",
+            cert.to_str().unwrap(),
+            "-i",
+            "sensor1",
+            "-u",
+            "alice",
+            "-P",
+            &token(&t, "alice", "sensor1"),
+        ])
+        .args(["-V", "mqttv5", "-t", "device/alice/sensor1/secure", "-m", "over tls", "-q", "1"]);
+    let (ok, out) = Proc::spawn(cmd).finish();
+    assert!(ok, "{out:#?}");
+    let m = message_within(&mut phone).await;
+    assert_eq!((m.topic.as_str(), &m.payload[..]), ("device/alice/sensor1/secure", &b"over tls"[..]));
+}
+
+/// A raw MQTT 3.1.1 connection, for retransmissions a real client only makes after a failure.
+struct RawMqtt {
+    stream: tokio::net::TcpStream,
+    input: BytesMut,
+}
+
+impl RawMqtt {
+    async fn connect(t: &TestBroker, user: &str, device: &str, clean: bool) -> (RawMqtt, v4::ConnAck) {
+        let stream = tokio::net::TcpStream::connect(t.broker.mqtt_addr().unwrap()).await.unwrap();
+        let mut raw = RawMqtt { stream, input: BytesMut::new() };
+        let mut connect = v4::Connect::new(device);
+        connect.clean_session = clean;
+        connect.keep_alive = 60;
+        connect.login = Some(v4::Login::new(user, token(t, user, device)));
+        raw.send(v4::Packet::Connect(connect)).await;
+        match raw.next().await {
+            v4::Packet::ConnAck(a) => (raw, a),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    async fn send(&mut self, p: v4::Packet) {
+        let mut buf = BytesMut::new();
+        p.write(&mut buf, usize::MAX).unwrap();
+        self.stream.write_all(&buf).await.unwrap();
+    }
+
+    async fn next(&mut self) -> v4::Packet {
+        loop {
+            match v4::Packet::read(&mut self.input, usize::MAX) {
+                Ok(p) => return p,
+                Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
+                Err(e) => panic!("{e}"),
+            }
+            let n = tokio::time::timeout(PATIENCE, self.stream.read_buf(&mut self.input)).await.unwrap().unwrap();
+            assert!(n > 0, "connection closed");
+        }
+    }
+
+    fn qos2(topic: &str, pkid: u16, payload: &str, dup: bool) -> v4::Packet {
+        let mut p = v4::Publish::new(topic, QoS::ExactlyOnce, payload.as_bytes().to_vec());
+        p.pkid = pkid;
+        p.dup = dup;
+        v4::Packet::Publish(p)
+    }
+}
+
+/// The payloads of a conversation's stored history, oldest first.
+async fn history(c: &mut Client, conversation_id: u64) -> Vec<String> {
+    let req = proto::HistoryRequest { request_id: 0, conversation_id, before_seq: 0, limit: 50 };
+    let id = c.send(Frame::HistoryRequest(req)).await.unwrap();
+    loop {
+        if let Some(Incoming::Frame(f)) = tokio::time::timeout(PATIENCE, c.next()).await.unwrap() {
+            if let Frame::HistoryPage(p) = *f {
+                if p.request_id == id {
+                    return p.entries.iter().rev().map(|e| String::from_utf8_lossy(&e.payload).into_owned()).collect();
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_qos2_retransmission_is_stored_once_across_a_reconnect_and_a_broker_restart() {
+    let t = mqtt_broker().await;
+    let mut bob = t.client("bob", "laptop").await;
+    let (mut dev, ack) = RawMqtt::connect(&t, "alice", "sensor1", false).await;
+    assert_eq!(ack.code, v4::ConnectReturnCode::Success);
+    dev.send(RawMqtt::qos2("user/bob", 7, "once", false)).await;
+    assert!(matches!(dev.next().await, v4::Packet::PubRec(r) if r.pkid == 7));
+    // As far as the device knows the PUBREC was lost: it reconnects and retransmits.
+    drop(dev);
+    let (mut dev, ack) = RawMqtt::connect(&t, "alice", "sensor1", false).await;
+    assert!(ack.session_present);
+    dev.send(RawMqtt::qos2("user/bob", 7, "once", true)).await;
+    assert!(matches!(dev.next().await, v4::Packet::PubRec(r) if r.pkid == 7));
+    let conversation_id = message_within(&mut bob).await.conversation_id;
+    // A second message, acknowledged with PUBREC just before the broker goes down.
+    dev.send(RawMqtt::qos2("user/bob", 8, "survives restart", false)).await;
+    assert!(matches!(dev.next().await, v4::Packet::PubRec(r) if r.pkid == 8));
+    drop(dev);
+    bob.close().await;
+    let TestBroker { broker, dir } = t;
+    broker.shutdown().await.unwrap();
+
+    // Same data directory, a new broker: identifier 8 is still held until its PUBREL.
+    let mut options = tern_broker::BrokerOptions::new("127.0.0.1:0".parse().unwrap(), dir.path().to_path_buf());
+    options.mqtt_listen = Some("127.0.0.1:0".parse().unwrap());
+    let t = TestBroker { broker: tern_broker::Broker::start(options).await.unwrap(), dir };
+    let (mut dev, ack) = RawMqtt::connect(&t, "alice", "sensor1", false).await;
+    assert!(ack.session_present);
+    dev.send(RawMqtt::qos2("user/bob", 8, "survives restart", true)).await;
+    assert!(matches!(dev.next().await, v4::Packet::PubRec(r) if r.pkid == 8));
+    dev.send(v4::Packet::PubRel(v4::PubRel { pkid: 8 })).await;
+    assert!(matches!(dev.next().await, v4::Packet::PubComp(r) if r.pkid == 8));
+    // Released: the identifier now carries a new message.
+    dev.send(RawMqtt::qos2("user/bob", 8, "new message", false)).await;
+    assert!(matches!(dev.next().await, v4::Packet::PubRec(r) if r.pkid == 8));
+    let mut bob = t.client("bob", "laptop").await;
+    assert_eq!(history(&mut bob, conversation_id).await, ["once", "survives restart", "new message"]);
+}
