@@ -369,7 +369,7 @@ pub struct Broker {
     mqtt_addr: Option<SocketAddr>,
     mqtt_tls_addr: Option<SocketAddr>,
     http_addr: Option<SocketAddr>,
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     accept_tasks: Vec<JoinHandle<()>>,
 }

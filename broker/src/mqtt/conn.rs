@@ -346,7 +346,8 @@ impl Conn {
                 session_expiry: None,
             },
         ));
-        tracing::info!(%user, %device, mqtt = ?self.version, session_present, "MQTT session open");
+        // Debug, not info: fleets reconnect by the thousand.
+        tracing::debug!(%user, %device, mqtt = ?self.version, session_present, "MQTT session open");
         self.shared.metrics.sessions_total.fetch_add(1, Ordering::Relaxed);
         if let Some(s) = stored {
             // Restore the subscriptions, each checked again: membership may have changed.
@@ -782,7 +783,7 @@ impl Conn {
             }
         }
         if let Some(me) = self.me.as_deref() {
-            tracing::info!(user = %me.user, device = %me.device, "MQTT session closed");
+            tracing::debug!(user = %me.user, device = %me.device, "MQTT session closed");
         }
     }
 }
@@ -823,5 +824,29 @@ mod tests {
         assert_eq!(pkid_for(65535), 65535);
         assert_eq!(pkid_for(65536), 1);
         assert_ne!(pkid_for(0), 0);
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    #![allow(clippy::unwrap_used)]
+
+    /// What one idle connection costs in its task's future (printed for BENCHMARKS.md work).
+    #[tokio::test]
+    async fn connection_future_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = crate::Broker::start(crate::BrokerOptions::new("127.0.0.1:0".parse().unwrap(), dir.path().into()))
+            .await
+            .unwrap();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let f = super::run(b.shared.clone(), s, addr);
+        eprintln!(
+            "future: {} bytes; Conn: {}; Mailbox: {}",
+            std::mem::size_of_val(&f),
+            std::mem::size_of::<super::Conn>(),
+            std::mem::size_of::<super::Mailbox>()
+        );
     }
 }
