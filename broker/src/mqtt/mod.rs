@@ -5,8 +5,8 @@
 //! MQTT codec (`packets`). rumqttd's server is not embedded: it keeps queues in memory behind a
 //! QoS 0 local link (a PUBACK could precede Tern's durable store), it preallocates 20 KiB of
 //! buffers per connection and its accept loop sleeps between connections; the figures are in
-//! BENCHMARKS.md. An idle connection here holds no buffers at all: bytes are read into a stack
-//! scratch buffer once the socket is readable, and only a partial packet is kept.
+//! BENCHMARKS.md. An idle connection here holds no buffers at all: bytes are read into the read
+//! buffer of the worker thread once the socket is readable, and only a partial packet is kept.
 
 mod conn;
 mod packets;
@@ -80,21 +80,27 @@ pub(crate) trait MqttIo: Send {
     fn shutdown(&mut self) -> impl std::future::Future<Output = ()> + Send;
 }
 
-/// Scratch space for one read; it lives on the stack only while bytes are copied.
+/// Size of the per-thread read buffer.
 const READ_SCRATCH: usize = 16 * 1024;
+
+thread_local! {
+    /// One read buffer per worker thread, shared by all its idle connections: a connection keeps
+    /// only the bytes of a partial packet, and nothing is zeroed per read.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; READ_SCRATCH]);
+}
 
 impl MqttIo for TcpStream {
     async fn read_more(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
         loop {
             self.readable().await?;
-            let mut scratch = [0u8; READ_SCRATCH];
-            match self.try_read(&mut scratch) {
-                Ok(n) => {
-                    buf.extend_from_slice(scratch.get(..n).unwrap_or_default());
-                    return Ok(n);
-                }
+            let read: std::io::Result<usize> = SCRATCH.with_borrow_mut(|scratch| {
+                let n = self.try_read(scratch)?;
+                buf.extend_from_slice(scratch.get(..n).unwrap_or_default());
+                Ok(n)
+            });
+            match read {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
+                other => return other,
             }
         }
     }

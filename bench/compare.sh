@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Runs tern-bench scenarios against Tern's MQTT listener, Mosquitto and rumqttd on this machine,
+# alternating the brokers within each round, RUNS rounds, and prints medians, ranges and the
+# Tern/peer ratios (raw JSON lines go to $OUT/results.jsonl). Installs what it needs: Debian's
+# mosquitto, and builds Tern, tern-bench and the rumqttd host program (bench/peers/rumqttd-host).
+#
+#   bench/compare.sh                     # RUNS=3 CONNECTIONS=10000
+#   RUNS=5 CONNECTIONS=19000 bench/compare.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-3}
+CONNECTIONS=${CONNECTIONS:-10000}
+OUT=${OUT:-target/compare}
+mkdir -p "$OUT"
+ulimit -n 20000
+
+if ! command -v mosquitto >/dev/null 2>&1; then
+  sudo=""; if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq mosquitto >/dev/null
+fi
+cargo build --release --locked -p tern-broker -p tern-bench
+CARGO_TARGET_DIR=target/peers cargo build --release --locked --manifest-path bench/peers/rumqttd-host/Cargo.toml
+TERN=target/release/tern BENCH=target/release/tern-bench RUMQTTD=target/peers/release/rumqttd-host
+PORT=18883
+
+start_broker() { # name -> sets PID
+  local dir="$OUT/$1-data"; rm -rf "$dir"; mkdir -p "$dir"
+  case $1 in
+    tern)
+      printf 'max_connections = 19900\n' > "$dir/tern.toml"
+      $TERN serve --config "$dir/tern.toml" --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 \
+        --mqtt-listen 127.0.0.1:$PORT --data-dir "$dir" >"$dir/log" 2>&1 & ;;
+    mosquitto)
+      # In-memory sessions (persistence false): Mosquitto keeps QoS 1 queues in memory and writes
+      # them only at shutdown, where Tern stores every message durably before PUBACK.
+      printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\nlog_type error\nmax_connections -1\n' \
+        $PORT > "$dir/mosquitto.conf"
+      mosquitto -c "$dir/mosquitto.conf" >"$dir/log" 2>&1 & ;;
+    rumqttd)
+      $RUMQTTD 127.0.0.1:$PORT >"$dir/log" 2>&1 & ;;
+  esac
+  PID=$!
+  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && return 0; sleep 0.1; done
+  echo "$1 did not start" >&2; cat "$dir/log" >&2; exit 1
+}
+
+stop_broker() { kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; sleep 1; }
+
+: > "$OUT/results.jsonl"
+for run in $(seq "$RUNS"); do
+  # Rotate the order each round so no broker always goes first.
+  order=(tern mosquitto rumqttd); shift_by=$(( (run - 1) % 3 ))
+  order=("${order[@]:$shift_by}" "${order[@]:0:$shift_by}")
+  for b in "${order[@]}"; do
+    for mode in clean persistent; do
+      start_broker "$b"
+      extra=(); [ "$b" = tern ] && extra=(--data-dir "$OUT/tern-data")
+      [ "$mode" = clean ] && extra+=(--clean)
+      echo "round $run: $b, $mode sessions, $CONNECTIONS connections" >&2
+      if line=$($BENCH mqtt-connections --addr 127.0.0.1:$PORT --broker "$b" --connections "$CONNECTIONS" \
+          --broker-pid "$PID" --prefix "r$run" "${extra[@]}" 2>"$OUT/bench.log" | tail -1); then
+        echo "$line" | python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); d["run"]=int(sys.argv[1]); print(json.dumps(d))' "$run" >> "$OUT/results.jsonl"
+      else
+        echo "  $b failed: $(tail -3 "$OUT/bench.log")" >&2
+        echo "{\"broker\": \"$b\", \"run\": $run, \"clean\": $([ "$mode" = clean ] && echo true || echo false), \"failed\": true}" >> "$OUT/results.jsonl"
+      fi
+      stop_broker
+    done
+  done
+done
+
+python3 - "$OUT/results.jsonl" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+def pick(broker, clean, key):
+    vals = []
+    for r in rows:
+        if r["broker"] != broker or bool(r.get("clean")) != clean or r.get("failed"):
+            continue
+        v = r
+        for k in key.split("."):
+            v = v.get(k) if isinstance(v, dict) else None
+        if v is not None:
+            vals.append(v)
+    return vals
+def fmt(vals, digits=0):
+    if not vals:
+        return "failed"
+    return f"{statistics.median(vals):,.{digits}f} ({min(vals):,.{digits}f}–{max(vals):,.{digits}f})"
+metrics = [
+    (True, "connections_per_sec", "connections accepted per second (clean)", 0),
+    (True, "rss_bytes_per_connection", "resident bytes per idle connection (clean)", 0),
+    (False, "rss_bytes_per_connection", "resident bytes per idle persistent session", 0),
+    (False, "storm.resumed_seconds", "reconnect storm: seconds until all resumed", 3),
+    (False, "storm.received_seconds", "reconnect storm: seconds until all had their message", 3),
+    (False, "storm.missing", "reconnect storm: messages missing", 0),
+    (False, "storm.duplicates", "reconnect storm: duplicates", 0),
+]
+brokers = ["tern", "mosquitto", "rumqttd"]
+print("| metric (median, range) | " + " | ".join(brokers) + " | tern/mosquitto | tern/rumqttd |")
+print("|---|" + "---|" * (len(brokers) + 2))
+for clean, key, label, d in metrics:
+    cells = [fmt(pick(b, clean, key), d) for b in brokers]
+    ratios = []
+    for peer in ["mosquitto", "rumqttd"]:
+        t, p = pick("tern", clean, key), pick(peer, clean, key)
+        ratios.append(f"{statistics.median(t) / statistics.median(p):.2f}" if t and p and statistics.median(p) else "–")
+    print(f"| {label} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+PY
