@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# Runs tern-bench scenarios against Tern's MQTT listener, Mosquitto and rumqttd on this machine,
+# Runs the MQTT scenarios of tern-bench (connections: accept rate, idle memory, reconnect storm;
+# p2p: QoS 1 pairs, closed loop and fixed rate) against Tern's MQTT listener, Mosquitto and
+# rumqttd on this machine,
 # alternating the brokers within each round, RUNS rounds, and prints medians, ranges and the
 # Tern/peer ratios (raw JSON lines go to $OUT/results.jsonl). Installs what it needs: Debian's
 # mosquitto, and builds Tern, tern-bench and the rumqttd host program (bench/peers/rumqttd-host).
 #
-#   bench/compare.sh                     # RUNS=3 CONNECTIONS=10000
+#   bench/compare.sh                     # RUNS=3 CONNECTIONS=10000 PAIRS=100 RATE=20000
 #   RUNS=5 CONNECTIONS=19000 bench/compare.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
 CONNECTIONS=${CONNECTIONS:-10000}
+PAIRS=${PAIRS:-100}
+RATE=${RATE:-20000}
 OUT=${OUT:-target/compare}
 mkdir -p "$OUT"
 ulimit -n 20000
@@ -52,17 +56,23 @@ for run in $(seq "$RUNS"); do
   order=(tern mosquitto rumqttd); shift_by=$(( (run - 1) % 3 ))
   order=("${order[@]:$shift_by}" "${order[@]:0:$shift_by}")
   for b in "${order[@]}"; do
-    for mode in clean persistent; do
+    for mode in clean persistent p2p-closed p2p-rate; do
       start_broker "$b"
-      extra=(); [ "$b" = tern ] && extra=(--data-dir "$OUT/tern-data")
-      [ "$mode" = clean ] && extra+=(--clean)
-      echo "round $run: $b, $mode sessions, $CONNECTIONS connections" >&2
-      if line=$($BENCH mqtt-connections --addr 127.0.0.1:$PORT --broker "$b" --connections "$CONNECTIONS" \
-          --broker-pid "$PID" --prefix "r$run" "${extra[@]}" 2>"$OUT/bench.log" | tail -1); then
-        echo "$line" | python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); d["run"]=int(sys.argv[1]); print(json.dumps(d))' "$run" >> "$OUT/results.jsonl"
+      auth=(); [ "$b" = tern ] && auth=(--data-dir "$OUT/tern-data")
+      case $mode in
+        clean) args=(mqtt-connections --connections "$CONNECTIONS" --clean) ;;
+        persistent) args=(mqtt-connections --connections "$CONNECTIONS") ;;
+        # Telemetry topics: Tern's live path (nothing stored), plain topics for the peers.
+        p2p-closed) args=(mqtt-p2p --topics telemetry --pairs "$PAIRS" --window 8 --duration 10) ;;
+        p2p-rate) args=(mqtt-p2p --topics telemetry --pairs "$PAIRS" --rate "$RATE" --duration 10) ;;
+      esac
+      echo "round $run: $b, $mode" >&2
+      if line=$($BENCH "${args[@]}" --addr 127.0.0.1:$PORT --broker "$b" --broker-pid "$PID" --prefix "r$run" \
+          "${auth[@]}" 2>"$OUT/bench.log" | tail -1); then
+        echo "$line" | python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); d["run"]=int(sys.argv[1]); d["mode"]=sys.argv[2]; print(json.dumps(d))' "$run" "$mode" >> "$OUT/results.jsonl"
       else
         echo "  $b failed: $(tail -3 "$OUT/bench.log")" >&2
-        echo "{\"broker\": \"$b\", \"run\": $run, \"clean\": $([ "$mode" = clean ] && echo true || echo false), \"failed\": true}" >> "$OUT/results.jsonl"
+        echo "{\"broker\": \"$b\", \"run\": $run, \"mode\": \"$mode\", \"failed\": true}" >> "$OUT/results.jsonl"
       fi
       stop_broker
     done
@@ -72,10 +82,10 @@ done
 python3 - "$OUT/results.jsonl" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-def pick(broker, clean, key):
+def pick(broker, mode, key):
     vals = []
     for r in rows:
-        if r["broker"] != broker or bool(r.get("clean")) != clean or r.get("failed"):
+        if r["broker"] != broker or r.get("mode") != mode or r.get("failed"):
             continue
         v = r
         for k in key.split("."):
@@ -88,22 +98,30 @@ def fmt(vals, digits=0):
         return "failed"
     return f"{statistics.median(vals):,.{digits}f} ({min(vals):,.{digits}f}–{max(vals):,.{digits}f})"
 metrics = [
-    (True, "connections_per_sec", "connections accepted per second (clean)", 0),
-    (True, "rss_bytes_per_connection", "resident bytes per idle connection (clean)", 0),
-    (False, "rss_bytes_per_connection", "resident bytes per idle persistent session", 0),
-    (False, "storm.resumed_seconds", "reconnect storm: seconds until all resumed", 3),
-    (False, "storm.received_seconds", "reconnect storm: seconds until all had their message", 3),
-    (False, "storm.missing", "reconnect storm: messages missing", 0),
-    (False, "storm.duplicates", "reconnect storm: duplicates", 0),
+    ("clean", "connections_per_sec", "connections accepted per second (clean sessions)", 0),
+    ("clean", "rss_bytes_per_connection", "resident bytes per idle connection (clean)", 0),
+    ("persistent", "connections_per_sec", "connections accepted per second (persistent sessions)", 0),
+    ("persistent", "rss_bytes_per_connection", "resident bytes per idle persistent session", 0),
+    ("persistent", "storm.resumed_seconds", "reconnect storm: seconds until all resumed", 3),
+    ("persistent", "storm.received_seconds", "reconnect storm: seconds until all had their message", 3),
+    ("persistent", "storm.missing", "reconnect storm: messages missing", 0),
+    ("persistent", "storm.duplicates", "reconnect storm: duplicates", 0),
+    ("p2p-closed", "msgs_per_sec", "p2p QoS 1 closed loop: messages per second", 0),
+    ("p2p-closed", "broker_cpu_us_per_msg", "p2p closed loop: broker CPU µs per message", 2),
+    ("p2p-closed", "generator_cpu_us_per_msg", "p2p closed loop: generator CPU µs per message", 2),
+    ("p2p-rate", "msgs_per_sec", "p2p QoS 1 at the fixed rate: messages per second", 0),
+    ("p2p-rate", "latency_us.p50", "p2p fixed rate: latency p50 µs", 0),
+    ("p2p-rate", "latency_us.p99", "p2p fixed rate: latency p99 µs", 0),
+    ("p2p-rate", "broker_cpu_us_per_msg", "p2p fixed rate: broker CPU µs per message", 2),
 ]
 brokers = ["tern", "mosquitto", "rumqttd"]
 print("| metric (median, range) | " + " | ".join(brokers) + " | tern/mosquitto | tern/rumqttd |")
 print("|---|" + "---|" * (len(brokers) + 2))
-for clean, key, label, d in metrics:
-    cells = [fmt(pick(b, clean, key), d) for b in brokers]
+for mode, key, label, d in metrics:
+    cells = [fmt(pick(b, mode, key), d) for b in brokers]
     ratios = []
     for peer in ["mosquitto", "rumqttd"]:
-        t, p = pick("tern", clean, key), pick(peer, clean, key)
+        t, p = pick("tern", mode, key), pick(peer, mode, key)
         ratios.append(f"{statistics.median(t) / statistics.median(p):.2f}" if t and p and statistics.median(p) else "–")
     print(f"| {label} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
 PY

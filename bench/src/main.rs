@@ -6,10 +6,12 @@
 //! The generator runs on one thread (a current-thread runtime) so that it competes with the
 //! broker for as little of the machine as possible; its own CPU is reported beside every figure.
 //!
-//! Scenarios: `p2p` (Tern's native protocol, `p2p.rs`) and `mqtt-connections` (any MQTT
-//! broker: idle connections, accept rate, reconnect storm; `mqtt_connections.rs`).
+//! Scenarios: `p2p` (Tern's native protocol, `p2p.rs`), and for any MQTT 3.1.1 broker
+//! `mqtt-p2p` (pairs, QoS 1; `mqtt_p2p.rs`) and `mqtt-connections` (idle connections, accept
+//! rate, reconnect storm; `mqtt_connections.rs`).
 
 mod mqtt_connections;
+mod mqtt_p2p;
 mod p2p;
 
 use anyhow::{bail, Context};
@@ -60,6 +62,8 @@ enum Scenario {
     /// MQTT connections (any MQTT 3.1.1 broker): K idle persistent sessions (accept rate and
     /// broker memory per connection), then a reconnect storm with one stored message each.
     MqttConnections(mqtt_connections::Args),
+    /// MQTT point to point (any MQTT 3.1.1 broker): N pairs, QoS 1, closed loop or fixed rate.
+    MqttP2p(mqtt_p2p::Args),
 }
 
 /// CPU time of a process in nanoseconds: the sum of its threads' `schedstat` (the process-level
@@ -135,6 +139,10 @@ fn main() -> anyhow::Result<()> {
                     bail!("give --provision-cmd or --data-dir")
                 };
                 p2p::run(addr, tokens, pairs, payload, window, rate, duration, broker_pid, prefix).await
+            }
+            Scenario::MqttP2p(args) => {
+                let tokens = tokens(args.provision_cmd.clone(), args.data_dir.clone())?;
+                mqtt_p2p::run(args, tokens).await
             }
             Scenario::MqttConnections(args) => {
                 let tokens = tokens(args.provision_cmd.clone(), args.data_dir.clone())?;

@@ -1,7 +1,7 @@
 //! Scenario `mqtt-connections`, the same for every MQTT 3.1.1 broker (Tern's MQTT listener,
 //! Mosquitto, rumqttd):
 //!
-//! 1. connect K persistent sessions (Clean Session = 0, keep alive off), at most
+//! 1. connect K persistent sessions (Clean Session = 0, keep alive 300 s), at most
 //!    `--concurrency` handshakes at once: the accept
 //!    rate is K over the time from the first connect to the last CONNACK;
 //! 2. each subscribes to its own topic `user/{client}` at QoS 1; after `--settle` seconds the
@@ -104,7 +104,7 @@ impl Link {
     async fn connect(&mut self, client: &str, password: Option<&str>, clean: bool) -> anyhow::Result<bool> {
         let mut c = v4::Connect::new(client);
         c.clean_session = clean;
-        c.keep_alive = 0;
+        c.keep_alive = 300;
         c.login = password.map(|p| v4::Login::new(client, p));
         self.send(v4::Packet::Connect(c)).await?;
         match self.next().await? {

@@ -353,12 +353,32 @@ pub(crate) struct Shared {
     pub(crate) shutdown: watch::Receiver<bool>,
     /// Key-claim budgets (REQ-E2E-003).
     pub(crate) claims: crate::connection::ClaimLimiter,
+    /// Seq blocks of live conversations (rooms, telemetry): conversation → (next, last reserved).
+    live_seqs: Mutex<HashMap<u64, (u64, u64)>>,
 }
+
+/// Seqs a live conversation reserves in the store at a time.
+const LIVE_SEQ_BLOCK: u64 = 1024;
 
 impl Shared {
     /// The router; a poisoned lock (a panicked task) is still usable: its data is plain maps.
     pub(crate) fn router(&self) -> MutexGuard<'_, Router> {
         self.router.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Numbers the next message of a live conversation from an in-memory block, reserving a new
+    /// block in the store when one runs out: seqs keep growing across restarts (a restart
+    /// leaves a gap) without a store write per room or telemetry message.
+    pub(crate) fn next_live_seq(&self, conv: u64) -> Result<u64, crate::store::StoreError> {
+        let mut seqs = self.live_seqs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entry = seqs.entry(conv).or_insert((1, 0));
+        if entry.0 > entry.1 {
+            let first = self.store.reserve_live_seqs(conv, LIVE_SEQ_BLOCK)?;
+            *entry = (first, first + LIVE_SEQ_BLOCK - 1);
+        }
+        let seq = entry.0;
+        entry.0 += 1;
+        Ok(seq)
     }
 }
 
@@ -423,6 +443,7 @@ impl Broker {
             tls_addr,
             shutdown,
             claims: crate::connection::ClaimLimiter::default(),
+            live_seqs: Mutex::new(HashMap::new()),
         });
         let mut tasks = vec![tokio::spawn(accept_loop(listener, shared.clone(), None))];
         if let Some((l, acceptor)) = tls {

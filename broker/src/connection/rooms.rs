@@ -46,7 +46,7 @@ pub(crate) fn publish_ephemeral(shared: &Shared, m: Ephemeral<'_>) -> Result<pro
     } else {
         return Err(ReasonCode::NotFound);
     };
-    let seq = store.next_room_seq(conv).map_err(unavailable)?;
+    let seq = shared.next_live_seq(conv).map_err(unavailable)?;
     let d = proto::Deliver {
         stream: Some(StreamId::Conversation(ConversationId(conv)).to_proto()),
         seq,

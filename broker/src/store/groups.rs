@@ -156,9 +156,16 @@ impl Store {
         self.kv.transaction(|tx| tx.remove(member_key(conv, user)))
     }
 
-    /// Numbers the next room message (rooms keep no messages, only the count).
-    pub fn next_room_seq(&self, conv: u64) -> Result<u64, StoreError> {
-        self.kv.transaction(|tx| bump(tx, &conv_last_key(conv)))
+    /// Reserves the next `n` seqs of a live conversation (a room, or a user's telemetry), which
+    /// keeps no messages, only its count: returns the first. The broker numbers messages from
+    /// the block in memory, so the store is written once per block, not once per message.
+    pub fn reserve_live_seqs(&self, conv: u64, n: u64) -> Result<u64, StoreError> {
+        let k = conv_last_key(conv);
+        self.kv.transaction(|tx| {
+            let last = read_u64(tx.get(&k)?);
+            tx.insert(&k, be(last + n))?;
+            Ok(last + 1)
+        })
     }
 
     /// Whether two users have a 1:1 conversation or a group in common.
