@@ -450,6 +450,9 @@ impl Broker {
             tracing::info!(addr = ?tls_addr, "listening (TLS)");
             tasks.push(tokio::spawn(accept_loop(l, shared.clone(), Some(acceptor))));
         }
+        #[cfg(not(feature = "mqtt"))]
+        let (mqtt_addr, mqtt_tls_addr) = (None, None);
+        #[cfg(feature = "mqtt")]
         let (mut mqtt_addr, mut mqtt_tls_addr) = (None, None);
         #[cfg(feature = "mqtt")]
         {

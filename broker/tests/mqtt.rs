@@ -2,6 +2,7 @@
 //! `mosquitto_pub` / `mosquitto_sub` and Python's paho-mqtt (`scripts/test` installs both), and
 //! raw packets where a real client cannot be made to misbehave on purpose.
 // Test code: a panic is how it reports a failure.
+#![cfg(feature = "mqtt")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod common;
@@ -437,4 +438,58 @@ async fn a_qos2_retransmission_is_stored_once_across_a_reconnect_and_a_broker_re
     assert!(matches!(dev.next().await, v4::Packet::PubRec(r) if r.pkid == 8));
     let mut bob = t.client("bob", "laptop").await;
     assert_eq!(history(&mut bob, conversation_id).await, ["once", "survives restart", "new message"]);
+}
+
+/// paho over MQTT 5: a Will on the device's own telemetry topic, and the presence topic.
+/// The script prints the presence updates it sees, then leaves without DISCONNECT.
+const PAHO_WILL_PRESENCE: &str = r#"
+import os, sys, threading, json
+import paho.mqtt.client as mqtt
+port, token, expect = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="sensor1", protocol=mqtt.MQTTv5)
+c.username_pw_set("alice", token)
+c.will_set("device/alice/sensor1/status", b"gone", qos=1)
+seen, ready, enough = [], threading.Event(), threading.Event()
+def on_connect(c, u, flags, rc, props): c.subscribe("presence/alice", qos=0)
+def on_subscribe(c, u, mid, rcs, props): ready.set()
+def on_message(c, u, m):
+    p = json.loads(m.payload)
+    seen.append(f"{m.topic} {p['device']} {p['status']}")
+    print(seen[-1], flush=True)
+    if len(seen) >= expect: enough.set()
+c.on_connect, c.on_subscribe, c.on_message = on_connect, on_subscribe, on_message
+c.connect("127.0.0.1", port)
+c.loop_start()
+assert ready.wait(20), "no SUBACK"
+print("subscribed", flush=True)
+assert enough.wait(20), f"only {seen}"
+os._exit(0)  # no DISCONNECT: the broker publishes the Will
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_mqtt_device_sees_presence_and_its_will_is_published_when_it_vanishes() {
+    let t = mqtt_broker().await;
+    let mut watcher = t.client("alice", "phone").await;
+    subscribe_native(&mut watcher, "device/alice/sensor1/#").await;
+    let ok = Command::new("python3").args(["-c", "import paho.mqtt"]).status().unwrap().success();
+    assert!(ok, "paho-mqtt is not installed: run scripts/test, which installs it from PyPI");
+    let mut cmd = Command::new("python3");
+    cmd.arg("-u").arg("-c").arg(PAHO_WILL_PRESENCE).args([&port(&t), &token(&t, "alice", "sensor1"), "4"]);
+    let mut paho = Proc::spawn(cmd);
+    let mut lines = paho.until("subscribed").await;
+    // Another device of alice's comes and goes: the MQTT device sees it (spec 15.6).
+    let laptop = t.client("alice", "laptop").await;
+    laptop.close().await;
+    lines.extend(paho.until("presence/alice laptop offline").await);
+    let updates: Vec<&str> = lines.iter().map(String::as_str).filter(|l| l.starts_with("presence/")).collect();
+    // First the current state (the phone and the device itself, in either order), then changes.
+    let mut current = updates[..2].to_vec();
+    current.sort_unstable();
+    assert_eq!(current, ["presence/alice phone online", "presence/alice sensor1 online"], "{lines:#?}");
+    assert_eq!(updates[2..], ["presence/alice laptop online", "presence/alice laptop offline"]);
+    let (ok, rest) = paho.finish();
+    assert!(ok, "{rest:#?}");
+    // It left without DISCONNECT: its Will reaches alice's phone.
+    let m = message_within(&mut watcher).await;
+    assert_eq!((m.topic.as_str(), &m.payload[..]), ("device/alice/sensor1/status", &b"gone"[..]));
 }

@@ -18,8 +18,10 @@ mod handlers;
 mod keys;
 mod rooms;
 
+#[cfg(feature = "mqtt")]
 pub(crate) use handlers::route;
 pub(crate) use keys::ClaimLimiter;
+#[cfg(feature = "mqtt")]
 pub(crate) use rooms::{
     check_ephemeral_filter, is_ephemeral, publish_ephemeral, subscribe_ephemeral, unsubscribe_ephemeral, Ephemeral,
     EphemeralFilter,
