@@ -153,6 +153,51 @@ pub(crate) struct Live {
     pub(crate) status: proto::PresenceStatus,
 }
 
+/// A user's live devices. Most users have one to three, so a small vector (one allocation the
+/// size of its entries) instead of a hash map per user: it keeps a fleet of single-device users
+/// (IoT) a few hundred bytes lighter per connection.
+#[derive(Debug, Default)]
+pub(crate) struct DeviceMap(Vec<(String, Live)>);
+
+impl DeviceMap {
+    pub(crate) fn get(&self, device: &str) -> Option<&Live> {
+        self.0.iter().find(|(d, _)| d == device).map(|(_, l)| l)
+    }
+
+    pub(crate) fn get_mut(&mut self, device: &str) -> Option<&mut Live> {
+        self.0.iter_mut().find(|(d, _)| d == device).map(|(_, l)| l)
+    }
+
+    /// Inserts or replaces the device's entry.
+    pub(crate) fn insert(&mut self, device: String, live: Live) {
+        match self.get_mut(&device) {
+            Some(slot) => *slot = live,
+            None => self.0.push((device, live)),
+        }
+    }
+
+    pub(crate) fn remove(&mut self, device: &str) -> Option<Live> {
+        let i = self.0.iter().position(|(d, _)| d == device)?;
+        Some(self.0.swap_remove(i).1)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&String, &Live)> {
+        self.0.iter().map(|(d, l)| (d, l))
+    }
+
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &String> {
+        self.0.iter().map(|(d, _)| d)
+    }
+
+    pub(crate) fn values(&self) -> impl Iterator<Item = &Live> {
+        self.0.iter().map(|(_, l)| l)
+    }
+}
+
 /// A session whose link dropped, kept for resume until its grace period ends.
 #[derive(Debug)]
 pub(crate) struct Parked {
@@ -164,7 +209,7 @@ pub(crate) struct Parked {
 /// Users' live connections and parked sessions.
 #[derive(Default)]
 pub(crate) struct Router {
-    pub(crate) live: HashMap<String, HashMap<String, Live>>,
+    pub(crate) live: HashMap<String, DeviceMap>,
     /// Parked sessions by user, then device (so a delivery finds a user's in O(1)).
     pub(crate) parked: HashMap<String, HashMap<String, Parked>>,
     /// Who watches whose presence: watched user → watcher connection → its channel.
@@ -355,6 +400,9 @@ pub(crate) struct Shared {
     pub(crate) claims: crate::connection::ClaimLimiter,
     /// Seq blocks of live conversations (rooms, telemetry): conversation → (next, last reserved).
     live_seqs: Mutex<HashMap<u64, (u64, u64)>>,
+    /// Open MQTT connections, for their timers and shutdown.
+    #[cfg(feature = "mqtt")]
+    pub(crate) mqtt: crate::mqtt::Registry,
 }
 
 /// Seqs a live conversation reserves in the store at a time.
@@ -444,6 +492,8 @@ impl Broker {
             shutdown,
             claims: crate::connection::ClaimLimiter::default(),
             live_seqs: Mutex::new(HashMap::new()),
+            #[cfg(feature = "mqtt")]
+            mqtt: crate::mqtt::Registry::default(),
         });
         let mut tasks = vec![tokio::spawn(accept_loop(listener, shared.clone(), None))];
         if let Some((l, acceptor)) = tls {
@@ -465,6 +515,9 @@ impl Broker {
                 mqtt_tls_addr = crate::mqtt::addr_of(&l);
                 tracing::info!(addr = ?mqtt_tls_addr, "listening (MQTT over TLS)");
                 tasks.push(tokio::spawn(crate::mqtt::accept_loop(l, shared.clone(), Some(acceptor))));
+            }
+            if mqtt_addr.is_some() || mqtt_tls_addr.is_some() {
+                tasks.push(tokio::spawn(crate::mqtt::sweeper(shared.clone())));
             }
         }
         if let Some(l) = http {

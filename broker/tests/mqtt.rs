@@ -346,11 +346,21 @@ struct RawMqtt {
 
 impl RawMqtt {
     async fn connect(t: &TestBroker, user: &str, device: &str, clean: bool) -> (RawMqtt, v4::ConnAck) {
+        RawMqtt::connect_with_keep_alive(t, user, device, clean, 60).await
+    }
+
+    async fn connect_with_keep_alive(
+        t: &TestBroker,
+        user: &str,
+        device: &str,
+        clean: bool,
+        keep_alive: u16,
+    ) -> (RawMqtt, v4::ConnAck) {
         let stream = tokio::net::TcpStream::connect(t.broker.mqtt_addr().unwrap()).await.unwrap();
         let mut raw = RawMqtt { stream, input: BytesMut::new() };
         let mut connect = v4::Connect::new(device);
         connect.clean_session = clean;
-        connect.keep_alive = 60;
+        connect.keep_alive = keep_alive;
         connect.login = Some(v4::Login::new(user, token(t, user, device)));
         raw.send(v4::Packet::Connect(connect)).await;
         match raw.next().await {
@@ -374,6 +384,18 @@ impl RawMqtt {
             }
             let n = tokio::time::timeout(PATIENCE, self.stream.read_buf(&mut self.input)).await.unwrap().unwrap();
             assert!(n > 0, "connection closed");
+        }
+    }
+
+    /// Whether the broker closes the connection (within the test's patience).
+    async fn closed(&mut self) -> bool {
+        let mut buf = [0u8; 64];
+        loop {
+            match tokio::time::timeout(PATIENCE, self.stream.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+                Err(_) => return false,
+            }
         }
     }
 
@@ -492,4 +514,17 @@ async fn an_mqtt_device_sees_presence_and_its_will_is_published_when_it_vanishes
     // It left without DISCONNECT: its Will reaches alice's phone.
     let m = message_within(&mut watcher).await;
     assert_eq!((m.topic.as_str(), &m.payload[..]), ("device/alice/sensor1/status", &b"gone"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_device_is_dropped_after_one_and_a_half_keep_alives_and_shutdown_closes_the_rest() {
+    let t = mqtt_broker().await;
+    let (mut silent, ack) = RawMqtt::connect_with_keep_alive(&t, "alice", "sensor1", true, 1).await;
+    assert_eq!(ack.code, v4::ConnectReturnCode::Success);
+    assert!(silent.closed().await, "a device silent past 1.5 × keep alive stayed connected");
+    // A device that keeps quiet within its keep alive is closed by a graceful shutdown, which
+    // does not wait for it.
+    let (mut quiet, _) = RawMqtt::connect(&t, "alice", "sensor2", true).await;
+    tokio::time::timeout(PATIENCE, t.broker.shutdown()).await.expect("shutdown waited on an MQTT device").unwrap();
+    assert!(quiet.closed().await);
 }

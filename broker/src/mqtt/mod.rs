@@ -12,16 +12,17 @@ mod conn;
 mod packets;
 mod topics;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tern_codec::ids::StreamId;
 use tern_codec::proto;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::server::{Shared, ToConnection};
@@ -29,23 +30,36 @@ use crate::server::{Shared, ToConnection};
 /// TLS ALPN protocol id of MQTT (spec 15, 13-tls).
 pub(crate) const ALPN: &[u8] = b"mqtt";
 
-/// What the router leaves for an MQTT connection.
+/// What the router and the sweeper leave for an MQTT connection. An idle connection waits on
+/// this and on its socket with one `poll_fn`: no timer, channel or watch future of its own.
 #[derive(Debug, Default)]
 pub(crate) struct Mailbox {
     queue: Mutex<VecDeque<ToConnection>>,
-    /// The user's inbox has new messages (the connection reads them from the store).
-    inbox_news: AtomicBool,
+    /// `NEWS_*` bits.
+    news: AtomicU8,
     closed: AtomicBool,
-    wake: tokio::sync::Notify,
+    /// When the connection is silent too long (ms since the epoch; 0: never): the sweeper sets
+    /// `NEWS_EXPIRED` after it.
+    deadline_ms: AtomicU64,
+    waker: Mutex<Option<Waker>>,
 }
+
+/// The user's inbox has new messages (the connection reads them from the store).
+const NEWS_INBOX: u8 = 1;
+/// The queue has messages.
+const NEWS_QUEUE: u8 = 2;
+/// The connection was silent past its deadline.
+const NEWS_EXPIRED: u8 = 4;
+/// The broker is shutting down.
+const NEWS_SHUTDOWN: u8 = 8;
 
 impl Mailbox {
     pub(crate) fn send(&self, m: ToConnection) -> Result<(), ()> {
         if self.closed.load(Ordering::Acquire) {
             return Err(());
         }
-        self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push_back(m);
-        self.wake.notify_one();
+        lock(&self.queue).push_back(m);
+        self.signal(NEWS_QUEUE);
         Ok(())
     }
 
@@ -54,17 +68,50 @@ impl Mailbox {
             return Err(());
         }
         if StreamId::from_proto(d.stream.as_ref()) == Some(StreamId::Inbox) {
-            self.inbox_news.store(true, Ordering::Release);
-            self.wake.notify_one();
+            self.signal(NEWS_INBOX);
             return Ok(());
         }
         self.send(ToConnection::Deliver(Box::new(d.clone())))
     }
 
-    fn take(&self) -> (bool, VecDeque<ToConnection>) {
-        let news = self.inbox_news.swap(false, Ordering::AcqRel);
-        let queue = std::mem::take(&mut *self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    fn signal(&self, bit: u8) {
+        self.news.fetch_or(bit, Ordering::AcqRel);
+        if let Some(w) = lock(&self.waker).take() {
+            w.wake();
+        }
+    }
+
+    /// Ready when something is waiting; otherwise remembers `cx`'s waker.
+    fn poll_news(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.news.load(Ordering::Acquire) != 0 {
+            return Poll::Ready(());
+        }
+        {
+            let mut slot = lock(&self.waker);
+            if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *slot = Some(cx.waker().clone());
+            }
+        }
+        // A signal between the check and the registration found no waker: look again.
+        if self.news.load(Ordering::Acquire) != 0 {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Takes the news bits and the queue.
+    fn take(&self) -> (u8, VecDeque<ToConnection>) {
+        let news = self.news.swap(0, Ordering::AcqRel);
+        let queue = if news & NEWS_QUEUE != 0 { std::mem::take(&mut *lock(&self.queue)) } else { VecDeque::new() };
         (news, queue)
+    }
+
+    /// The connection must hear from the device within `silence` (or never, with `None`).
+    fn expect_within(&self, silence: Option<Duration>) {
+        let deadline =
+            silence.map_or(0, |d| crate::unix_now_ms() + u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 2));
+        self.deadline_ms.store(deadline, Ordering::Release);
     }
 
     fn close(&self) {
@@ -72,10 +119,65 @@ impl Mailbox {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Every open MQTT connection's mailbox, for the sweeper.
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    conns: Mutex<HashMap<u64, Arc<Mailbox>>>,
+}
+
+impl Registry {
+    fn add(&self, conn_id: u64, mailbox: Arc<Mailbox>) {
+        lock(&self.conns).insert(conn_id, mailbox);
+    }
+
+    fn remove(&self, conn_id: u64) {
+        lock(&self.conns).remove(&conn_id);
+    }
+
+    /// Raises `bit` on every connection for which `due` holds.
+    fn signal_where(&self, bit: u8, due: impl Fn(&Mailbox) -> bool) {
+        for m in lock(&self.conns).values() {
+            if due(m) {
+                m.signal(bit);
+            }
+        }
+    }
+}
+
+/// How often the sweeper looks for silent connections: keep-alive timeouts are late by at most
+/// this much.
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
+
+/// One task for all MQTT connections' timers: keep-alive and CONNECT timeouts, and shutdown.
+pub(crate) async fn sweeper(shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.clone();
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let now = crate::unix_now_ms();
+                shared.mqtt.signal_where(NEWS_EXPIRED, |m| {
+                    let d = m.deadline_ms.load(Ordering::Acquire);
+                    d != 0 && now > d
+                });
+            }
+            _ = shutdown.changed() => {
+                shared.mqtt.signal_where(NEWS_SHUTDOWN, |_| true);
+                return;
+            }
+        }
+    }
+}
+
 /// Byte streams an MQTT connection runs on.
 pub(crate) trait MqttIo: Send {
-    /// Appends what the peer sent (waiting for at least one byte); 0 means end of stream.
-    fn read_more(&mut self, buf: &mut BytesMut) -> impl std::future::Future<Output = std::io::Result<usize>> + Send;
+    /// Appends what the peer sent once there is something; `Ready(Ok(0))` is the end of stream.
+    fn poll_read_more(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<std::io::Result<usize>>;
     fn write_all(&mut self, bytes: &[u8]) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
     fn shutdown(&mut self) -> impl std::future::Future<Output = ()> + Send;
 }
@@ -84,23 +186,28 @@ pub(crate) trait MqttIo: Send {
 const READ_SCRATCH: usize = 16 * 1024;
 
 thread_local! {
-    /// One read buffer per worker thread, shared by all its idle connections: a connection keeps
+    /// One read buffer per worker thread, shared by all its connections: a connection keeps
     /// only the bytes of a partial packet, and nothing is zeroed per read.
     static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; READ_SCRATCH]);
 }
 
 impl MqttIo for TcpStream {
-    async fn read_more(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
+    fn poll_read_more(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<std::io::Result<usize>> {
         loop {
-            self.readable().await?;
+            match self.poll_read_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {}
+            }
             let read: std::io::Result<usize> = SCRATCH.with_borrow_mut(|scratch| {
                 let n = self.try_read(scratch)?;
                 buf.extend_from_slice(scratch.get(..n).unwrap_or_default());
                 Ok(n)
             });
             match read {
+                // Readiness was stale: poll again, which registers the waker.
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                other => return other,
+                other => return Poll::Ready(other),
             }
         }
     }
@@ -115,9 +222,18 @@ impl MqttIo for TcpStream {
 }
 
 impl MqttIo for tokio_rustls::server::TlsStream<TcpStream> {
-    async fn read_more(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
-        buf.reserve(4096);
-        self.read_buf(buf).await
+    fn poll_read_more(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<std::io::Result<usize>> {
+        SCRATCH.with_borrow_mut(|scratch| {
+            let mut rb = tokio::io::ReadBuf::new(scratch);
+            match std::pin::Pin::new(&mut *self).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {
+                    buf.extend_from_slice(rb.filled());
+                    Poll::Ready(Ok(rb.filled().len()))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
     }
 
     async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
