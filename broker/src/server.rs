@@ -301,6 +301,25 @@ impl Router {
         }
     }
 
+    /// A connection of `user`'s `device` ended: if it is still the device's live one (not
+    /// taken over), the device goes offline — removed, `last_seen` noted when it was the
+    /// user's last, OFFLINE announced. Whether it was the live one.
+    pub(crate) fn leave(&mut self, user: &str, device: &str, conn_id: u64, now_ms: u64) -> bool {
+        let ours = self.live.get(user).and_then(|d| d.get(device)).is_some_and(|l| l.conn_id == conn_id);
+        if !ours {
+            return false;
+        }
+        if let Some(devices) = self.live.get_mut(user) {
+            devices.remove(device);
+            if devices.is_empty() {
+                self.live.remove(user);
+                self.last_seen.insert(user.to_owned(), now_ms);
+            }
+        }
+        self.announce(user, device, proto::PresenceStatus::Offline, now_ms);
+        true
+    }
+
     /// Tells `user`'s watchers that one of their devices changed state (REQ-PRS-001).
     pub(crate) fn announce(&mut self, user: &str, device: &str, status: proto::PresenceStatus, since_ms: u64) {
         let frame = Frame::Presence(proto::Presence {

@@ -39,29 +39,8 @@ fn run(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
 /// Starts `tern serve` on `data` with port 0; returns the process (killed on drop) and the
 /// native address it printed.
 fn serve(data: &str) -> (Killed, String) {
-    let mut serve = Command::new(TERN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--mqtt-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data,
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(serve.stdout.take().unwrap());
-    let serve = Killed(serve);
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    let addr = line.split_whitespace().find(|w| w.parse::<std::net::SocketAddr>().is_ok()).unwrap().to_owned();
-    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-    (serve, addr)
+    let (serve, native, _) = serve_with_mqtt(data);
+    (serve, native)
 }
 
 /// `tern token issue` for `user`'s `device`.
@@ -206,4 +185,90 @@ fn send_and_listen_encrypt_end_to_end_with_key_stores() {
         }
     }
     assert!(files > 1, "the data directory was not scanned");
+}
+
+/// Starts `tern serve` with its MQTT listener on port 0: the process, the native address and
+/// the MQTT port it printed.
+fn serve_with_mqtt(data: &str) -> (Killed, String, String) {
+    let mut serve = Command::new(TERN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--mqtt-listen", "127.0.0.1:0"])
+        .args(["--data-dir", data])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(serve.stdout.take().unwrap());
+    let serve = Killed(serve);
+    let (mut native, mut mqtt) = (None, None);
+    while mqtt.is_none() {
+        let mut line = String::new();
+        assert!(out.read_line(&mut line).unwrap() > 0, "tern serve did not print its MQTT address");
+        let addr = line.split_whitespace().find(|w| w.parse::<std::net::SocketAddr>().is_ok()).map(str::to_owned);
+        if line.contains("(native protocol)") {
+            native = addr;
+        } else if line.contains("(MQTT)") {
+            mqtt = addr.map(|a| a.rsplit_once(':').unwrap().1.to_owned());
+        }
+    }
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    (serve, native.unwrap(), mqtt.unwrap())
+}
+
+/// Starts a command with piped stdout and stderr, killed on drop.
+fn spawn_piped(cmd: &mut Command) -> Killed {
+    Killed(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap())
+}
+
+/// The first line of `r` that contains `needle` (panics at end of stream).
+fn line_with(r: &mut impl BufRead, needle: &str) -> String {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(r.read_line(&mut line).unwrap() > 0, "no line with {needle:?}");
+        if line.contains(needle) {
+            return line.trim_end().to_owned();
+        }
+    }
+}
+
+#[test]
+fn tern_listen_and_tern_send_talk_with_mosquitto_clients() {
+    let installed = Command::new("sh").args(["-c", "command -v mosquitto_pub && command -v stdbuf"]).output().unwrap();
+    assert!(installed.status.success(), "mosquitto-clients are not installed: run scripts/test, which installs them");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let (_serve, addr, port) = serve_with_mqtt(data);
+    let (phone, sensor, bob) =
+        (token(data, "alice", "phone"), token(data, "alice", "sensor1"), token(data, "bob", "laptop"));
+
+    // A device's telemetry reaches `tern listen --subscribe`.
+    let mut listen = Command::new(TERN);
+    listen.args(["listen", "--server", &addr, "--token", &phone, "--device", "phone", "--count", "1"]);
+    let mut listen = spawn_piped(listen.args(["--subscribe", "device/alice/#"]));
+    let mut err = BufReader::new(listen.0.stderr.take().unwrap());
+    line_with(&mut err, "subscribed to device/alice/#");
+    let published = Command::new("mosquitto_pub")
+        .args(["-p", &port, "-i", "sensor1", "-u", "alice", "-P", &sensor, "-t", "device/alice/sensor1/temp"])
+        .args(["-m", "21.5", "-q", "1"])
+        .status()
+        .unwrap();
+    assert!(published.success());
+    let printed = line_with(&mut BufReader::new(listen.0.stdout.take().unwrap()), "from=alice/sensor1");
+    assert!(printed.ends_with("topic=device/alice/sensor1/temp: 21.5"), "{printed}");
+    assert!(listen.0.wait().unwrap().success());
+
+    // `tern send` reaches a device subscribed with mosquitto_sub, over MQTT 3.1.1 and 5.
+    for version in ["mqttv311", "mqttv5"] {
+        let mut sub = Command::new("stdbuf");
+        sub.args(["-oL", "mosquitto_sub", "-p", &port, "-i", "sensor1", "-u", "alice", "-P", &sensor]);
+        let mut sub =
+            spawn_piped(sub.args(["-V", version, "-d", "-q", "1", "-t", "user/alice", "-C", "1", "-F", "MSG %t %p"]));
+        let mut out = BufReader::new(sub.0.stdout.take().unwrap());
+        line_with(&mut out, "SUBACK");
+        let text = format!("hi sensor over {version}");
+        let (ok, _, err) =
+            run(&["send", "--server", &addr, "--token", &bob, "--device", "laptop", "--to", "user/alice", &text], None);
+        assert!(ok, "{err}");
+        assert_eq!(line_with(&mut out, "MSG "), format!("MSG user/alice {text}"));
+    }
 }

@@ -322,7 +322,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Listen { conn, e2ee, count, subscribe } => {
             let mut client = Client::connect(conn.options()?).await?;
             if !subscribe.is_empty() {
+                let filters = subscribe.join(" ");
                 subscribe_all(&mut client, subscribe).await?;
+                eprintln!("subscribed to {filters}");
             }
             // With a key store (or --e2ee, which creates one and publishes its keys) encrypted
             // messages are decrypted; plain messages print as they are either way.

@@ -390,19 +390,10 @@ impl Conn {
             tracing::info!(user = %me.user, device = %me.device, "session handed over");
             return;
         }
-        let ours = router.live.get(&me.user).and_then(|d| d.get(&me.device)).is_some_and(|l| l.conn_id == self.conn_id);
-        // After a takeover the live entry belongs to the new connection: leave it alone.
-        if ours {
-            if let Some(devices) = router.live.get_mut(&me.user) {
-                devices.remove(&me.device);
-                if devices.is_empty() {
-                    router.live.remove(&me.user);
-                    router.last_seen.insert(me.user.clone(), crate::unix_now_ms());
-                }
-            }
-            // Offline once the connection is gone, whatever ended it: DISCONNECT, takeover, or
-            // a keepalive timeout that caught a silent dead link.
-            router.announce(&me.user, &me.device, proto::PresenceStatus::Offline, crate::unix_now_ms());
+        // Offline once the connection is gone, whatever ended it: DISCONNECT, takeover, or a
+        // keepalive timeout that caught a silent dead link. After a takeover the live entry
+        // belongs to the new connection: left alone.
+        if router.leave(&me.user, &me.device, self.conn_id, crate::unix_now_ms()) {
             let machine =
                 std::mem::replace(&mut self.machine, BrokerSession::new(now(), self.shared.options.session.clone()));
             // Sessions past their grace period can no longer be resumed: drop them.

@@ -322,6 +322,9 @@ impl Conn {
             return;
         }
         let (user, device) = (claims.user, claims.device);
+        // Take the device over before reading its session: from here the older connection
+        // leaves the stored session alone (see `finish`).
+        self.take_over(&user, &device);
         let store = &self.shared.store;
         // 3.1.1: Clean Session = 0 is a session that never expires; 5: the expiry interval.
         let persistent = match self.version {
@@ -348,7 +351,6 @@ impl Conn {
         // Silent for 1.5 × keep alive: the connection is over (MQTT 3.1.1 3.1.2.10).
         let keep_alive = u64::from(c.keep_alive);
         self.keep_alive = (keep_alive > 0).then(|| Duration::from_millis(keep_alive * 1500));
-        self.take_over(&user, &device);
         self.me = Some(Box::new(Device {
             user: user.clone(),
             device: device.clone(),
@@ -410,6 +412,11 @@ impl Conn {
         match self.publish_as(&user, &device, &p) {
             Ok(true) | Err(_) if p.qos == 0 => {}
             Ok(_) => self.acknowledge(&p, AckReason::Success),
+            Err(ReasonCode::StoreUnavailable) => {
+                // Not stored, so not acknowledged (REQ-MQT-008): the device retransmits after
+                // reconnecting.
+                self.disconnect(DisconnectReasonCode::ImplementationSpecificError);
+            }
             Err(reason) => {
                 tracing::debug!(conn = self.conn_id, topic = %p.topic, ?reason, "MQTT PUBLISH refused");
                 self.shared.metrics.refused(reason);
@@ -778,35 +785,29 @@ impl Conn {
                 self.complete().await;
             }
         }
-        {
-            let now_ms = crate::unix_now_ms();
-            let mut router = self.shared.router();
-            router.leave_all_rooms(self.conn_id);
-            for w in router.watchers.values_mut() {
-                w.remove(&self.conn_id);
-            }
-            let ours =
-                router.live.get(&me.user).and_then(|d| d.get(&me.device)).is_some_and(|l| l.conn_id == self.conn_id);
-            if ours {
-                if let Some(devices) = router.live.get_mut(&me.user) {
-                    devices.remove(&me.device);
-                    if devices.is_empty() {
-                        router.live.remove(&me.user);
-                        router.last_seen.insert(me.user.clone(), now_ms);
+        let now_ms = crate::unix_now_ms();
+        let mut router = self.shared.router();
+        router.leave_all_rooms(self.conn_id);
+        for w in router.watchers.values_mut() {
+            w.remove(&self.conn_id);
+        }
+        if router.leave(&me.user, &me.device, self.conn_id, now_ms) {
+            // The session state is written under the router lock, so a connection of the same
+            // device that takes over (under the same lock) reads it whole. A connection that was
+            // taken over leaves the state to its successor.
+            self.me = Some(me);
+            match self.me.as_deref().and_then(|m| m.persistent) {
+                Some(_) => self.save_session(now_ms),
+                None => {
+                    if let Some(me) = self.me.as_deref() {
+                        let _ = self.shared.store.drop_mqtt_session(&me.user, &me.device);
                     }
                 }
-                router.announce(&me.user, &me.device, proto::PresenceStatus::Offline, now_ms);
             }
+        } else {
+            self.me = Some(me);
         }
-        self.me = Some(me);
-        match self.me.as_deref().and_then(|m| m.persistent) {
-            Some(_) => self.save_session(crate::unix_now_ms()),
-            None => {
-                if let Some(me) = self.me.as_deref() {
-                    let _ = self.shared.store.drop_mqtt_session(&me.user, &me.device);
-                }
-            }
-        }
+        drop(router);
         if let Some(me) = self.me.as_deref() {
             tracing::debug!(user = %me.user, device = %me.device, "MQTT session closed");
         }
