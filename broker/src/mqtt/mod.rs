@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use bytes::BytesMut;
 use tern_codec::ids::StreamId;
 use tern_codec::proto;
@@ -285,15 +286,18 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tls:
 pub(crate) async fn bind(
     options: &crate::BrokerOptions,
 ) -> anyhow::Result<(Option<TcpListener>, Option<(TcpListener, tokio_rustls::TlsAcceptor)>)> {
+    // Port 1883 is often taken by another MQTT broker: say which listener failed, and how to move it.
+    let hint = |a: SocketAddr| format!("MQTT listener on {a} (move it with --mqtt-listen, or --no-mqtt)");
     let tcp = match options.mqtt_listen {
-        Some(a) => Some(TcpListener::bind(a).await?),
+        Some(a) => Some(TcpListener::bind(a).await.with_context(|| hint(a))?),
         None => None,
     };
     let tls = match (options.mqtt_tls_listen, &options.tls) {
         (Some(a), Some(t)) => {
             let mut config = (*crate::tls::server_config(&t.cert, &t.key)?).clone();
             config.alpn_protocols = vec![ALPN.to_vec()];
-            Some((TcpListener::bind(a).await?, tokio_rustls::TlsAcceptor::from(Arc::new(config))))
+            let l = TcpListener::bind(a).await.with_context(|| format!("MQTT TLS listener on {a}"))?;
+            Some((l, tokio_rustls::TlsAcceptor::from(Arc::new(config))))
         }
         (Some(_), None) => anyhow::bail!("an MQTT TLS listener needs --tls-cert and --tls-key"),
         (None, _) => None,

@@ -28,6 +28,8 @@ pub(super) const CASES: &[Case] = &[
         "recent_conversations lists newest first, pages with next_before_ms, and is the same on every device", recent),
     broker("presence.online-offline@broker", &["REQ-PRS-001", "REQ-PRS-002"],
         "a watcher gets PRESENCE ONLINE when a device connects and OFFLINE when it closes", presence_online_offline),
+    broker("im.telemetry.own-devices@broker", &["REQ-TOP-006", "REQ-ACL-001"],
+        "device telemetry reaches the same user's matching filter as QoS 0, and another device or user cannot publish under it", telemetry),
     broker("presence.away@broker", &["REQ-PRS-003", "REQ-PRS-002"],
         "set_presence(AWAY) is announced to watchers; set_presence(OFFLINE) is refused with INVALID_REQUEST", presence_away),
 ];
@@ -402,5 +404,61 @@ fn presence_away(cx: &Cx) -> CaseFuture<'_> {
         );
         pu.close().await?;
         pw.close().await
+    })
+}
+
+fn telemetry(cx: &Cx) -> CaseFuture<'_> {
+    Box::pin(async move {
+        let (user, other) = (cx.name("tele"), cx.name("tele-x"));
+        let (mut watcher, _) = cx.session("watcher", &user, "d1").await?;
+        let id = cx.request_id();
+        let filter = format!("device/{user}/+/t");
+        watcher.send(&Frame::Subscribe(proto::Subscribe { request_id: id, filters: vec![filter.clone()] })).await?;
+        let sub = watcher
+            .expect(cx.prompt(), "REQ-TOP-006", "SUBACK", |f| match f {
+                Frame::SubAck(s) if s.request_id == id => Some(s.clone()),
+                _ => None,
+            })
+            .await?;
+        check!(sub.reasons == [0], "REQ-TOP-006", "SUBSCRIBE {filter} by the user's own device got {:?}", sub.reasons);
+        // Another user and another device may not publish under the sensor's topic.
+        let topic = format!("device/{user}/d2/t");
+        let (mut outsider, _) = cx.session("outsider", &other, "d2").await?;
+        let ack = outsider.publish(cx.prompt(), 1, &topic, b"forged").await?;
+        check!(
+            ack.reason == ReasonCode::NotAuthorized as u32,
+            "REQ-ACL-001",
+            "another user's telemetry PUBLISH got {}",
+            reason_name(ack.reason)
+        );
+        let (mut sensor, _) = cx.session("sensor", &user, "d2").await?;
+        let ack = sensor.publish(cx.prompt(), 1, &format!("device/{user}/d1/t"), b"not mine").await?;
+        check!(
+            ack.reason == ReasonCode::NotAuthorized as u32,
+            "REQ-ACL-001",
+            "a PUBLISH under another device's prefix got {}",
+            reason_name(ack.reason)
+        );
+        let ack = sensor.publish(cx.prompt(), 2, &topic, b"21.5").await?;
+        check!(ack.reason == 0, "REQ-TOP-006", "the device's own telemetry PUBLISH got {}", reason_name(ack.reason));
+        let d = watcher.deliver(cx.prompt(), "REQ-TOP-006").await?;
+        check!(
+            d.topic == topic && d.payload.as_ref() == b"21.5" && d.qos == 0 && d.sender_device == "d2",
+            "REQ-TOP-006",
+            "delivered {:?} on {} at QoS {} from {}, expected the sensor's reading at QoS 0",
+            d.payload,
+            d.topic,
+            d.qos,
+            d.sender_device
+        );
+        check!(
+            d.stream.as_ref().is_some_and(|s| s.kind == StreamKind::Conversation as i32),
+            "REQ-TOP-006",
+            "telemetry DELIVER not on a conversation stream: {:?}",
+            d.stream
+        );
+        sensor.close().await?;
+        outsider.close().await?;
+        watcher.close().await
     })
 }
