@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the MQTT scenarios of tern-bench (connections: accept rate, idle memory, reconnect storm;
-# p2p: QoS 1 pairs, closed loop and fixed rate) against Tern's MQTT listener, Mosquitto and
+# p2p: QoS 1 pairs, closed loop and fixed rate; fan-out to 1k and 10k subscribers) against
+# Tern's MQTT listener, Mosquitto and
 # rumqttd on this machine,
 # alternating the brokers within each round, RUNS rounds, and prints medians, ranges and the
 # Tern/peer ratios (raw JSON lines go to $OUT/results.jsonl). Installs what it needs: Debian's
@@ -8,12 +9,14 @@
 #
 #   bench/compare.sh                     # RUNS=3 CONNECTIONS=10000 PAIRS=100 RATE=20000
 #   RUNS=5 CONNECTIONS=19000 bench/compare.sh
+#   MODES="fanout-1k fanout-10k" bench/compare.sh   # a subset of the scenarios
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
 CONNECTIONS=${CONNECTIONS:-10000}
 PAIRS=${PAIRS:-100}
 RATE=${RATE:-20000}
+MODES=${MODES:-clean persistent p2p-closed p2p-rate fanout-1k fanout-10k}
 OUT=${OUT:-target/compare}
 mkdir -p "$OUT"
 ulimit -n 20000
@@ -56,7 +59,7 @@ for run in $(seq "$RUNS"); do
   order=(tern mosquitto rumqttd); shift_by=$(( (run - 1) % 3 ))
   order=("${order[@]:$shift_by}" "${order[@]:0:$shift_by}")
   for b in "${order[@]}"; do
-    for mode in clean persistent p2p-closed p2p-rate; do
+    for mode in $MODES; do
       start_broker "$b"
       auth=(); [ "$b" = tern ] && auth=(--data-dir "$OUT/tern-data")
       case $mode in
@@ -65,6 +68,9 @@ for run in $(seq "$RUNS"); do
         # Telemetry topics: Tern's live path (nothing stored), plain topics for the peers.
         p2p-closed) args=(mqtt-p2p --topics telemetry --pairs "$PAIRS" --window 8 --duration 10) ;;
         p2p-rate) args=(mqtt-p2p --topics telemetry --pairs "$PAIRS" --rate "$RATE" --duration 10) ;;
+        # One publisher, one topic (Tern: a user's telemetry), 100,000 deliveries offered per second.
+        fanout-1k) args=(mqtt-fanout --members 1000 --rate 100 --duration 10) ;;
+        fanout-10k) args=(mqtt-fanout --members 10000 --rate 10 --duration 10) ;;
       esac
       echo "round $run: $b, $mode" >&2
       if line=$($BENCH "${args[@]}" --addr 127.0.0.1:$PORT --broker "$b" --broker-pid "$PID" --prefix "r$run" \
@@ -113,11 +119,21 @@ metrics = [
     ("p2p-rate", "latency_us.p50", "p2p fixed rate: latency p50 µs", 0),
     ("p2p-rate", "latency_us.p99", "p2p fixed rate: latency p99 µs", 0),
     ("p2p-rate", "broker_cpu_us_per_msg", "p2p fixed rate: broker CPU µs per message", 2),
+    ("fanout-1k", "deliveries_per_sec", "fan-out to 1k (100 msgs/s offered): deliveries per second", 0),
+    ("fanout-1k", "all_reached_us.p99", "fan-out to 1k: µs for one message to reach all, p99", 0),
+    ("fanout-1k", "broker_cpu_us_per_delivery", "fan-out to 1k: broker CPU µs per delivery", 2),
+    ("fanout-10k", "deliveries_per_sec", "fan-out to 10k (10 msgs/s offered): deliveries per second", 0),
+    ("fanout-10k", "all_reached_us.p50", "fan-out to 10k: µs for one message to reach all, p50", 0),
+    ("fanout-10k", "all_reached_us.p99", "fan-out to 10k: µs for one message to reach all, p99", 0),
+    ("fanout-10k", "incomplete_messages", "fan-out to 10k: messages that missed a subscriber", 0),
+    ("fanout-10k", "broker_cpu_us_per_delivery", "fan-out to 10k: broker CPU µs per delivery", 2),
 ]
 brokers = ["tern", "mosquitto", "rumqttd"]
 print("| metric (median, range) | " + " | ".join(brokers) + " | tern/mosquitto | tern/rumqttd |")
 print("|---|" + "---|" * (len(brokers) + 2))
 for mode, key, label, d in metrics:
+    if not any(r.get("mode") == mode for r in rows):
+        continue
     cells = [fmt(pick(b, mode, key), d) for b in brokers]
     ratios = []
     for peer in ["mosquitto", "rumqttd"]:

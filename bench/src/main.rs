@@ -7,10 +7,12 @@
 //! broker for as little of the machine as possible; its own CPU is reported beside every figure.
 //!
 //! Scenarios: `p2p` (Tern's native protocol, `p2p.rs`), and for any MQTT 3.1.1 broker
-//! `mqtt-p2p` (pairs, QoS 1; `mqtt_p2p.rs`) and `mqtt-connections` (idle connections, accept
-//! rate, reconnect storm; `mqtt_connections.rs`).
+//! `mqtt-p2p` (pairs, QoS 1; `mqtt_p2p.rs`), `mqtt-fanout` (one topic, M subscribers;
+//! `mqtt_fanout.rs`) and `mqtt-connections` (idle connections, accept rate, reconnect storm;
+//! `mqtt_connections.rs`).
 
 mod mqtt_connections;
+mod mqtt_fanout;
 mod mqtt_p2p;
 mod p2p;
 
@@ -64,6 +66,8 @@ enum Scenario {
     MqttConnections(mqtt_connections::Args),
     /// MQTT point to point (any MQTT 3.1.1 broker): N pairs, QoS 1, closed loop or fixed rate.
     MqttP2p(mqtt_p2p::Args),
+    /// MQTT fan-out (any MQTT 3.1.1 broker): M subscribers of one topic, one publisher at a rate.
+    MqttFanout(mqtt_fanout::Args),
 }
 
 /// CPU time of a process in nanoseconds: the sum of its threads' `schedstat` (the process-level
@@ -139,6 +143,10 @@ fn main() -> anyhow::Result<()> {
                     bail!("give --provision-cmd or --data-dir")
                 };
                 p2p::run(addr, tokens, pairs, payload, window, rate, duration, broker_pid, prefix).await
+            }
+            Scenario::MqttFanout(args) => {
+                let tokens = tokens(args.provision_cmd.clone(), args.data_dir.clone())?;
+                mqtt_fanout::run(args, tokens).await
             }
             Scenario::MqttP2p(args) => {
                 let tokens = tokens(args.provision_cmd.clone(), args.data_dir.clone())?;
