@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # Runs the MQTT scenarios of tern-bench (connections: accept rate, idle memory, reconnect storm;
 # p2p: QoS 1 pairs, closed loop and fixed rate; fan-out to 1k and 10k subscribers) against
-# Tern's MQTT listener, Mosquitto and
-# rumqttd on this machine,
-# alternating the brokers within each round, RUNS rounds, and prints medians, ranges and the
+# Tern's MQTT listener, Mosquitto and rumqttd on this machine, alternating the brokers within
+# each round, RUNS rounds, and prints medians, ranges and the
 # Tern/peer ratios (raw JSON lines go to $OUT/results.jsonl). Installs what it needs: Debian's
 # mosquitto, and builds Tern, tern-bench and the rumqttd host program (bench/peers/rumqttd-host).
 #
