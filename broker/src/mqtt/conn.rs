@@ -736,8 +736,12 @@ impl Conn {
                 ..Default::default()
             };
         }
-        let mut props = vec![("tern-sender".to_owned(), format!("{}/{}", d.sender_user, d.sender_device))];
-        if stored {
+        // Properties exist only in MQTT 5: a 3.1.1 device's deliveries build none.
+        let mut props = Vec::new();
+        if self.version == Version::V5 {
+            props.push(("tern-sender".to_owned(), format!("{}/{}", d.sender_user, d.sender_device)));
+        }
+        if stored && self.version == Version::V5 {
             props.push(("tern-msg-id".into(), d.msg_id.to_string()));
             props.push(("tern-conversation".into(), d.conversation_id.to_string()));
             props.push(("tern-seq".into(), d.conversation_seq.to_string()));
