@@ -165,14 +165,21 @@ async fn a_native_send_reaches_a_device_subscribed_with_mosquitto_sub() {
             "-P",
             &token(&t, "alice", "sensor1"),
         ])
-        .args(["-V", version, "-d", "-q", "2", "-t", "user/alice", "-C", "1", "-F", "MSG %t %q %p"]);
+        .args(["-V", version, "-d", "-q", "2", "-t", "user/alice", "-C", "1", "-F", "MSG %t %q %p|%P"]);
         let mut sub = Proc::spawn(cmd);
         sub.until("SUBACK").await;
         let text = format!("hello {version}");
         bob.publish("user/alice", text.clone()).await.unwrap();
         let lines = sub.until("MSG ").await;
-        // Stored at QoS 2 by the native client, granted QoS 2: delivered exactly once at QoS 2.
-        assert_eq!(lines.last().unwrap(), &format!("MSG user/alice 2 {text}"));
+        // Stored at QoS 2 by the native client, granted QoS 2: delivered exactly once at QoS 2;
+        // under MQTT 5 with the sender and the message's ids as user properties (spec 15.5).
+        let (message, props) = lines.last().unwrap().split_once('|').unwrap();
+        assert_eq!(message, format!("MSG user/alice 2 {text}"));
+        if version == "mqttv5" {
+            assert!(props.contains("tern-sender:bob/laptop") && props.contains("tern-msg-id:"), "{props}");
+        } else {
+            assert!(props.is_empty(), "3.1.1 has no properties: {props}");
+        }
         let (ok, rest) = sub.finish();
         assert!(ok, "{rest:#?}");
     }
