@@ -9,6 +9,7 @@
 #   bench/compare.sh                     # RUNS=3 CONNECTIONS=10000 PAIRS=100 RATE=20000
 #   RUNS=5 CONNECTIONS=19000 bench/compare.sh
 #   MODES="fanout-1k fanout-10k" bench/compare.sh   # a subset of the scenarios
+#   BROKERS="tern mosquitto" bench/compare.sh       # a subset of the brokers
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
@@ -16,6 +17,7 @@ CONNECTIONS=${CONNECTIONS:-10000}
 PAIRS=${PAIRS:-100}
 RATE=${RATE:-20000}
 MODES=${MODES:-clean persistent p2p-closed p2p-rate fanout-1k fanout-10k}
+BROKERS=${BROKERS:-tern mosquitto rumqttd}
 OUT=${OUT:-target/compare}
 mkdir -p "$OUT"
 ulimit -n 20000
@@ -55,7 +57,7 @@ stop_broker() { kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true
 : > "$OUT/results.jsonl"
 for run in $(seq "$RUNS"); do
   # Rotate the order each round so no broker always goes first.
-  order=(tern mosquitto rumqttd); shift_by=$(( (run - 1) % 3 ))
+  read -r -a order <<< "$BROKERS"; shift_by=$(( (run - 1) % ${#order[@]} ))
   order=("${order[@]:$shift_by}" "${order[@]:0:$shift_by}")
   for b in "${order[@]}"; do
     for mode in $MODES; do

@@ -369,7 +369,13 @@ impl Conn {
         // Debug, not info: fleets reconnect by the thousand.
         tracing::debug!(%user, %device, mqtt = ?self.version, session_present, "MQTT session open");
         self.shared.metrics.sessions_total.fetch_add(1, Ordering::Relaxed);
+        // The stored record needs rewriting unless it already says what this connection would
+        // write: a session that never expires, with every subscription still allowed (its
+        // disconnect time only matters to sessions that expire). Saves a store write per resume
+        // in a reconnect storm.
+        let mut unchanged = false;
         if let Some(s) = stored {
+            let (count, expiry) = (s.subscriptions.len(), s.expiry_secs);
             // Restore the subscriptions, each checked again: membership may have changed.
             for (filter, qos) in s.subscriptions {
                 if let Ok(sub) = check_filter(&self.shared, &user, &filter, qos) {
@@ -377,8 +383,11 @@ impl Conn {
                     self.subs.push(sub);
                 }
             }
+            unchanged = self.subs.len() == count && persistent == Some(u32::MAX) && expiry == u32::MAX;
         }
-        self.save_session(0);
+        if !unchanged {
+            self.save_session(0);
+        }
         self.pump();
     }
 
