@@ -14,6 +14,7 @@
 mod mqtt_connections;
 mod mqtt_fanout;
 mod mqtt_p2p;
+mod mqtt_wire;
 mod p2p;
 
 use anyhow::{bail, Context};
@@ -145,15 +146,15 @@ fn main() -> anyhow::Result<()> {
                 p2p::run(addr, tokens, pairs, payload, window, rate, duration, broker_pid, prefix).await
             }
             Scenario::MqttFanout(args) => {
-                let tokens = tokens(args.provision_cmd.clone(), args.data_dir.clone())?;
+                let tokens = tokens(args.target.provision_cmd.clone(), args.target.data_dir.clone())?;
                 mqtt_fanout::run(args, tokens).await
             }
             Scenario::MqttP2p(args) => {
-                let tokens = tokens(args.provision_cmd.clone(), args.data_dir.clone())?;
+                let tokens = tokens(args.target.provision_cmd.clone(), args.target.data_dir.clone())?;
                 mqtt_p2p::run(args, tokens).await
             }
             Scenario::MqttConnections(args) => {
-                let tokens = tokens(args.provision_cmd.clone(), args.data_dir.clone())?;
+                let tokens = tokens(args.target.provision_cmd.clone(), args.target.data_dir.clone())?;
                 mqtt_connections::run(args, tokens).await
             }
         }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use bytes::BytesMut;
 use rumqttc::mqttbytes::{v4, QoS};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 
@@ -29,19 +29,8 @@ use crate::{rss_bytes, token, Tokens};
 /// Command-line parameters.
 #[derive(clap::Args)]
 pub(crate) struct Args {
-    /// The broker's MQTT address.
-    #[arg(long, default_value = "127.0.0.1:1883")]
-    addr: SocketAddr,
-    /// Broker name for the result line (tern, mosquitto, rumqttd).
-    #[arg(long, default_value = "tern")]
-    broker: String,
-    /// Tern: token command, run as `CMD <user> <device>` (password = token).
-    #[arg(long)]
-    pub(crate) provision_cmd: Option<String>,
-    /// Tern: mint tokens with the secret in the broker's data directory. Without this or
-    /// --provision-cmd, clients connect anonymously.
-    #[arg(long)]
-    pub(crate) data_dir: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub(crate) target: crate::mqtt_wire::Target,
     /// Connections.
     #[arg(long, default_value_t = 1000)]
     connections: usize,
@@ -51,9 +40,6 @@ pub(crate) struct Args {
     /// Seconds to wait before reading memory, and for duplicates at the end.
     #[arg(long, default_value_t = 2)]
     settle: u64,
-    /// The broker's process id (for its resident memory).
-    #[arg(long)]
-    broker_pid: Option<u32>,
     /// Prefix of client ids and topics (vary it between runs against one broker).
     #[arg(long, default_value = "mc")]
     prefix: String,
@@ -82,22 +68,13 @@ impl Link {
 
     async fn send(&mut self, p: v4::Packet) -> anyhow::Result<()> {
         let mut buf = BytesMut::new();
-        p.write(&mut buf, usize::MAX).map_err(|e| anyhow::anyhow!("{e}"))?;
+        crate::mqtt_wire::encode(p, &mut buf)?;
         self.stream.write_all(&buf).await?;
         Ok(())
     }
 
     async fn next(&mut self) -> anyhow::Result<v4::Packet> {
-        loop {
-            match v4::Packet::read(&mut self.input, 1 << 20) {
-                Ok(p) => return Ok(p),
-                Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
-                Err(e) => bail!("{e}"),
-            }
-            if self.stream.read_buf(&mut self.input).await? == 0 {
-                bail!("connection closed");
-            }
-        }
+        crate::mqtt_wire::next_packet(&mut self.stream, &mut self.input).await
     }
 
     /// CONNECT with Clean Session = 0; whether the session was present.
@@ -136,7 +113,7 @@ pub(crate) async fn run(args: Args, tokens: Option<Tokens>) -> anyhow::Result<()
     // explicit source addresses instead made the generator, not the broker, the limit: about
     // 8k connections per second against 21k without binding, against Mosquitto.
     let source = |_phase: usize, _i: usize| None::<SocketAddr>;
-    let rss0 = args.broker_pid.and_then(rss_bytes);
+    let rss0 = args.target.broker_pid.and_then(rss_bytes);
     let gate = Rc::new(Semaphore::new(args.concurrency.max(1)));
     let clean = args.clean;
 
@@ -148,7 +125,7 @@ pub(crate) async fn run(args: Args, tokens: Option<Tokens>) -> anyhow::Result<()
         let (gate, id, pw, src) = (gate.clone(), id.clone(), pw.clone(), source(0, i));
         tasks.push(tokio::task::spawn_local(async move {
             let _permit = gate.acquire().await?;
-            let mut link = Link::open(args.addr, src).await.with_context(|| format!("{id}: connect"))?;
+            let mut link = Link::open(args.target.addr, src).await.with_context(|| format!("{id}: connect"))?;
             link.connect(&id, pw.as_deref(), clean).await?;
             anyhow::Ok(link)
         }));
@@ -162,10 +139,10 @@ pub(crate) async fn run(args: Args, tokens: Option<Tokens>) -> anyhow::Result<()
 
     if clean {
         tokio::time::sleep(Duration::from_secs(args.settle)).await;
-        let rss1 = args.broker_pid.and_then(rss_bytes);
+        let rss1 = args.target.broker_pid.and_then(rss_bytes);
         let per_conn = rss0.zip(rss1).map(|(a, b)| b.saturating_sub(a) as f64 / k as f64);
         let result = serde_json::json!({
-            "scenario": "mqtt-connections", "broker": args.broker, "connections": k, "clean": true,
+            "scenario": "mqtt-connections", "broker": args.target.broker, "connections": k, "clean": true,
             "concurrency": args.concurrency, "connect_seconds": connect_secs,
             "connections_per_sec": k as f64 / connect_secs, "broker_rss_before": rss0, "broker_rss_idle": rss1,
             "rss_bytes_per_connection": per_conn,
@@ -193,7 +170,7 @@ pub(crate) async fn run(args: Args, tokens: Option<Tokens>) -> anyhow::Result<()
         links.push(t.await??);
     }
     tokio::time::sleep(Duration::from_secs(args.settle)).await;
-    let rss1 = args.broker_pid.and_then(rss_bytes);
+    let rss1 = args.target.broker_pid.and_then(rss_bytes);
     eprintln!("{k} idle sessions; broker RSS {rss0:?} → {rss1:?}");
 
     // 3. Every link drops; one message is stored for each session.
@@ -203,7 +180,7 @@ pub(crate) async fn run(args: Args, tokens: Option<Tokens>) -> anyhow::Result<()
         Some(t) => Some(token(t, &publisher_id, &publisher_id)?),
         None => None,
     };
-    let mut publisher = Link::open(args.addr, None).await?;
+    let mut publisher = Link::open(args.target.addr, None).await?;
     publisher.connect(&publisher_id, publisher_pw.as_deref(), false).await?;
     let mut acked = 0;
     let window = 100;
@@ -234,7 +211,7 @@ pub(crate) async fn run(args: Args, tokens: Option<Tokens>) -> anyhow::Result<()
         tasks.push(tokio::task::spawn_local(async move {
             let mut link = {
                 let _permit = gate.acquire().await?;
-                let mut link = Link::open(args.addr, src).await.with_context(|| format!("{id}: reconnect"))?;
+                let mut link = Link::open(args.target.addr, src).await.with_context(|| format!("{id}: reconnect"))?;
                 let present = link.connect(&id, pw.as_deref(), false).await?;
                 let mut t = tally.borrow_mut();
                 if present {
@@ -279,7 +256,7 @@ pub(crate) async fn run(args: Args, tokens: Option<Tokens>) -> anyhow::Result<()
         _ => None,
     };
     let result = serde_json::json!({
-        "scenario": "mqtt-connections", "broker": args.broker, "connections": k,
+        "scenario": "mqtt-connections", "broker": args.target.broker, "connections": k,
         "concurrency": args.concurrency,
         "connect_seconds": connect_secs, "connections_per_sec": k as f64 / connect_secs,
         "broker_rss_before": rss0, "broker_rss_idle": rss1, "rss_bytes_per_connection": per_conn,

@@ -9,7 +9,6 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -17,27 +16,18 @@ use anyhow::bail;
 use bytes::BytesMut;
 use hdrhistogram::Histogram;
 use rumqttc::mqttbytes::{v4, QoS};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 
+use crate::mqtt_wire::{encode, next_packet};
 use crate::{cpu_ns, token, Tokens};
 
 /// Command-line parameters.
 #[derive(clap::Args)]
 pub(crate) struct Args {
-    /// The broker's MQTT address.
-    #[arg(long, default_value = "127.0.0.1:1883")]
-    addr: SocketAddr,
-    /// Broker name for the result line.
-    #[arg(long, default_value = "tern")]
-    broker: String,
-    /// Tern: token command, run as `CMD <user> <device>`.
-    #[arg(long)]
-    pub(crate) provision_cmd: Option<String>,
-    /// Tern: mint tokens with the secret in the broker's data directory.
-    #[arg(long)]
-    pub(crate) data_dir: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub(crate) target: crate::mqtt_wire::Target,
     /// Subscribers.
     #[arg(long, default_value_t = 1000)]
     members: usize,
@@ -50,9 +40,6 @@ pub(crate) struct Args {
     /// Measured seconds (after a one-second warm-up).
     #[arg(long, default_value_t = 10)]
     duration: u64,
-    /// The broker's process id, for its CPU time.
-    #[arg(long)]
-    broker_pid: Option<u32>,
     /// Prefix of the user and client names.
     #[arg(long, default_value = "mf")]
     prefix: String,
@@ -75,19 +62,6 @@ struct Stats {
     messages: HashMap<u64, Message>,
 }
 
-async fn next(rd: &mut OwnedReadHalf, input: &mut BytesMut) -> anyhow::Result<v4::Packet> {
-    loop {
-        match v4::Packet::read(input, 1 << 20) {
-            Ok(p) => return Ok(p),
-            Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
-            Err(e) => bail!("{e}"),
-        }
-        if rd.read_buf(input).await? == 0 {
-            bail!("connection closed");
-        }
-    }
-}
-
 /// A connected, optionally subscribed client.
 async fn client(
     args: &Args,
@@ -96,27 +70,27 @@ async fn client(
     password: Option<String>,
     filter: Option<&str>,
 ) -> anyhow::Result<(OwnedReadHalf, tokio::net::tcp::OwnedWriteHalf, BytesMut)> {
-    let stream = TcpStream::connect(args.addr).await?;
+    let stream = TcpStream::connect(args.target.addr).await?;
     stream.set_nodelay(true)?;
     let (mut rd, mut wr) = stream.into_split();
     let mut c = v4::Connect::new(id);
     c.keep_alive = 300;
     c.login = password.map(|p| v4::Login::new(user, p));
     let mut out = BytesMut::new();
-    v4::Packet::Connect(c).write(&mut out, usize::MAX).map_err(|e| anyhow::anyhow!("{e}"))?;
+    encode(v4::Packet::Connect(c), &mut out)?;
     if let Some(f) = filter {
         let mut s = v4::Subscribe::new(f, QoS::AtMostOnce);
         s.pkid = 1;
-        v4::Packet::Subscribe(s).write(&mut out, usize::MAX).map_err(|e| anyhow::anyhow!("{e}"))?;
+        encode(v4::Packet::Subscribe(s), &mut out)?;
     }
     wr.write_all(&out).await?;
     let mut input = BytesMut::new();
-    match next(&mut rd, &mut input).await? {
+    match next_packet(&mut rd, &mut input).await? {
         v4::Packet::ConnAck(a) if a.code == v4::ConnectReturnCode::Success => {}
         other => bail!("{id}: {other:?}"),
     }
     if filter.is_some() {
-        match next(&mut rd, &mut input).await? {
+        match next_packet(&mut rd, &mut input).await? {
             v4::Packet::SubAck(a)
                 if a.return_codes.iter().all(|c| matches!(c, v4::SubscribeReasonCode::Success(_))) => {}
             other => bail!("{id}: SUBACK {other:?}"),
@@ -152,12 +126,12 @@ pub(crate) async fn run(args: Args, tokens: Option<Tokens>) -> anyhow::Result<()
     let pub_id = "pub".to_string();
     let (mut prd, mut pwr, mut pinput) = client(&args, &user, &pub_id, pw(&pub_id)?, None).await?;
     // PUBACKs are read and dropped.
-    tokio::task::spawn_local(async move { while next(&mut prd, &mut pinput).await.is_ok() {} });
+    tokio::task::spawn_local(async move { while next_packet(&mut prd, &mut pinput).await.is_ok() {} });
     let every = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
     let total = (args.duration + 1) * args.rate.max(1);
     let measure_from = args.rate.max(1);
     let t_start = tokio::time::Instant::now();
-    let pid = args.broker_pid.map(|p| p.to_string());
+    let pid = args.target.broker_pid.map(|p| p.to_string());
     let (mut broker0, mut self0, mut t0) = (None, None, Instant::now());
     for n in 0..total {
         tokio::time::sleep_until(t_start + every * u32::try_from(n).unwrap_or(u32::MAX)).await;
@@ -179,7 +153,7 @@ pub(crate) async fn run(args: Args, tokens: Option<Tokens>) -> anyhow::Result<()
         let mut p = v4::Publish::new(topic.as_str(), QoS::AtLeastOnce, body);
         p.pkid = u16::try_from(n % 65000 + 1).unwrap_or(1);
         let mut out = BytesMut::new();
-        v4::Packet::Publish(p).write(&mut out, usize::MAX).map_err(|e| anyhow::anyhow!("{e}"))?;
+        encode(v4::Packet::Publish(p), &mut out)?;
         pwr.write_all(&out).await?;
     }
     // Let the last message arrive, then stop counting.
@@ -204,7 +178,7 @@ pub(crate) async fn run(args: Args, tokens: Option<Tokens>) -> anyhow::Result<()
         _ => None,
     };
     let result = serde_json::json!({
-        "scenario": "mqtt-fanout", "broker": args.broker, "members": args.members, "rate": args.rate,
+        "scenario": "mqtt-fanout", "broker": args.target.broker, "members": args.members, "rate": args.rate,
         "payload": args.payload, "seconds": elapsed, "delivered": s.delivered,
         "deliveries_per_sec": s.delivered as f64 / elapsed,
         "latency_us": { "p50": s.latency_us.value_at_quantile(0.5), "p99": s.latency_us.value_at_quantile(0.99),
@@ -227,7 +201,7 @@ async fn receive(
     start: Instant,
 ) -> anyhow::Result<()> {
     loop {
-        if let v4::Packet::Publish(p) = next(&mut rd, &mut input).await? {
+        if let v4::Packet::Publish(p) = next_packet(&mut rd, &mut input).await? {
             let (Some(sent), Some(n)) = (p.payload.get(..8), p.payload.get(8..16)) else { continue };
             let sent_ns = u64::from_be_bytes(sent.try_into()?);
             let n = u64::from_be_bytes(n.try_into()?);

@@ -17,27 +17,18 @@ use anyhow::bail;
 use bytes::BytesMut;
 use hdrhistogram::Histogram;
 use rumqttc::mqttbytes::{v4, QoS};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
+use crate::mqtt_wire::{encode, next_packet};
 use crate::{cpu_ns, token, Tokens};
 
 /// Command-line parameters.
 #[derive(clap::Args)]
 pub(crate) struct Args {
-    /// The broker's MQTT address.
-    #[arg(long, default_value = "127.0.0.1:1883")]
-    addr: SocketAddr,
-    /// Broker name for the result line.
-    #[arg(long, default_value = "tern")]
-    broker: String,
-    /// Tern: token command, run as `CMD <user> <device>`.
-    #[arg(long)]
-    pub(crate) provision_cmd: Option<String>,
-    /// Tern: mint tokens with the secret in the broker's data directory.
-    #[arg(long)]
-    pub(crate) data_dir: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub(crate) target: crate::mqtt_wire::Target,
     /// Sender/receiver pairs.
     #[arg(long, default_value_t = 100)]
     pairs: usize,
@@ -56,9 +47,6 @@ pub(crate) struct Args {
     /// Measured seconds (after a one-second warm-up).
     #[arg(long, default_value_t = 10)]
     duration: u64,
-    /// The broker's process id, for its CPU time.
-    #[arg(long)]
-    broker_pid: Option<u32>,
     /// Prefix of user and client names.
     #[arg(long, default_value = "mp")]
     prefix: String,
@@ -68,25 +56,6 @@ struct Stats {
     latency_us: Histogram<u64>,
     delivered: u64,
     measuring: bool,
-}
-
-fn write(p: v4::Packet, out: &mut BytesMut) -> anyhow::Result<()> {
-    p.write(out, usize::MAX).map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(())
-}
-
-/// Reads packets into `input` until one is whole.
-async fn next(rd: &mut OwnedReadHalf, input: &mut BytesMut) -> anyhow::Result<v4::Packet> {
-    loop {
-        match v4::Packet::read(input, 1 << 20) {
-            Ok(p) => return Ok(p),
-            Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
-            Err(e) => bail!("{e}"),
-        }
-        if rd.read_buf(input).await? == 0 {
-            bail!("connection closed");
-        }
-    }
 }
 
 async fn connect(
@@ -102,10 +71,10 @@ async fn connect(
     c.keep_alive = 300;
     c.login = password.map(|p| v4::Login::new(user, p));
     let mut out = BytesMut::new();
-    write(v4::Packet::Connect(c), &mut out)?;
+    encode(v4::Packet::Connect(c), &mut out)?;
     wr.write_all(&out).await?;
     let mut input = BytesMut::new();
-    match next(&mut rd, &mut input).await? {
+    match next_packet(&mut rd, &mut input).await? {
         v4::Packet::ConnAck(a) if a.code == v4::ConnectReturnCode::Success => Ok((rd, wr, input)),
         other => bail!("{client}: {other:?}"),
     }
@@ -134,19 +103,20 @@ pub(crate) async fn run(args: Args, tokens: Option<Tokens>) -> anyhow::Result<()
             }
             _ => (sender.clone(), format!("user/{receiver}"), format!("user/{receiver}")),
         };
-        let (mut rd, mut wr, mut input) = connect(args.addr, &receiver, &receiver, pw(&receiver, &receiver)?).await?;
+        let (mut rd, mut wr, mut input) =
+            connect(args.target.addr, &receiver, &receiver, pw(&receiver, &receiver)?).await?;
         let mut s = v4::Subscribe::new(filter, QoS::AtLeastOnce);
         s.pkid = 1;
         let mut out = BytesMut::new();
-        write(v4::Packet::Subscribe(s), &mut out)?;
+        encode(v4::Packet::Subscribe(s), &mut out)?;
         wr.write_all(&out).await?;
-        match next(&mut rd, &mut input).await? {
+        match next_packet(&mut rd, &mut input).await? {
             v4::Packet::SubAck(a)
                 if a.return_codes.iter().all(|c| matches!(c, v4::SubscribeReasonCode::Success(_))) => {}
             other => bail!("{receiver}: SUBACK {other:?}"),
         }
         tokio::task::spawn_local(receive(rd, wr, input, stats.clone(), start));
-        let link = connect(args.addr, &s_user, &sender, pw(&s_user, &sender)?).await?;
+        let link = connect(args.target.addr, &s_user, &sender, pw(&s_user, &sender)?).await?;
         senders.push((link, topic));
     }
     let interval = args.rate.map(|r| Duration::from_secs_f64(args.pairs as f64 / r.max(1) as f64));
@@ -154,7 +124,7 @@ pub(crate) async fn run(args: Args, tokens: Option<Tokens>) -> anyhow::Result<()
         tokio::task::spawn_local(send(rd, wr, input, topic, args.payload, args.window, interval, start));
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let pid = args.broker_pid.map(|p| p.to_string());
+    let pid = args.target.broker_pid.map(|p| p.to_string());
     let (broker0, self0) = (pid.as_deref().and_then(cpu_ns), cpu_ns("self"));
     {
         let mut s = stats.borrow_mut();
@@ -175,7 +145,7 @@ pub(crate) async fn run(args: Args, tokens: Option<Tokens>) -> anyhow::Result<()
         _ => None,
     };
     let result = serde_json::json!({
-        "scenario": "mqtt-p2p", "broker": args.broker, "qos": 1, "topics": args.topics, "pairs": args.pairs,
+        "scenario": "mqtt-p2p", "broker": args.target.broker, "qos": 1, "topics": args.topics, "pairs": args.pairs,
         "payload": args.payload, "mode": if args.rate.is_some() { "fixed-rate" } else { "closed-loop" },
         "window": args.window, "rate": args.rate, "seconds": elapsed, "delivered": s.delivered,
         "msgs_per_sec": s.delivered as f64 / elapsed,
@@ -223,7 +193,7 @@ async fn send(
             }
             let mut p = v4::Publish::new(topic.as_str(), QoS::AtLeastOnce, body);
             p.pkid = pkid;
-            write(v4::Packet::Publish(p), &mut out)?;
+            encode(v4::Packet::Publish(p), &mut out)?;
             in_flight += 1;
         }
         if !out.is_empty() {
@@ -233,7 +203,7 @@ async fn send(
         if interval.is_none() {
             // Closed loop: wait for a PUBACK while the window is full.
             while in_flight >= window {
-                if let v4::Packet::PubAck(_) = next(&mut rd, &mut input).await? {
+                if let v4::Packet::PubAck(_) = next_packet(&mut rd, &mut input).await? {
                     in_flight -= 1;
                 }
             }
@@ -265,7 +235,7 @@ async fn receive(
 ) -> anyhow::Result<()> {
     let mut out = BytesMut::new();
     loop {
-        let p = next(&mut rd, &mut input).await?;
+        let p = next_packet(&mut rd, &mut input).await?;
         // Everything already buffered is handled before one batched write of the PUBACKs.
         let mut batch = vec![p];
         while let Ok(p) = v4::Packet::read(&mut input, 1 << 20) {
@@ -274,7 +244,7 @@ async fn receive(
         for p in batch {
             if let v4::Packet::Publish(p) = p {
                 if p.qos != QoS::AtMostOnce {
-                    write(v4::Packet::PubAck(v4::PubAck::new(p.pkid)), &mut out)?;
+                    encode(v4::Packet::PubAck(v4::PubAck::new(p.pkid)), &mut out)?;
                 }
                 let Some(stamp) = p.payload.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) else { continue };
                 let now_ns = start.elapsed().as_nanos() as u64;

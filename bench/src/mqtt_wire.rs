@@ -1,0 +1,50 @@
+//! What the MQTT scenarios share: the broker they target and the MQTT 3.1.1 packet I/O (the
+//! `mqttbytes` codec, the same one Tern's MQTT listener uses).
+
+use std::net::SocketAddr;
+
+use anyhow::bail;
+use bytes::BytesMut;
+use rumqttc::mqttbytes::v4;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// The broker under test and how to log in to it.
+#[derive(clap::Args)]
+pub(crate) struct Target {
+    /// The broker's MQTT address.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    pub(crate) addr: SocketAddr,
+    /// Broker name for the result line (tern, mosquitto, rumqttd).
+    #[arg(long, default_value = "tern")]
+    pub(crate) broker: String,
+    /// Tern: token command, run as `CMD <user> <device>` (password = token).
+    #[arg(long)]
+    pub(crate) provision_cmd: Option<String>,
+    /// Tern: mint tokens with the secret in the broker's data directory. Without this or
+    /// --provision-cmd, clients connect anonymously.
+    #[arg(long)]
+    pub(crate) data_dir: Option<std::path::PathBuf>,
+    /// The broker's process id, for its CPU time and memory.
+    #[arg(long)]
+    pub(crate) broker_pid: Option<u32>,
+}
+
+/// Appends a packet's bytes.
+pub(crate) fn encode(p: v4::Packet, out: &mut BytesMut) -> anyhow::Result<()> {
+    p.write(out, usize::MAX).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
+/// Reads from `rd` into `input` until a whole packet is there.
+pub(crate) async fn next_packet<R: AsyncRead + Unpin>(rd: &mut R, input: &mut BytesMut) -> anyhow::Result<v4::Packet> {
+    loop {
+        match v4::Packet::read(input, 1 << 20) {
+            Ok(p) => return Ok(p),
+            Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
+            Err(e) => bail!("{e}"),
+        }
+        if rd.read_buf(input).await? == 0 {
+            bail!("connection closed");
+        }
+    }
+}
