@@ -165,7 +165,19 @@ struct SledEngine {
 
 impl SledEngine {
     fn open(dir: &Path) -> Result<SledEngine, StoreError> {
-        let db = sled::Config::new().path(dir.join("sled")).open()?;
+        // sled releases its file lock from its own IO threads, a moment after the last handle
+        // of a closed store is dropped: a restart in the same process (or right after a
+        // shutdown) can find it still held. Wait for it a little, then report it.
+        let mut attempts = 0;
+        let db = loop {
+            match sled::Config::new().path(dir.join("sled")).open() {
+                Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock && attempts < 50 => {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other?,
+            }
+        };
         let tree = db.open_tree("tern")?;
         Ok(SledEngine { db, tree })
     }
