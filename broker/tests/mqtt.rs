@@ -535,3 +535,59 @@ async fn a_silent_device_is_dropped_after_one_and_a_half_keep_alives_and_shutdow
     tokio::time::timeout(PATIENCE, t.broker.shutdown()).await.expect("shutdown waited on an MQTT device").unwrap();
     assert!(quiet.closed().await);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_device_over_its_publish_rate_stores_nothing_more() {
+    let t = start_with(|o| {
+        o.mqtt_listen = Some("127.0.0.1:0".parse().unwrap());
+        o.publish_rate = (0.0001, 3.0);
+    })
+    .await;
+    // MQTT 3.1.1: three PUBACKs, then the connection closes without acknowledging the fourth.
+    let (mut dev, _) = RawMqtt::connect(&t, "alice", "sensor1", true).await;
+    for pkid in 1..=4u16 {
+        let mut p = v4::Publish::new("user/bob", QoS::AtLeastOnce, format!("m{pkid}").into_bytes());
+        p.pkid = pkid;
+        dev.send(v4::Packet::Publish(p)).await;
+    }
+    for pkid in 1..=3u16 {
+        assert!(matches!(dev.next().await, v4::Packet::PubAck(a) if a.pkid == pkid));
+    }
+    assert!(dev.closed().await, "the fourth PUBLISH was not refused by closing");
+    // MQTT 5: a new connection, a new budget; the fourth gets Quota exceeded (0x97).
+    let transcript = tern_conformance::transcript::Transcript::default();
+    let addr = t.broker.mqtt_addr().unwrap().to_string();
+    let mut v5 = tern_conformance::mqtt::MqttPeer::open(&addr, "v5", 5, &transcript).await.unwrap();
+    let connect = tern_conformance::mqtt::Connect {
+        client_id: "sensor2".into(),
+        password: Some(token(&t, "alice", "sensor2")),
+        clean: true,
+        ..Default::default()
+    };
+    v5.send(&tern_conformance::mqtt::connect(5, &connect)).await;
+    let ack = v5.expect(PATIENCE, tern_conformance::mqtt::kind::CONNACK, "REQ-MQT-002").await.unwrap();
+    assert_eq!(ack.connack(), Some((false, 0)));
+    let mut reasons = Vec::new();
+    for pkid in 1..=4u16 {
+        v5.send(&tern_conformance::mqtt::publish(5, "user/bob", 1, pkid, b"v5", false, false)).await;
+        let a = v5.expect(PATIENCE, tern_conformance::mqtt::kind::PUBACK, "REQ-MQT-006").await.unwrap();
+        reasons.push(a.ack_reason());
+    }
+    assert_eq!(reasons, [0, 0, 0, 0x97]);
+    // Six stored in all: three from each connection.
+    let mut bob = t.client("bob", "laptop").await;
+    let conv = {
+        let r = common::request(
+            &mut bob,
+            tern_codec::proto::request::Op::OpenConversation(tern_codec::proto::OpenConversation {
+                peer_user: "alice".into(),
+            }),
+        )
+        .await;
+        match r.result {
+            Some(tern_codec::proto::response::Result::Conversation(c)) => c.conversation_id,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(history(&mut bob, conv).await, ["m1", "m2", "m3", "v5", "v5", "v5"]);
+}

@@ -19,6 +19,8 @@ mod keys;
 mod rooms;
 
 #[cfg(feature = "mqtt")]
+pub(crate) use self::Bucket as PublishBudget;
+#[cfg(feature = "mqtt")]
 pub(crate) use handlers::route;
 pub(crate) use keys::ClaimLimiter;
 #[cfg(feature = "mqtt")]
@@ -48,7 +50,7 @@ struct Identity {
 }
 
 /// A token bucket: `rate` tokens per second up to `burst`.
-struct Bucket {
+pub(crate) struct Bucket {
     tokens: f64,
     rate: f64,
     burst: f64,
@@ -56,7 +58,7 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn new((rate, burst): (f64, f64)) -> Self {
+    pub(crate) fn new((rate, burst): (f64, f64)) -> Self {
         Bucket { tokens: burst, rate, burst, at: now() }
     }
 
@@ -66,7 +68,7 @@ impl Bucket {
     }
 
     /// Takes `n` tokens if there are enough.
-    fn take(&mut self, n: f64) -> bool {
+    pub(crate) fn take(&mut self, n: f64) -> bool {
         let t = now();
         self.tokens = (self.tokens + t.saturating_duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
         self.at = t;

@@ -27,6 +27,7 @@ use super::topics::{check_filter, refusal, FilterKind, Subscription};
 use super::{Mailbox, MqttIo};
 use crate::connection::{
     is_ephemeral, publish_ephemeral, route, subscribe_ephemeral, unsubscribe_ephemeral, Ephemeral, EphemeralFilter,
+    PublishBudget,
 };
 use crate::server::{Live, Outbox, Shared, ToConnection};
 use crate::store::{MqttSessionRecord, NewMessage};
@@ -55,6 +56,8 @@ struct Inflight {
 struct Device {
     user: String,
     device: String,
+    /// The connection's PUBLISH budget, as for native connections (`BrokerOptions::publish_rate`).
+    budget: PublishBudget,
     /// Seconds the session outlives the connection (`None`: a clean session).
     persistent: Option<u32>,
     will: Option<Box<Will>>,
@@ -354,6 +357,7 @@ impl Conn {
         self.me = Some(Box::new(Device {
             user: user.clone(),
             device: device.clone(),
+            budget: PublishBudget::new(self.shared.options.publish_rate),
             persistent,
             will: c.will.map(Box::new),
         }));
@@ -416,7 +420,17 @@ impl Conn {
             // REQ-MQT-005: retained messages are not offered.
             return self.disconnect(DisconnectReasonCode::RetainNotSupported);
         }
-        let Some(me) = self.me.as_deref() else { return };
+        let Some(me) = self.me.as_deref_mut() else { return };
+        if !me.budget.take(1.0) {
+            // Over the rate: nothing stored (spec 15.3). MQTT 5 says so; 3.1.1 cannot, so the
+            // connection closes unacknowledged and the device retransmits later.
+            self.shared.metrics.refused(ReasonCode::RateLimited);
+            return match (self.version, p.qos) {
+                (Version::V5, 1 | 2) => self.acknowledge(&p, AckReason::QuotaExceeded),
+                (Version::V5, _) => {}
+                (Version::V4, _) => self.disconnect(DisconnectReasonCode::MessageRateTooHigh),
+            };
+        }
         let (user, device) = (me.user.clone(), me.device.clone());
         match self.publish_as(&user, &device, &p) {
             Ok(true) | Err(_) if p.qos == 0 => {}

@@ -269,6 +269,8 @@ pub(crate) enum AckReason {
     TopicNameInvalid,
     /// PUBREL / PUBCOMP for an identifier the receiver does not hold.
     PacketIdNotFound,
+    /// Over the device's PUBLISH rate (MQTT 5 0x97).
+    QuotaExceeded,
 }
 
 /// Why a SUBSCRIBE filter was refused.
@@ -411,6 +413,7 @@ pub(crate) fn encode(version: Version, packet: Outgoing, out: &mut BytesMut) -> 
                     reason: match reason {
                         AckReason::NotAuthorized => v5::PubAckReason::NotAuthorized,
                         AckReason::TopicNameInvalid => v5::PubAckReason::TopicNameInvalid,
+                        AckReason::QuotaExceeded => v5::PubAckReason::QuotaExceeded,
                         AckReason::Success | AckReason::PacketIdNotFound => v5::PubAckReason::Success,
                     },
                     properties: None,
@@ -420,6 +423,7 @@ pub(crate) fn encode(version: Version, packet: Outgoing, out: &mut BytesMut) -> 
                     reason: match reason {
                         AckReason::NotAuthorized => v5::PubRecReason::NotAuthorized,
                         AckReason::TopicNameInvalid => v5::PubRecReason::TopicNameInvalid,
+                        AckReason::QuotaExceeded => v5::PubRecReason::QuotaExceeded,
                         AckReason::Success | AckReason::PacketIdNotFound => v5::PubRecReason::Success,
                     },
                     properties: None,
