@@ -165,13 +165,14 @@ struct SledEngine {
 
 impl SledEngine {
     fn open(dir: &Path) -> Result<SledEngine, StoreError> {
-        // sled releases its file lock from its own IO threads, a moment after the last handle
-        // of a closed store is dropped: a restart in the same process (or right after a
-        // shutdown) can find it still held. Wait for it a little, then report it.
+        // sled releases its file lock from its own IO threads, some time after the last handle
+        // of a closed store is dropped (sled's own tests block on the lock for that reason): a
+        // restart in the same process, or right after a shutdown, can find it still held. Wait
+        // for it up to 5 s, then report it (another process holding the store, say).
         let mut attempts = 0;
         let db = loop {
             match sled::Config::new().path(dir.join("sled")).open() {
-                Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock && attempts < 50 => {
+                Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") && attempts < 250 => {
                     attempts += 1;
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
@@ -326,12 +327,29 @@ impl KvEngine for RedbEngine {
 
 #[cfg(test)]
 mod tests {
-    use super::prefix_end;
+    use super::{prefix_end, SledEngine};
 
     #[test]
     fn prefix_end_is_the_next_key() {
         assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
         assert_eq!(prefix_end(&[0x61, 0xFF]), Some(vec![0x62]));
         assert_eq!(prefix_end(&[0xFF, 0xFF]), None);
+    }
+
+    /// A store whose lock is released shortly after the open starts (as sled does from its IO
+    /// threads after a close) opens once the lock is free, instead of failing at once.
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn sled_open_waits_for_a_lock_that_is_being_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = SledEngine::open(dir.path()).unwrap();
+        let release = std::thread::spawn(move || {
+            // The holder lets go while the second open is already waiting for the lock.
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            drop(first);
+        });
+        let second = SledEngine::open(dir.path());
+        release.join().unwrap();
+        assert!(second.is_ok(), "{:?}", second.err());
     }
 }
