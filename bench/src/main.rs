@@ -16,6 +16,7 @@ mod mqtt_fanout;
 mod mqtt_p2p;
 mod mqtt_wire;
 mod p2p;
+mod pairs;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
@@ -40,21 +41,8 @@ enum Scenario {
         /// Or mint tokens directly with the secret in the broker's data directory (same machine).
         #[arg(long)]
         data_dir: Option<std::path::PathBuf>,
-        /// Sender/receiver pairs.
-        #[arg(long, default_value_t = 100)]
-        pairs: usize,
-        /// Payload bytes (at least 8: the send time).
-        #[arg(long, default_value_t = 64)]
-        payload: usize,
-        /// Closed loop: messages in flight per sender.
-        #[arg(long, default_value_t = 8)]
-        window: usize,
-        /// Fixed total rate in messages per second instead of the closed loop.
-        #[arg(long)]
-        rate: Option<u64>,
-        /// Measured seconds (after a one-second warm-up).
-        #[arg(long, default_value_t = 10)]
-        duration: u64,
+        #[command(flatten)]
+        load: pairs::Load,
         /// The broker's process id, for its CPU time.
         #[arg(long)]
         broker_pid: Option<u32>,
@@ -128,22 +116,11 @@ fn main() -> anyhow::Result<()> {
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
         match cli.scenario {
-            Scenario::P2p {
-                addr,
-                provision_cmd,
-                data_dir,
-                pairs,
-                payload,
-                window,
-                rate,
-                duration,
-                broker_pid,
-                prefix,
-            } => {
+            Scenario::P2p { addr, provision_cmd, data_dir, load, broker_pid, prefix } => {
                 let Some(tokens) = tokens(provision_cmd, data_dir)? else {
                     bail!("give --provision-cmd or --data-dir")
                 };
-                p2p::run(addr, tokens, pairs, payload, window, rate, duration, broker_pid, prefix).await
+                p2p::run(addr, tokens, load, broker_pid, prefix).await
             }
             Scenario::MqttFanout(args) => {
                 let tokens = tokens(args.target.provision_cmd.clone(), args.target.data_dir.clone())?;

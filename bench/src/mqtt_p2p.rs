@@ -15,47 +15,28 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use bytes::BytesMut;
-use hdrhistogram::Histogram;
 use rumqttc::mqttbytes::{v4, QoS};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use crate::mqtt_wire::{encode, next_packet};
-use crate::{cpu_ns, token, Tokens};
+use crate::pairs::{measure, print_result, stamped, Load, Stats};
+use crate::{token, Tokens};
 
 /// Command-line parameters.
 #[derive(clap::Args)]
 pub(crate) struct Args {
     #[command(flatten)]
     pub(crate) target: crate::mqtt_wire::Target,
-    /// Sender/receiver pairs.
-    #[arg(long, default_value_t = 100)]
-    pairs: usize,
-    /// Payload bytes (at least 8: the send time).
-    #[arg(long, default_value_t = 64)]
-    payload: usize,
-    /// Closed loop: PUBLISHes awaiting PUBACK per sender.
-    #[arg(long, default_value_t = 8)]
-    window: usize,
-    /// Fixed total rate (messages per second) instead of the closed loop.
-    #[arg(long)]
-    rate: Option<u64>,
+    #[command(flatten)]
+    load: Load,
     /// `telemetry` (live) or `stored` (Tern: durable inbox).
     #[arg(long, default_value = "telemetry", value_parser = ["telemetry", "stored"])]
     topics: String,
-    /// Measured seconds (after a one-second warm-up).
-    #[arg(long, default_value_t = 10)]
-    duration: u64,
     /// Prefix of user and client names.
     #[arg(long, default_value = "mp")]
     prefix: String,
-}
-
-struct Stats {
-    latency_us: Histogram<u64>,
-    delivered: u64,
-    measuring: bool,
 }
 
 async fn connect(
@@ -82,19 +63,15 @@ async fn connect(
 
 /// Runs the scenario and prints one JSON line.
 pub(crate) async fn run(args: Args, tokens: Option<Tokens>) -> anyhow::Result<()> {
-    anyhow::ensure!(args.payload >= 8, "--payload must be at least 8 bytes (the send time)");
+    anyhow::ensure!(args.load.payload >= 8, "--payload must be at least 8 bytes (the send time)");
     let start = Instant::now();
-    let stats = Rc::new(RefCell::new(Stats {
-        latency_us: Histogram::new_with_bounds(1, 60_000_000, 3)?,
-        delivered: 0,
-        measuring: false,
-    }));
+    let stats = Stats::shared()?;
     let pw = |user: &str, device: &str| -> anyhow::Result<Option<String>> {
         tokens.as_ref().map(|t| token(t, user, device)).transpose()
     };
-    eprintln!("connecting {} MQTT pairs …", args.pairs);
-    let mut senders = Vec::with_capacity(args.pairs);
-    for i in 0..args.pairs {
+    eprintln!("connecting {} MQTT pairs …", args.load.pairs);
+    let mut senders = Vec::with_capacity(args.load.pairs);
+    for i in 0..args.load.pairs {
         let (sender, receiver) = (format!("{}-s{i}", args.prefix), format!("{}-r{i}", args.prefix));
         // Telemetry: two devices of one user (the receiver's); stored: two users.
         let (s_user, topic, filter) = match args.topics.as_str() {
@@ -119,42 +96,14 @@ pub(crate) async fn run(args: Args, tokens: Option<Tokens>) -> anyhow::Result<()
         let link = connect(args.target.addr, &s_user, &sender, pw(&s_user, &sender)?).await?;
         senders.push((link, topic));
     }
-    let interval = args.rate.map(|r| Duration::from_secs_f64(args.pairs as f64 / r.max(1) as f64));
+    let interval = args.load.interval();
     for ((rd, wr, input), topic) in senders {
-        tokio::task::spawn_local(send(rd, wr, input, topic, args.payload, args.window, interval, start));
+        tokio::task::spawn_local(send(rd, wr, input, topic, args.load.payload, args.load.window, interval, start));
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let pid = args.target.broker_pid.map(|p| p.to_string());
-    let (broker0, self0) = (pid.as_deref().and_then(cpu_ns), cpu_ns("self"));
-    {
-        let mut s = stats.borrow_mut();
-        s.latency_us.reset();
-        s.delivered = 0;
-        s.measuring = true;
-    }
-    let t0 = Instant::now();
-    for second in 1..=args.duration {
-        tokio::time::sleep_until((t0 + Duration::from_secs(second)).into()).await;
-        eprintln!("{second:>3} s: {} delivered", stats.borrow().delivered);
-    }
-    let elapsed = t0.elapsed().as_secs_f64();
-    let (broker1, self1) = (pid.as_deref().and_then(cpu_ns), cpu_ns("self"));
-    let s = stats.borrow();
-    let per_msg = |a: Option<u64>, b: Option<u64>| match (a, b) {
-        (Some(a), Some(b)) if s.delivered > 0 => Some((b - a) as f64 / 1000.0 / s.delivered as f64),
-        _ => None,
-    };
-    let result = serde_json::json!({
-        "scenario": "mqtt-p2p", "broker": args.target.broker, "qos": 1, "topics": args.topics, "pairs": args.pairs,
-        "payload": args.payload, "mode": if args.rate.is_some() { "fixed-rate" } else { "closed-loop" },
-        "window": args.window, "rate": args.rate, "seconds": elapsed, "delivered": s.delivered,
-        "msgs_per_sec": s.delivered as f64 / elapsed,
-        "latency_us": { "p50": s.latency_us.value_at_quantile(0.5), "p99": s.latency_us.value_at_quantile(0.99),
-                        "p999": s.latency_us.value_at_quantile(0.999), "max": s.latency_us.max() },
-        "broker_cpu_us_per_msg": per_msg(broker0, broker1),
-        "generator_cpu_us_per_msg": per_msg(self0, self1),
-    });
-    println!("{result}");
+    let measured = measure(&stats, args.load.duration, args.target.broker_pid).await;
+    let own =
+        serde_json::json!({"scenario": "mqtt-p2p", "broker": args.target.broker, "qos": 1, "topics": args.topics});
+    print_result(&[own, args.load.fields(), measured]);
     std::process::exit(0)
 }
 
@@ -186,12 +135,7 @@ async fn send(
         };
         for _ in 0..quota {
             pkid = pkid % 65000 + 1;
-            let mut body = vec![0u8; payload];
-            let sent_ns = start.elapsed().as_nanos() as u64;
-            if let Some(stamp) = body.get_mut(..8) {
-                stamp.copy_from_slice(&sent_ns.to_be_bytes());
-            }
-            let mut p = v4::Publish::new(topic.as_str(), QoS::AtLeastOnce, body);
+            let mut p = v4::Publish::new(topic.as_str(), QoS::AtLeastOnce, stamped(payload, start));
             p.pkid = pkid;
             encode(v4::Packet::Publish(p), &mut out)?;
             in_flight += 1;
@@ -246,13 +190,7 @@ async fn receive(
                 if p.qos != QoS::AtMostOnce {
                     encode(v4::Packet::PubAck(v4::PubAck::new(p.pkid)), &mut out)?;
                 }
-                let Some(stamp) = p.payload.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) else { continue };
-                let now_ns = start.elapsed().as_nanos() as u64;
-                let mut s = stats.borrow_mut();
-                if s.measuring {
-                    s.delivered += 1;
-                    let _ = s.latency_us.record(now_ns.saturating_sub(u64::from_be_bytes(stamp)) / 1000);
-                }
+                stats.borrow_mut().delivered(&p.payload, start);
             }
         }
         if !out.is_empty() {

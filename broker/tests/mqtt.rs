@@ -203,10 +203,14 @@ async fn a_311_device_publishing_where_its_acl_forbids_is_acknowledged_and_nothi
     assert_eq!((m.topic.as_str(), &m.payload[..]), ("device/bob/thermo/t", &b"ok"[..]));
 }
 
-/// Runs a paho-mqtt script (Python); its stdout lines.
-fn paho(script: &str, args: &[&str]) -> Vec<String> {
+fn require_paho() {
     let ok = Command::new("python3").args(["-c", "import paho.mqtt"]).status().unwrap().success();
     assert!(ok, "paho-mqtt is not installed: run scripts/test, which installs it from PyPI");
+}
+
+/// Runs a paho-mqtt script (Python); its stdout lines.
+fn paho(script: &str, args: &[&str]) -> Vec<String> {
+    require_paho();
     let out = Command::new("python3").arg("-c").arg(script).args(args).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "paho script failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
@@ -500,8 +504,7 @@ async fn an_mqtt_device_sees_presence_and_its_will_is_published_when_it_vanishes
     let t = mqtt_broker().await;
     let mut watcher = t.client("alice", "phone").await;
     subscribe_native(&mut watcher, "device/alice/sensor1/#").await;
-    let ok = Command::new("python3").args(["-c", "import paho.mqtt"]).status().unwrap().success();
-    assert!(ok, "paho-mqtt is not installed: run scripts/test, which installs it from PyPI");
+    require_paho();
     let mut cmd = Command::new("python3");
     cmd.arg("-u").arg("-c").arg(PAHO_WILL_PRESENCE).args([&port(&t), &token(&t, "alice", "sensor1"), "4"]);
     let mut paho = Proc::spawn(cmd);

@@ -1,0 +1,125 @@
+//! What the point-to-point scenarios share (`p2p` over Tern's protocol, `mqtt-p2p` over MQTT):
+//! the load parameters, the counters, and the measured window with its result fields.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use crate::cpu_ns;
+
+/// The offered load.
+#[derive(clap::Args)]
+pub(crate) struct Load {
+    /// Sender/receiver pairs.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) pairs: usize,
+    /// Payload bytes (at least 8: the send time).
+    #[arg(long, default_value_t = 64)]
+    pub(crate) payload: usize,
+    /// Closed loop: messages in flight per sender.
+    #[arg(long, default_value_t = 8)]
+    pub(crate) window: usize,
+    /// Fixed total rate in messages per second instead of the closed loop.
+    #[arg(long)]
+    pub(crate) rate: Option<u64>,
+    /// Measured seconds (after a one-second warm-up).
+    #[arg(long, default_value_t = 10)]
+    pub(crate) duration: u64,
+}
+
+impl Load {
+    /// Each sender's interval at a fixed rate (`None`: closed loop).
+    pub(crate) fn interval(&self) -> Option<Duration> {
+        self.rate.map(|r| Duration::from_secs_f64(self.pairs as f64 / r.max(1) as f64))
+    }
+
+    /// The fields every point-to-point result line has.
+    pub(crate) fn fields(&self) -> serde_json::Value {
+        serde_json::json!({
+            "pairs": self.pairs, "payload": self.payload, "window": self.window, "rate": self.rate,
+            "mode": if self.rate.is_some() { "fixed-rate" } else { "closed-loop" },
+        })
+    }
+}
+
+/// Counters of a run (one thread: `Rc<RefCell<…>>`).
+pub(crate) struct Stats {
+    latency_us: Histogram<u64>,
+    delivered: u64,
+    measuring: bool,
+}
+
+impl Stats {
+    pub(crate) fn shared() -> anyhow::Result<Rc<RefCell<Stats>>> {
+        Ok(Rc::new(RefCell::new(Stats {
+            latency_us: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+            delivered: 0,
+            measuring: false,
+        })))
+    }
+
+    /// A delivery whose payload starts with its send time (ns since `start`).
+    pub(crate) fn delivered(&mut self, payload: &[u8], start: Instant) {
+        let Some(stamp) = payload.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) else { return };
+        if self.measuring {
+            let now_ns = start.elapsed().as_nanos() as u64;
+            self.delivered += 1;
+            let _ = self.latency_us.record(now_ns.saturating_sub(u64::from_be_bytes(stamp)) / 1000);
+        }
+    }
+}
+
+/// A payload of `len` bytes starting with the send time (ns since `start`).
+pub(crate) fn stamped(len: usize, start: Instant) -> Vec<u8> {
+    let mut body = vec![0u8; len];
+    if let Some(stamp) = body.get_mut(..8) {
+        stamp.copy_from_slice(&(start.elapsed().as_nanos() as u64).to_be_bytes());
+    }
+    body
+}
+
+/// One second of warm-up, then `duration` measured seconds with progress on stderr: the
+/// throughput, latency and CPU-per-message fields of the result line.
+pub(crate) async fn measure(stats: &Rc<RefCell<Stats>>, duration: u64, broker_pid: Option<u32>) -> serde_json::Value {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pid = broker_pid.map(|p| p.to_string());
+    let (broker0, self0) = (pid.as_deref().and_then(cpu_ns), cpu_ns("self"));
+    {
+        let mut s = stats.borrow_mut();
+        s.latency_us.reset();
+        s.delivered = 0;
+        s.measuring = true;
+    }
+    let t0 = Instant::now();
+    for second in 1..=duration {
+        tokio::time::sleep_until((t0 + Duration::from_secs(second)).into()).await;
+        eprintln!("{second:>3} s: {} delivered", stats.borrow().delivered);
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let (broker1, self1) = (pid.as_deref().and_then(cpu_ns), cpu_ns("self"));
+    let s = stats.borrow();
+    let per_msg = |a: Option<u64>, b: Option<u64>| match (a, b) {
+        (Some(a), Some(b)) if s.delivered > 0 => Some((b - a) as f64 / 1000.0 / s.delivered as f64),
+        _ => None,
+    };
+    serde_json::json!({
+        "seconds": elapsed, "delivered": s.delivered, "msgs_per_sec": s.delivered as f64 / elapsed,
+        "latency_us": { "p50": s.latency_us.value_at_quantile(0.5), "p99": s.latency_us.value_at_quantile(0.99),
+                        "p999": s.latency_us.value_at_quantile(0.999), "max": s.latency_us.max() },
+        "broker_cpu_us_per_msg": per_msg(broker0, broker1),
+        "generator_cpu_us_per_msg": per_msg(self0, self1),
+    })
+}
+
+/// Prints one JSON line made of `parts` (objects, merged left to right).
+pub(crate) fn print_result(parts: &[serde_json::Value]) {
+    let mut out = serde_json::Map::new();
+    for p in parts {
+        if let Some(o) = p.as_object() {
+            out.extend(o.clone());
+        }
+    }
+    println!("{}", serde_json::Value::Object(out));
+}
