@@ -14,7 +14,7 @@ use tern_broker::{Broker, BrokerOptions};
 async fn run(senders: usize, per_sender: usize) -> (f64, Vec<Duration>) {
     let dir = tempfile::tempdir().unwrap();
     let mut options = BrokerOptions::new("127.0.0.1:0".parse().unwrap(), dir.path().to_path_buf());
-    options.engine = std::env::var("TERN_BENCH_STORE").map_or(tern_broker::store::Engine::Sled, |e| e.parse().unwrap());
+    options.engine = std::env::var("TERN_BENCH_STORE").ok().map(|e| e.parse().unwrap());
     let broker = Broker::start(options).await.unwrap();
     let addr = broker.local_addr();
     let mut clients = Vec::new();

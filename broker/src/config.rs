@@ -4,7 +4,7 @@
 //! ```toml
 //! listen = "0.0.0.0:7420"
 //! data_dir = "/var/lib/tern"
-//! store = "sled"            # or "redb"
+//! store = "fjall"           # or "sled", "redb" (default: what the data dir holds)
 //! http_listen = "127.0.0.1:7480"
 //! log_format = "json"
 //! write_fanout_threshold = 500
@@ -51,7 +51,8 @@ pub struct FileConfig {
     pub listen: Option<SocketAddr>,
     /// Store and secret directory.
     pub data_dir: Option<PathBuf>,
-    /// Store engine: `sled` or `redb`.
+    /// Store engine: `fjall`, `sled` or `redb` (default: the one the data directory holds, fjall
+    /// for a new one).
     pub store: Option<String>,
     /// Operations HTTP listener.
     pub http_listen: Option<SocketAddr>,
@@ -133,7 +134,7 @@ pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<(BrokerOptio
     let data_dir = over.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
     let mut options = BrokerOptions::new(listen, data_dir);
     if let Some(engine) = over.store.or(file.store) {
-        options.engine = engine.parse().map_err(anyhow::Error::msg)?;
+        options.engine = Some(engine.parse().map_err(anyhow::Error::msg)?);
     }
     options.http = Some(over.http_listen.or(file.http_listen).map_or_else(|| parse(DEFAULT_HTTP_LISTEN), Ok)?);
     if let Some(t) = over.tls.or(file.tls) {

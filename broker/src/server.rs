@@ -47,8 +47,8 @@ pub struct BrokerOptions {
     pub retention: crate::store::Retention,
     /// How often compaction runs when retention is set.
     pub compaction_interval: Duration,
-    /// The store engine.
-    pub engine: crate::store::Engine,
+    /// The store engine; `None`: the one the data directory already holds, fjall for a new one.
+    pub engine: Option<crate::store::Engine>,
     /// The MQTT listener (spec chapter 15), when set; `tern serve` defaults to 127.0.0.1:1883.
     pub mqtt_listen: Option<SocketAddr>,
     /// The MQTT-over-TLS listener (needs `tls` for its certificate), when set.
@@ -83,7 +83,7 @@ impl BrokerOptions {
             claim_rate: (0.1, 10.0),
             retention: crate::store::Retention::default(),
             compaction_interval: Duration::from_secs(60),
-            engine: crate::store::Engine::default(),
+            engine: None,
             mqtt_listen: None,
             mqtt_tls_listen: None,
         }
@@ -465,7 +465,8 @@ impl Broker {
     /// Opens the store, binds the listener and starts accepting.
     pub async fn start(options: BrokerOptions) -> anyhow::Result<Broker> {
         std::fs::create_dir_all(&options.data_dir)?;
-        let store = Store::open_with(&options.data_dir, options.engine)?;
+        let store =
+            Store::open_with(&options.data_dir, crate::store::Engine::resolve(&options.data_dir, options.engine)?)?;
         let secret = crate::token::load_or_create_secret(&options.data_dir)?;
         let tokens = TokenKey::new(&secret);
         let listener = TcpListener::bind(options.listen).await?;

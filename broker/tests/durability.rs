@@ -98,6 +98,11 @@ async fn sigkill_mid_stream_loses_nothing_acknowledged_and_duplicates_nothing_on
 }
 
 #[tokio::test]
+async fn sigkill_mid_stream_loses_nothing_acknowledged_and_duplicates_nothing_on_fjall() {
+    tokio::time::timeout(Duration::from_secs(300), sigkill_mid_stream("fjall")).await.expect("the test hung");
+}
+
+#[tokio::test]
 async fn sigkill_mid_stream_loses_nothing_acknowledged_and_duplicates_nothing_on_redb() {
     tokio::time::timeout(Duration::from_secs(300), sigkill_mid_stream("redb")).await.expect("the test hung");
 }

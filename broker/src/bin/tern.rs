@@ -36,8 +36,9 @@ enum Command {
         /// Directory of the store and the token secret [default: tern-data].
         #[arg(long, env = "TERN_DATA_DIR")]
         data_dir: Option<PathBuf>,
-        /// Store engine: sled or redb [default: sled].
-        #[arg(long, env = "TERN_STORE", value_parser = ["sled", "redb"])]
+        /// Store engine: fjall, sled or redb [default: the one the data directory holds; fjall
+        /// for a new one].
+        #[arg(long, env = "TERN_STORE", value_parser = ["fjall", "sled", "redb"])]
         store: Option<String>,
         /// Log format [default: text].
         #[arg(long, env = "TERN_LOG_FORMAT", value_parser = ["text", "json"])]

@@ -18,11 +18,62 @@ pub type Entry = (Vec<u8>, Vec<u8>);
 /// Which engine a store uses.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Engine {
-    /// sled 0.34 (the design card's choice).
+    /// fjall 3 (an LSM tree: a journal plus sorted tables); the default for a new store, by
+    /// measurement (BENCHMARKS.md, "fjall, sled or redb").
     #[default]
+    Fjall,
+    /// sled 0.34 (the design card's choice, the default before fjall).
     Sled,
     /// redb 2.
     Redb,
+}
+
+impl Engine {
+    const ALL: [Engine; 3] = [Engine::Fjall, Engine::Sled, Engine::Redb];
+
+    fn name(self) -> &'static str {
+        match self {
+            Engine::Fjall => "fjall",
+            Engine::Sled => "sled",
+            Engine::Redb => "redb",
+        }
+    }
+
+    /// Where this engine keeps its files inside a data directory.
+    fn path(self, dir: &Path) -> std::path::PathBuf {
+        match self {
+            Engine::Fjall => dir.join("fjall"),
+            Engine::Sled => dir.join("sled"),
+            Engine::Redb => dir.join("tern.redb"),
+        }
+    }
+
+    /// The engine for the store in `dir`: the one asked for, or (`None`) the one whose store
+    /// the directory already holds, or the default for a new directory. Asking for an engine
+    /// other than the one holding the directory's data is an error, never a fresh empty store
+    /// beside the old one.
+    pub fn resolve(dir: &Path, wanted: Option<Engine>) -> Result<Engine, StoreError> {
+        let found: Vec<Engine> = Engine::ALL.into_iter().filter(|e| e.path(dir).exists()).collect();
+        let names = |engines: &[Engine]| engines.iter().map(|e| e.name()).collect::<Vec<_>>().join(" and ");
+        match (wanted, found.as_slice()) {
+            (Some(w), found) if found.is_empty() || found.contains(&w) => Ok(w),
+            (Some(w), found) => Err(StoreError::Engine(format!(
+                "{} holds a {} store, not {}: start with --store {} (or store = \"{}\"), or use another --data-dir",
+                dir.display(),
+                names(found),
+                w.name(),
+                found[0].name(),
+                found[0].name()
+            ))),
+            (None, []) => Ok(Engine::default()),
+            (None, [one]) => Ok(*one),
+            (None, several) => Err(StoreError::Engine(format!(
+                "{} holds {} stores: choose one with --store",
+                dir.display(),
+                names(several)
+            ))),
+        }
+    }
 }
 
 impl std::str::FromStr for Engine {
@@ -31,7 +82,8 @@ impl std::str::FromStr for Engine {
         match s {
             "sled" => Ok(Engine::Sled),
             "redb" => Ok(Engine::Redb),
-            other => Err(format!("unknown store engine {other:?} (sled or redb)")),
+            "fjall" => Ok(Engine::Fjall),
+            other => Err(format!("unknown store engine {other:?} (fjall, sled or redb)")),
         }
     }
 }
@@ -115,6 +167,7 @@ impl Kv {
         Ok(Kv(match engine {
             Engine::Sled => Box::new(SledEngine::open(dir)?),
             Engine::Redb => Box::new(RedbEngine::open(dir)?),
+            Engine::Fjall => Box::new(FjallEngine::open(dir)?),
         }))
     }
 
@@ -171,7 +224,7 @@ impl SledEngine {
         // for it up to 5 s, then report it (another process holding the store, say).
         let mut attempts = 0;
         let db = loop {
-            match sled::Config::new().path(dir.join("sled")).open() {
+            match sled::Config::new().path(Engine::Sled.path(dir)).open() {
                 Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") && attempts < 250 => {
                     attempts += 1;
                     std::thread::sleep(std::time::Duration::from_millis(20));
@@ -251,7 +304,7 @@ struct RedbEngine {
 
 impl RedbEngine {
     fn open(dir: &Path) -> Result<RedbEngine, StoreError> {
-        let file = dir.join("tern.redb");
+        let file = Engine::Redb.path(dir);
         let db = redb::Database::create(&file).map_err(redb_err)?;
         let w = db.begin_write().map_err(redb_err)?;
         w.open_table(TABLE).map_err(redb_err)?;
@@ -325,9 +378,107 @@ impl KvEngine for RedbEngine {
     }
 }
 
+/// fjall 3: one keyspace of a single-writer transactional database. A commit appends to
+/// fjall's journal (no fsync); [`KvEngine::flush`] fdatasyncs the journal, so a group of commits
+/// costs one sequential write and one sync, and the sorted tables are written in the background.
+struct FjallEngine {
+    db: fjall::SingleWriterTxDatabase,
+    keyspace: fjall::SingleWriterTxKeyspace,
+}
+
+fn fjall_err(e: fjall::Error) -> StoreError {
+    StoreError::Engine(e.to_string())
+}
+
+impl FjallEngine {
+    fn open(dir: &Path) -> Result<FjallEngine, StoreError> {
+        let db = fjall::SingleWriterTxDatabase::builder(Engine::Fjall.path(dir))
+            // Durability comes from the group commit's explicit flush, never per commit.
+            .manual_journal_persist(true)
+            .open()
+            .map_err(fjall_err)?;
+        let keyspace = db.keyspace("tern", fjall::KeyspaceCreateOptions::default).map_err(fjall_err)?;
+        Ok(FjallEngine { db, keyspace })
+    }
+}
+
+struct FjallTx<'a> {
+    tx: RefCell<fjall::SingleWriterWriteTx<'a>>,
+    keyspace: &'a fjall::SingleWriterTxKeyspace,
+}
+
+impl KvTx for FjallTx<'_> {
+    fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        use fjall::Readable;
+        Ok(self.tx.borrow().get(self.keyspace, k).map_err(fjall_err)?.map(|v| v.to_vec()))
+    }
+    fn insert(&self, k: &[u8], v: &[u8]) -> Result<(), StoreError> {
+        self.tx.borrow_mut().insert(self.keyspace, k, v);
+        Ok(())
+    }
+    fn remove(&self, k: &[u8]) -> Result<(), StoreError> {
+        self.tx.borrow_mut().remove(self.keyspace, k);
+        Ok(())
+    }
+}
+
+impl KvEngine for FjallEngine {
+    fn transact(&self, f: &mut dyn FnMut(&dyn KvTx) -> Result<(), StoreError>) -> Result<(), StoreError> {
+        // One writer at a time (fjall's lock): the closure runs once, without conflicts.
+        let tx = FjallTx { tx: RefCell::new(self.db.write_tx()), keyspace: &self.keyspace };
+        f(&tx)?;
+        tx.tx.into_inner().commit().map_err(fjall_err)
+    }
+
+    fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.keyspace.get(k).map_err(fjall_err)?.map(|v| v.to_vec()))
+    }
+
+    fn range(&self, start: &[u8], end: Option<&[u8]>, reverse: bool, limit: usize) -> Result<Vec<Entry>, StoreError> {
+        let tree = self.keyspace.inner();
+        let iter = match end {
+            Some(e) => tree.range(start..e),
+            None => tree.range(start..),
+        };
+        let iter: Box<dyn Iterator<Item = fjall::Guard>> = if reverse { Box::new(iter.rev()) } else { Box::new(iter) };
+        let mut out = Vec::new();
+        for guard in iter.take(limit) {
+            let (k, v) = guard.into_inner().map_err(fjall_err)?;
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.persist(fjall::PersistMode::SyncData).map_err(fjall_err)
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        self.db.inner().disk_space().unwrap_or(0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{prefix_end, SledEngine};
+    use super::{prefix_end, Engine, Kv, SledEngine};
+
+    /// A new directory gets the default engine; an existing store keeps its engine; asking for
+    /// another engine than the one holding the data is refused with a message naming both.
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn the_engine_follows_the_data_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(Engine::resolve(dir.path(), None).unwrap(), Engine::Fjall);
+        assert_eq!(Engine::resolve(dir.path(), Some(Engine::Redb)).unwrap(), Engine::Redb);
+        drop(Kv::open(dir.path(), Engine::Sled).unwrap());
+        assert_eq!(Engine::resolve(dir.path(), None).unwrap(), Engine::Sled);
+        assert_eq!(Engine::resolve(dir.path(), Some(Engine::Sled)).unwrap(), Engine::Sled);
+        let refused = Engine::resolve(dir.path(), Some(Engine::Fjall)).unwrap_err().to_string();
+        assert!(refused.contains("holds a sled store, not fjall") && refused.contains("--store sled"), "{refused}");
+        drop(Kv::open(dir.path(), Engine::Redb).unwrap());
+        let ambiguous = Engine::resolve(dir.path(), None).unwrap_err().to_string();
+        assert!(ambiguous.contains("sled and redb stores"), "{ambiguous}");
+    }
 
     #[test]
     fn prefix_end_is_the_next_key() {

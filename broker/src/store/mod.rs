@@ -143,9 +143,10 @@ pub(crate) fn device_key(user: &str, device: &str, rest: &[u8]) -> Vec<u8> {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir` on the default engine (sled).
+    /// Opens the store in `dir` on the engine it was created with, or creates one on the
+    /// default engine.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        Store::open_with(dir, Engine::default())
+        Store::open_with(dir, Engine::resolve(dir, None)?)
     }
 
     /// A store on any engine (a clustered backend, say).

@@ -173,7 +173,7 @@ fn key_directory(engine: Engine) {
     assert_eq!(store.submit_group_op("g", 1, b"op").unwrap(), Ok(1));
 }
 
-macro_rules! both_engines {
+macro_rules! every_engine {
     ($($name:ident),*) => {
         mod sled_engine {
             $(#[test] fn $name() { super::$name(super::Engine::Sled) })*
@@ -181,10 +181,13 @@ macro_rules! both_engines {
         mod redb_engine {
             $(#[test] fn $name() { super::$name(super::Engine::Redb) })*
         }
+        mod fjall_engine {
+            $(#[test] fn $name() { super::$name(super::Engine::Fjall) })*
+        }
     };
 }
 
-both_engines!(
+every_engine!(
     conversations_and_ledger,
     inboxes_history_and_cursors,
     groups_unread_and_recent,
