@@ -56,15 +56,16 @@ impl Engine {
         let found: Vec<Engine> = Engine::ALL.into_iter().filter(|e| e.path(dir).exists()).collect();
         let names = |engines: &[Engine]| engines.iter().map(|e| e.name()).collect::<Vec<_>>().join(" and ");
         match (wanted, found.as_slice()) {
-            (Some(w), found) if found.is_empty() || found.contains(&w) => Ok(w),
-            (Some(w), found) => Err(StoreError::Engine(format!(
+            (Some(w), []) => Ok(w),
+            (Some(w), found @ [first, ..]) if !found.contains(&w) => Err(StoreError::Engine(format!(
                 "{} holds a {} store, not {}: start with --store {} (or store = \"{}\"), or use another --data-dir",
                 dir.display(),
                 names(found),
                 w.name(),
-                found[0].name(),
-                found[0].name()
+                first.name(),
+                first.name()
             ))),
+            (Some(w), _) => Ok(w),
             (None, []) => Ok(Engine::default()),
             (None, [one]) => Ok(*one),
             (None, several) => Err(StoreError::Engine(format!(
