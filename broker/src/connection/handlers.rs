@@ -10,21 +10,20 @@ use super::{now, wire, Conn};
 use crate::server::Shared;
 use crate::store::NewMessage;
 
-/// A PUBLISH (or package) committed but not yet flushed, acknowledged or delivered.
+/// A PUBLISH (or package) queued for commit, not yet durable, acknowledged or delivered.
 pub(super) struct StagedPublish {
     received: std::time::Instant,
     started: std::time::Instant,
-    committed: Vec<crate::store::Committed>,
+    pending: crate::store::PendingCommit,
     notify_members: Vec<(u64, Vec<String>)>,
 }
 
 impl Conn {
-    /// Stores QoS 1/2 messages (one, or a whole package atomically), acknowledges them after
-    /// the commit is durable, and pushes them to every device of every recipient.
-    /// Stores a PUBLISH (or a whole package) without waiting for the flush: the caller
-    /// collects what one read brought, flushes once for all of it, then completes each in
-    /// order ([`Conn::complete_publishes`]). Refusals and rooms are handled here, after the
-    /// earlier staged messages are completed, so PUBACKs keep cid order.
+    /// Queues QoS 1/2 messages (one, or a whole package atomically) for commit without waiting:
+    /// the caller stages what one read brought, then completes each in order once durable
+    /// ([`Conn::complete_publishes`]): acknowledged, then pushed to every device of every
+    /// recipient. Refusals and rooms are handled here, after the earlier staged messages are
+    /// completed, so PUBACKs keep cid order.
     pub(super) async fn stage_publish(&mut self, messages: Vec<proto::Publish>, staged: &mut Vec<StagedPublish>) {
         let Some(me) = &self.me else { return };
         let (user, device) = (me.user.clone(), me.device.clone());
@@ -80,32 +79,29 @@ impl Conn {
             return;
         }
         let started = std::time::Instant::now();
-        let committed = match self.shared.store.commit(&user, &device, &batch, crate::unix_now_ms()) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(error = %e, "commit failed");
-                // Nothing stored and nothing recorded: the client retransmits later.
-                self.machine.close(ReasonCode::StoreUnavailable, "store unavailable");
-                return;
-            }
-        };
-        staged.push(StagedPublish { received, started, committed, notify_members });
+        let pending = self.shared.store.commit_durable(&user, &device, batch, crate::unix_now_ms());
+        staged.push(StagedPublish { received, started, pending, notify_members });
     }
 
-    /// Makes the staged commits durable with one flush, then acknowledges and delivers them in
-    /// order: nothing is acknowledged or delivered before it is on disk.
+    /// Waits for the staged commits to be durable (the store commits and flushes whatever was
+    /// queued meanwhile together), then acknowledges and delivers them in order: nothing is
+    /// acknowledged or delivered before it is on disk.
     pub(super) async fn complete_publishes(&mut self, staged: &mut Vec<StagedPublish>) {
         if staged.is_empty() {
             return;
         }
         let Some(user) = self.me.as_ref().map(|m| m.user.clone()) else { return };
-        if let Err(e) = self.shared.store.flush().await {
-            tracing::error!(error = %e, "flush failed");
-            staged.clear();
-            self.machine.close(ReasonCode::StoreUnavailable, "store unavailable");
-            return;
-        }
-        for StagedPublish { received, started, committed, notify_members } in staged.drain(..) {
+        for StagedPublish { received, started, pending, notify_members } in std::mem::take(staged) {
+            let committed = match pending.await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "commit failed");
+                    // Not acknowledged: the client retransmits, and the cid ledger answers any
+                    // message that was in fact stored with its first outcome (REQ-QOS-005).
+                    self.machine.close(ReasonCode::StoreUnavailable, "store unavailable");
+                    return;
+                }
+            };
             self.shared.metrics.commit_seconds.observe(started.elapsed());
             for c in &committed {
                 self.shared.metrics.stored(c.ack.conversation_id);

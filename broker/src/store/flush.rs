@@ -1,81 +1,166 @@
-//! Group commit: one flusher thread turns any number of concurrent "make my commit durable"
-//! requests into as few fsyncs as possible. A caller takes a ticket after committing; the
-//! flusher flushes once for every ticket issued before that flush began, and publishes the
-//! highest ticket it covered.
+//! Group commit: one committer thread turns the commits and flush requests of every connection
+//! into as few transactions and fsyncs as possible. Whatever queued while the thread was busy
+//! is taken at once: all its messages are committed in one transaction, the engine is flushed
+//! once, and only then is every waiter answered. Connection tasks never block on the engine's
+//! writer lock or on the disk; they await their answer.
 //!
 //! (sled's own `flush_async` can hang when awaited concurrently — sled issue #1308 — which is
 //! another reason to serialise flushes here.)
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
-use tokio::sync::watch;
+use tokio::sync::oneshot;
 
-use super::StoreError;
+use super::kv::Kv;
+use super::{Committed, NewMessage, StoreError};
+
+/// Messages of one sender to commit together (a package commits whole or not at all).
+#[derive(Debug)]
+pub(super) struct CommitJob {
+    pub(super) sender: String,
+    pub(super) device: String,
+    pub(super) messages: Vec<NewMessage>,
+    pub(super) now_ms: u64,
+}
+
+#[derive(Debug)]
+enum Job {
+    Commit(CommitJob, oneshot::Sender<Result<Vec<Committed>, StoreError>>),
+    /// Everything committed before the request was queued is durable when it is answered.
+    Flush(oneshot::Sender<Result<(), StoreError>>),
+}
 
 #[derive(Debug, Default)]
-struct State {
-    pending: bool,
+struct Queue {
+    jobs: Vec<Job>,
+    /// The thread is waiting for jobs (a push must wake it; otherwise it will look again).
+    idle: bool,
     closed: bool,
 }
 
-#[derive(Debug)]
-struct Signals {
-    issued: AtomicU64,
-    state: Mutex<State>,
-    cond: Condvar,
-    done: watch::Sender<Result<u64, String>>,
+#[derive(Debug, Default)]
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
 }
 
-/// The flusher; dropping the last handle stops the thread after a final flush.
+/// The committer; dropping the last handle stops the thread after it has answered every job.
 #[derive(Debug)]
 pub(super) struct GroupCommit {
-    signals: Arc<Signals>,
+    shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
 }
 
+fn stopped() -> StoreError {
+    StoreError::Engine("the store's committer stopped".into())
+}
+
 impl GroupCommit {
-    /// Starts the flusher thread for `db`.
-    pub(super) fn start(db: Arc<super::kv::Kv>) -> std::io::Result<GroupCommit> {
-        let (done, _) = watch::channel(Ok(0));
-        let signals =
-            Arc::new(Signals { issued: AtomicU64::new(0), state: Mutex::default(), cond: Condvar::new(), done });
-        let s = signals.clone();
-        let thread = std::thread::Builder::new().name("tern-flusher".into()).spawn(move || loop {
-            {
-                let mut state = s.state.lock().unwrap_or_else(PoisonError::into_inner);
-                while !state.pending && !state.closed {
-                    state = s.cond.wait(state).unwrap_or_else(PoisonError::into_inner);
-                }
-                if !state.pending {
-                    return;
-                }
-                state.pending = false;
+    /// Starts the committer thread for `kv`.
+    pub(super) fn start(kv: Arc<Kv>) -> std::io::Result<GroupCommit> {
+        let shared = Arc::new(Shared::default());
+        let s = shared.clone();
+        let thread = std::thread::Builder::new().name("tern-committer".into()).spawn(move || {
+            while let Some(jobs) = s.next_jobs() {
+                run(&kv, jobs);
             }
-            // Every ticket issued up to now is covered by this flush.
-            let covered = s.issued.load(Ordering::Acquire);
-            let result = db.flush().map(|()| covered).map_err(|e| e.to_string());
-            let _ = s.done.send_replace(result);
         })?;
-        Ok(GroupCommit { signals, thread: Some(thread) })
+        Ok(GroupCommit { shared, thread: Some(thread) })
+    }
+
+    /// Queues `job` at once; the answer comes when it is durable.
+    pub(super) fn commit(&self, job: CommitJob) -> PendingCommit {
+        let (tx, rx) = oneshot::channel();
+        self.shared.push(Job::Commit(job, tx));
+        PendingCommit(rx)
     }
 
     /// Waits until everything committed before this call is on disk.
     pub(super) async fn flush(&self) -> Result<(), StoreError> {
-        let s = &self.signals;
-        let mut done = s.done.subscribe();
-        let ticket = s.issued.fetch_add(1, Ordering::AcqRel) + 1;
-        {
-            let mut state = s.state.lock().unwrap_or_else(PoisonError::into_inner);
-            state.pending = true;
-            s.cond.notify_one();
+        let (tx, rx) = oneshot::channel();
+        self.shared.push(Job::Flush(tx));
+        rx.await.unwrap_or_else(|_| Err(stopped()))
+    }
+}
+
+/// A queued commit: resolves to its outcome once it is on disk.
+#[derive(Debug)]
+pub struct PendingCommit(oneshot::Receiver<Result<Vec<Committed>, StoreError>>);
+
+impl std::future::Future for PendingCommit {
+    type Output = Result<Vec<Committed>, StoreError>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|r| r.unwrap_or_else(|_| Err(stopped())))
+    }
+}
+
+impl Shared {
+    fn push(&self, job: Job) {
+        let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        q.jobs.push(job);
+        if q.idle {
+            q.idle = false;
+            self.wake.notify_one();
         }
-        let outcome = done.wait_for(|r| r.as_ref().map_or(true, |&covered| covered >= ticket)).await;
-        match outcome.as_deref() {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(StoreError::Corrupt(format!("flush failed: {e}"))),
-            Err(_) => Err(StoreError::Corrupt("flusher stopped".into())),
+    }
+
+    /// The jobs queued so far, waiting for one if there is none; `None` once closed and drained.
+    fn next_jobs(&self) -> Option<Vec<Job>> {
+        let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        while q.jobs.is_empty() {
+            if q.closed {
+                return None;
+            }
+            q.idle = true;
+            q = self.wake.wait(q).unwrap_or_else(PoisonError::into_inner);
+        }
+        Some(std::mem::take(&mut q.jobs))
+    }
+}
+
+/// Commits every job's messages (one transaction for all of them; if that fails, one per job so
+/// a failing job cannot take the others down), flushes once, then answers.
+fn run(kv: &Kv, jobs: Vec<Job>) {
+    let commits: Vec<&CommitJob> = jobs
+        .iter()
+        .filter_map(|j| match j {
+            Job::Commit(c, _) => Some(c),
+            Job::Flush(_) => None,
+        })
+        .collect();
+    let mut outcomes: Vec<Result<Vec<Committed>, StoreError>> = Vec::with_capacity(commits.len());
+    if !commits.is_empty() {
+        match kv.transaction(|tx| {
+            commits
+                .iter()
+                .map(|c| super::commit_in(tx, &c.sender, &c.device, &c.messages, c.now_ms))
+                .collect::<Result<Vec<_>, _>>()
+        }) {
+            Ok(all) => outcomes.extend(all.into_iter().map(Ok)),
+            Err(_) => outcomes.extend(
+                commits
+                    .iter()
+                    .map(|c| kv.transaction(|tx| super::commit_in(tx, &c.sender, &c.device, &c.messages, c.now_ms))),
+            ),
+        }
+    }
+    let flushed = kv.flush().map_err(|e| e.to_string());
+    let failed = |e: &String| StoreError::Engine(format!("flush failed: {e}"));
+    let mut outcomes = outcomes.into_iter();
+    for job in jobs {
+        match job {
+            Job::Commit(_, reply) => {
+                let outcome = outcomes.next().unwrap_or_else(|| Err(stopped()));
+                let _ = reply.send(match &flushed {
+                    Ok(()) => outcome,
+                    Err(e) => Err(failed(e)),
+                });
+            }
+            Job::Flush(reply) => {
+                let _ = reply.send(flushed.as_ref().map(|_| ()).map_err(failed));
+            }
         }
     }
 }
@@ -83,9 +168,9 @@ impl GroupCommit {
 impl Drop for GroupCommit {
     fn drop(&mut self) {
         {
-            let mut state = self.signals.state.lock().unwrap_or_else(PoisonError::into_inner);
-            state.closed = true;
-            self.signals.cond.notify_one();
+            let mut q = self.shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            q.closed = true;
+            self.shared.wake.notify_one();
         }
         // Joining releases the thread's database handle before the store counts as closed, so
         // the directory can be opened again at once (a broker restart).

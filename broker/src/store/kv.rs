@@ -3,6 +3,7 @@
 //! logic is written once against this module.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::Path;
 
 use redb::{ReadableTable, TableDefinition};
@@ -147,6 +148,48 @@ impl Tx<'_> {
     }
 }
 
+/// A transaction's reads and writes, kept in memory and handed to the engine once at the end:
+/// a group commit touches the same keys many times (the msg_id counter, a busy conversation's
+/// seq, a user's inbox counter), and each key then costs the engine one read and one write per
+/// transaction instead of one per message.
+struct WriteSet<'a> {
+    engine: &'a dyn KvTx,
+    /// Key → (current value, whether this transaction wrote it).
+    keys: RefCell<HashMap<Vec<u8>, (Option<Vec<u8>>, bool)>>,
+}
+
+impl WriteSet<'_> {
+    fn apply(self) -> Result<(), StoreError> {
+        for (k, (v, written)) in self.keys.into_inner() {
+            match (v, written) {
+                (_, false) => {}
+                (Some(v), true) => self.engine.insert(&k, &v)?,
+                (None, true) => self.engine.remove(&k)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl KvTx for WriteSet<'_> {
+    fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some((v, _)) = self.keys.borrow().get(k) {
+            return Ok(v.clone());
+        }
+        let v = self.engine.get(k)?;
+        self.keys.borrow_mut().insert(k.to_vec(), (v.clone(), false));
+        Ok(v)
+    }
+    fn insert(&self, k: &[u8], v: &[u8]) -> Result<(), StoreError> {
+        self.keys.borrow_mut().insert(k.to_vec(), (Some(v.to_vec()), true));
+        Ok(())
+    }
+    fn remove(&self, k: &[u8]) -> Result<(), StoreError> {
+        self.keys.borrow_mut().insert(k.to_vec(), (None, true));
+        Ok(())
+    }
+}
+
 /// The first key after every key that starts with `prefix`.
 fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();
@@ -176,8 +219,10 @@ impl Kv {
     pub(super) fn transaction<R>(&self, f: impl Fn(&Tx<'_>) -> Result<R, StoreError>) -> Result<R, StoreError> {
         let mut out = None;
         self.0.transact(&mut |tx| {
-            out = Some(f(&Tx(tx))?);
-            Ok(())
+            // A fresh buffer for every try (an engine may retry after a conflict).
+            let buffered = WriteSet { engine: tx, keys: RefCell::default() };
+            out = Some(f(&Tx(&buffered))?);
+            buffered.apply()
         })?;
         out.ok_or_else(|| StoreError::Engine("transaction produced no result".into()))
     }
@@ -486,6 +531,35 @@ mod tests {
         assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
         assert_eq!(prefix_end(&[0x61, 0xFF]), Some(vec![0x62]));
         assert_eq!(prefix_end(&[0xFF, 0xFF]), None);
+    }
+
+    /// A transaction reads its own writes and removals; one that fails leaves nothing behind;
+    /// on every engine.
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn transactions_read_their_writes_and_abort_whole() {
+        for engine in Engine::ALL {
+            let dir = tempfile::tempdir().unwrap();
+            let kv = Kv::open(dir.path(), engine).unwrap();
+            kv.transaction(|tx| tx.insert(b"gone", b"x")).unwrap();
+            let seen = kv
+                .transaction(|tx| {
+                    tx.insert(b"a", b"1")?;
+                    tx.insert(b"a", b"2")?;
+                    tx.remove(b"gone")?;
+                    Ok((tx.get(b"a")?, tx.get(b"gone")?))
+                })
+                .unwrap();
+            assert_eq!(seen, (Some(b"2".to_vec()), None), "{engine:?}");
+            assert_eq!(kv.get(b"a").unwrap(), Some(b"2".to_vec()), "{engine:?}");
+            assert_eq!(kv.get(b"gone").unwrap(), None, "{engine:?}");
+            let failed = kv.transaction(|tx| {
+                tx.insert(b"b", b"1")?;
+                Err::<(), _>(super::StoreError::Corrupt("planted".into()))
+            });
+            assert!(failed.is_err());
+            assert_eq!(kv.get(b"b").unwrap(), None, "{engine:?}");
+        }
     }
 
     /// A store whose lock is released shortly after the open starts (as sled does from its IO

@@ -35,6 +35,7 @@ mod retention;
 #[cfg(test)]
 mod suite;
 
+pub use flush::PendingCommit;
 pub use kv::{Engine, Entry, KvEngine, KvTx};
 pub use retention::Retention;
 
@@ -202,16 +203,16 @@ impl Store {
         messages: &[NewMessage],
         now_ms: u64,
     ) -> Result<Vec<Committed>, StoreError> {
-        let out = self.kv.transaction(|tx| {
-            let mut out = Vec::with_capacity(messages.len());
-            for m in messages {
-                let committed = commit_one(tx, sender, m, now_ms)?;
-                record_outcome_tx(tx, sender, device, &committed.ack)?;
-                out.push(committed);
-            }
-            Ok(out)
-        })?;
-        Ok(out)
+        self.kv.transaction(|tx| commit_in(tx, sender, device, messages, now_ms))
+    }
+
+    /// [`Store::commit`], queued at once and answered once durable: the commit joins every
+    /// other connection's commits queued meanwhile in one transaction and one flush (group
+    /// commit), and the calling task never blocks on the engine or the disk. Commits queued by
+    /// one caller are committed in the order queued.
+    pub fn commit_durable(&self, sender: &str, device: &str, messages: Vec<NewMessage>, now_ms: u64) -> PendingCommit {
+        let job = flush::CommitJob { sender: sender.to_owned(), device: device.to_owned(), messages, now_ms };
+        self.group_commit.commit(job)
     }
 
     /// Records an outcome that stored nothing (refused, package timeout) for dedup.
@@ -337,6 +338,23 @@ impl Store {
     pub fn size_on_disk(&self) -> u64 {
         self.kv.size_on_disk()
     }
+}
+
+/// Commits one sender's messages with their cid outcomes (inside a transaction).
+fn commit_in(
+    tx: &Tx<'_>,
+    sender: &str,
+    device: &str,
+    messages: &[NewMessage],
+    now_ms: u64,
+) -> TxResult<Vec<Committed>> {
+    let mut out = Vec::with_capacity(messages.len());
+    for m in messages {
+        let committed = commit_one(tx, sender, m, now_ms)?;
+        record_outcome_tx(tx, sender, device, &committed.ack)?;
+        out.push(committed);
+    }
+    Ok(out)
 }
 
 /// Stores one message in its conversation and in every listed inbox (inside a transaction);
