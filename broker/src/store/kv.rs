@@ -154,9 +154,11 @@ impl Tx<'_> {
 /// transaction instead of one per message.
 struct WriteSet<'a> {
     engine: &'a dyn KvTx,
-    /// Key → (current value, whether this transaction wrote it).
-    keys: RefCell<HashMap<Vec<u8>, (Option<Vec<u8>>, bool)>>,
+    keys: RefCell<HashMap<Vec<u8>, Seen>>,
 }
+
+/// A key's current value in a transaction (`None`: absent), and whether the transaction wrote it.
+type Seen = (Option<Vec<u8>>, bool);
 
 impl WriteSet<'_> {
     fn apply(self) -> Result<(), StoreError> {
