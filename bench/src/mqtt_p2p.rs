@@ -96,9 +96,9 @@ pub(crate) async fn run(args: Args, tokens: Option<Tokens>) -> anyhow::Result<()
         let link = connect(args.target.addr, &s_user, &sender, pw(&s_user, &sender)?).await?;
         senders.push((link, topic));
     }
-    let interval = args.load.interval();
-    for ((rd, wr, input), topic) in senders {
-        tokio::task::spawn_local(send(rd, wr, input, topic, args.load.payload, args.load.window, interval, start));
+    for (i, ((rd, wr, input), topic)) in senders.into_iter().enumerate() {
+        let schedule = args.load.schedule(i);
+        tokio::task::spawn_local(send(rd, wr, input, topic, args.load.payload, args.load.window, schedule, start));
     }
     let measured = measure(&stats, args.load.duration, args.target.broker_pid).await;
     let own =
@@ -107,8 +107,9 @@ pub(crate) async fn run(args: Args, tokens: Option<Tokens>) -> anyhow::Result<()
     std::process::exit(0)
 }
 
-/// One sender: keeps `window` PUBLISHes unacknowledged (or sends at `interval`), batching what
-/// is ready into one write.
+/// One sender: keeps `window` PUBLISHes unacknowledged, or (`schedule`: interval and first
+/// delay) sends one every interval whatever is acknowledged; batches what is ready into one
+/// write.
 #[allow(clippy::too_many_arguments)]
 async fn send(
     mut rd: OwnedReadHalf,
@@ -117,12 +118,13 @@ async fn send(
     topic: String,
     payload: usize,
     window: usize,
-    interval: Option<Duration>,
+    schedule: Option<(Duration, Duration)>,
     start: Instant,
 ) -> anyhow::Result<()> {
     let mut in_flight = 0usize;
     let mut pkid: u16 = 0;
-    let mut next_at = tokio::time::Instant::now();
+    let mut next_at = tokio::time::Instant::now() + schedule.map_or(Duration::ZERO, |(_, first)| first);
+    let interval = schedule.map(|(every, _)| every);
     let mut out = BytesMut::new();
     loop {
         let quota = match interval {

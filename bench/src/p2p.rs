@@ -31,11 +31,17 @@ pub(crate) async fn run(
         tokio::task::spawn_local(receive(receiver, stats.clone(), start));
         senders.push((Arc::new(sender), format!("user/{r}")));
     }
-    let interval = load.interval();
-    for (sender, topic) in &senders {
-        let lanes = if interval.is_some() { 1 } else { load.window };
-        for _ in 0..lanes {
-            tokio::task::spawn_local(send(sender.clone(), topic.clone(), load.payload, start, interval));
+    for (i, (sender, topic)) in senders.iter().enumerate() {
+        match load.schedule(i) {
+            // Closed loop: `window` lanes, each publishing again once its PUBACK is in.
+            None => {
+                for _ in 0..load.window {
+                    tokio::task::spawn_local(send_closed_loop(sender.clone(), topic.clone(), load.payload, start));
+                }
+            }
+            Some(schedule) => {
+                tokio::task::spawn_local(send_at_rate(sender.clone(), topic.clone(), load.payload, start, schedule));
+            }
         }
     }
     let measured = measure(&stats, load.duration, broker_pid).await;
@@ -43,16 +49,28 @@ pub(crate) async fn run(
     std::process::exit(0)
 }
 
-async fn send(client: Arc<Client>, topic: String, payload: usize, start: Instant, interval: Option<Duration>) {
-    let mut next = tokio::time::Instant::now();
+async fn send_closed_loop(client: Arc<Client>, topic: String, payload: usize, start: Instant) {
+    while client.publish(&topic, stamped(payload, start)).await.is_ok() {}
+}
+
+/// Open loop: one PUBLISH every interval, whether or not the earlier ones are acknowledged
+/// (each awaits its PUBACK in its own task), the first after the sender's stagger delay.
+async fn send_at_rate(
+    client: Arc<Client>,
+    topic: String,
+    payload: usize,
+    start: Instant,
+    schedule: (Duration, Duration),
+) {
+    let (every, first) = schedule;
+    let mut next = tokio::time::Instant::now() + first;
     loop {
-        if let Some(every) = interval {
-            next += every;
-            tokio::time::sleep_until(next).await;
-        }
-        if client.publish(&topic, stamped(payload, start)).await.is_err() {
-            return;
-        }
+        tokio::time::sleep_until(next).await;
+        next += every;
+        let (client, topic) = (client.clone(), topic.clone());
+        tokio::task::spawn_local(async move {
+            let _ = client.publish(&topic, stamped(payload, start)).await;
+        });
     }
 }
 

@@ -30,9 +30,12 @@ pub(crate) struct Load {
 }
 
 impl Load {
-    /// Each sender's interval at a fixed rate (`None`: closed loop).
-    pub(crate) fn interval(&self) -> Option<Duration> {
-        self.rate.map(|r| Duration::from_secs_f64(self.pairs as f64 / r.max(1) as f64))
+    /// Sender `i`'s schedule at a fixed rate (`None`: closed loop): its interval, and the delay
+    /// of its first send. The senders' first sends are spread over one interval, so the offered
+    /// load is even instead of a burst from every sender at the same instant.
+    pub(crate) fn schedule(&self, i: usize) -> Option<(Duration, Duration)> {
+        let every = Duration::from_secs_f64(self.pairs as f64 / self.rate?.max(1) as f64);
+        Some((every, every.mul_f64(i as f64 / self.pairs.max(1) as f64)))
     }
 
     /// The fields every point-to-point result line has.

@@ -207,7 +207,7 @@ impl Conn {
                     if let Some(me) = &self.me {
                         let store = &self.shared.store;
                         let seq = seq.min(store.inbox_latest(&me.user).unwrap_or(0));
-                        match store.advance_cursor(&me.user, &me.device, seq) {
+                        match store.advance_cursor_later(&me.user, &me.device, seq) {
                             Ok(previous) if seq > previous => {
                                 if let Ok(Some(stored_ms)) = store.inbox_stored_at(&me.user, seq) {
                                     let ms = crate::unix_now_ms().saturating_sub(stored_ms);

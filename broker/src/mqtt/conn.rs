@@ -729,7 +729,7 @@ impl Conn {
         self.saved_cursor = position;
         let Some(me) = self.me.as_deref() else { return };
         if me.persistent.is_some() {
-            if let Err(e) = self.shared.store.advance_cursor(&me.user, &me.device, position) {
+            if let Err(e) = self.shared.store.advance_cursor_later(&me.user, &me.device, position) {
                 tracing::error!(error = %e, "cursor update failed");
             }
         }

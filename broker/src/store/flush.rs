@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
 
-use super::kv::Kv;
+use super::kv::{Kv, Tx};
 use super::{Committed, NewMessage, StoreError};
 
 /// Messages of one sender to commit together (a package commits whole or not at all).
@@ -24,11 +24,25 @@ pub(super) struct CommitJob {
     pub(super) now_ms: u64,
 }
 
-#[derive(Debug)]
+/// A write nobody waits for (a device's sync point, say): applied in the next group's
+/// transaction, durable with the next flush; it may run more than once (engine retries).
+pub(super) type LaterWrite = Box<dyn Fn(&Tx<'_>) -> Result<(), StoreError> + Send>;
+
 enum Job {
     Commit(CommitJob, oneshot::Sender<Result<Vec<Committed>, StoreError>>),
     /// Everything committed before the request was queued is durable when it is answered.
     Flush(oneshot::Sender<Result<(), StoreError>>),
+    Later(LaterWrite),
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Job::Commit(..) => "Commit",
+            Job::Flush(_) => "Flush",
+            Job::Later(_) => "Later",
+        })
+    }
 }
 
 #[derive(Debug, Default)]
@@ -65,6 +79,10 @@ impl GroupCommit {
             while let Some(jobs) = s.next_jobs() {
                 run(&kv, jobs);
             }
+            // Queued writes nobody waited for are made durable before the store closes.
+            if let Err(e) = kv.flush() {
+                tracing::error!(error = %e, "final flush failed");
+            }
         })?;
         Ok(GroupCommit { shared, thread: Some(thread) })
     }
@@ -74,6 +92,11 @@ impl GroupCommit {
         let (tx, rx) = oneshot::channel();
         self.shared.push(Job::Commit(job, tx));
         PendingCommit(rx)
+    }
+
+    /// Queues a write that nobody waits for.
+    pub(super) fn later(&self, write: LaterWrite) {
+        self.shared.push(Job::Later(write));
     }
 
     /// Waits until everything committed before this call is on disk.
@@ -120,31 +143,41 @@ impl Shared {
     }
 }
 
-/// Commits every job's messages (one transaction for all of them; if that fails, one per job so
-/// a failing job cannot take the others down), flushes once, then answers.
+/// Commits every job's messages and applies the queued writes (one transaction for all of
+/// them; if that fails, one per job so a failing job cannot take the others down), flushes once
+/// if anyone waits for it, then answers.
 fn run(kv: &Kv, jobs: Vec<Job>) {
-    let commits: Vec<&CommitJob> = jobs
-        .iter()
-        .filter_map(|j| match j {
-            Job::Commit(c, _) => Some(c),
-            Job::Flush(_) => None,
-        })
-        .collect();
-    let mut outcomes: Vec<Result<Vec<Committed>, StoreError>> = Vec::with_capacity(commits.len());
-    if !commits.is_empty() {
-        match kv.transaction(|tx| {
-            commits
-                .iter()
-                .map(|c| super::commit_in(tx, &c.sender, &c.device, &c.messages, c.now_ms))
-                .collect::<Result<Vec<_>, _>>()
-        }) {
-            Ok(all) => outcomes.extend(all.into_iter().map(Ok)),
-            Err(_) => outcomes.extend(
-                commits
-                    .iter()
-                    .map(|c| kv.transaction(|tx| super::commit_in(tx, &c.sender, &c.device, &c.messages, c.now_ms))),
-            ),
+    let commit = |tx: &Tx<'_>, c: &CommitJob| super::commit_in(tx, &c.sender, &c.device, &c.messages, c.now_ms);
+    let mut commits = Vec::new();
+    let mut later = Vec::new();
+    for job in &jobs {
+        match job {
+            Job::Commit(c, _) => commits.push(c),
+            Job::Later(w) => later.push(w),
+            Job::Flush(_) => {}
         }
+    }
+    let mut outcomes: Vec<Result<Vec<Committed>, StoreError>> = Vec::with_capacity(commits.len());
+    if !commits.is_empty() || !later.is_empty() {
+        let together = kv.transaction(|tx| {
+            later.iter().try_for_each(|w| w(tx))?;
+            commits.iter().map(|c| commit(tx, c)).collect::<Result<Vec<_>, _>>()
+        });
+        match together {
+            Ok(all) => outcomes.extend(all.into_iter().map(Ok)),
+            Err(_) => {
+                for w in &later {
+                    if let Err(e) = kv.transaction(|tx| w(tx)) {
+                        tracing::error!(error = %e, "queued store write failed");
+                    }
+                }
+                outcomes.extend(commits.iter().map(|c| kv.transaction(|tx| commit(tx, c))));
+            }
+        }
+    }
+    if later.len() == jobs.len() {
+        // Nobody waits: the writes become durable with the next flush (or at close).
+        return;
     }
     let flushed = kv.flush().map_err(|e| e.to_string());
     let failed = |e: &String| StoreError::Engine(format!("flush failed: {e}"));
@@ -161,6 +194,7 @@ fn run(kv: &Kv, jobs: Vec<Job>) {
             Job::Flush(reply) => {
                 let _ = reply.send(flushed.as_ref().map(|_| ()).map_err(failed));
             }
+            Job::Later(_) => {}
         }
     }
 }

@@ -325,6 +325,19 @@ impl Store {
         })
     }
 
+    /// Advances the device's inbox sync point (never backwards) without waiting: the write joins
+    /// the next group commit, so the caller never blocks on the engine's writer. Returns the
+    /// sync point as stored before this call (later queued advances may not be in it yet).
+    pub fn advance_cursor_later(&self, user: &str, device: &str, seq: u64) -> Result<u64, StoreError> {
+        let k = device_key(user, device, b"cursor");
+        let stored = read_u64(self.kv.get(&k)?);
+        self.group_commit.later(Box::new(move |tx| {
+            let cur = read_u64(tx.get(&k)?);
+            tx.insert(&k, be(cur.max(seq)))
+        }));
+        Ok(stored)
+    }
+
     /// When the message at `seq` of `user`'s inbox was stored (ms), if it still exists.
     pub fn inbox_stored_at(&self, user: &str, seq: u64) -> Result<Option<u64>, StoreError> {
         Ok(self

@@ -193,6 +193,12 @@ fn queued_commits_from_many_senders(engine: Engine) {
             queued.push((sender.clone(), cid, store.commit_durable(sender, "d", vec![m], cid)));
         }
     }
+    // Sync points advanced without waiting are in place once a later flush is answered, and
+    // never move backwards.
+    assert_eq!(store.advance_cursor_later("bob", "tablet", 9).unwrap(), 0);
+    store.advance_cursor_later("bob", "tablet", 4).unwrap();
+    runtime.block_on(store.flush()).unwrap();
+    assert_eq!(store.cursor("bob", "tablet").unwrap(), 9);
     let mut msg_ids = std::collections::HashSet::new();
     runtime.block_on(async {
         for (sender, cid, pending) in queued {
