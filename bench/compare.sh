@@ -1,22 +1,27 @@
 #!/usr/bin/env bash
 # Runs the MQTT scenarios of tern-bench (connections: accept rate, idle memory, reconnect storm;
-# p2p: QoS 1 pairs, closed loop and fixed rate; fan-out to 1k and 10k subscribers) against
-# Tern's MQTT listener, Mosquitto and rumqttd on this machine, alternating the brokers within
-# each round, RUNS rounds, and prints medians, ranges and the
-# Tern/peer ratios (raw JSON lines go to $OUT/results.jsonl). Installs what it needs: Debian's
-# mosquitto, and builds Tern, tern-bench and the rumqttd host program (bench/peers/rumqttd-host).
+# p2p: QoS 1 and 2 pairs, 64 and 512 B, PAIRS and 1000 pairs, closed loop and fixed rate; fan-out
+# to 1k and 10k subscribers) against Tern's MQTT listener, Mosquitto and rumqttd on this machine,
+# alternating the brokers within each round, RUNS rounds, and prints medians, ranges and the
+# Tern/peer ratios (raw JSON lines go to $OUT/results.jsonl). The `native-*` modes run Tern's own
+# protocol (exactly once, durable) and only against Tern: no MQTT broker offers that path.
+# Installs what it needs: Debian's mosquitto, and builds Tern, tern-bench and the rumqttd host
+# program (bench/peers/rumqttd-host).
 #
 #   bench/compare.sh                     # RUNS=3 CONNECTIONS=10000 PAIRS=100 RATE=20000
 #   RUNS=5 CONNECTIONS=19000 bench/compare.sh
 #   MODES="fanout-1k fanout-10k" bench/compare.sh   # a subset of the scenarios
 #   BROKERS="tern mosquitto" bench/compare.sh       # a subset of the brokers
+#
+# Modes: clean persistent p2p-closed p2p-rate p2p-512 p2p-1000 p2p-stored-qos2
+#        fanout-1k fanout-10k native-closed native-rate-1k native-rate-10k
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
 CONNECTIONS=${CONNECTIONS:-10000}
 PAIRS=${PAIRS:-100}
 RATE=${RATE:-20000}
-MODES=${MODES:-clean persistent p2p-closed p2p-rate fanout-1k fanout-10k}
+MODES=${MODES:-clean persistent p2p-closed p2p-rate p2p-512 p2p-1000 p2p-stored-qos2 fanout-1k fanout-10k native-closed native-rate-1k native-rate-10k}
 BROKERS=${BROKERS:-tern mosquitto rumqttd}
 OUT=${OUT:-target/compare}
 mkdir -p "$OUT"
@@ -30,13 +35,14 @@ cargo build --release --locked -p tern-broker -p tern-bench
 CARGO_TARGET_DIR=target/peers cargo build --release --locked --manifest-path bench/peers/rumqttd-host/Cargo.toml
 TERN=target/release/tern BENCH=target/release/tern-bench RUMQTTD=target/peers/release/rumqttd-host
 PORT=18883
+NATIVE_PORT=17420
 
 start_broker() { # name -> sets PID
   local dir="$OUT/$1-data"; rm -rf "$dir"; mkdir -p "$dir"
   case $1 in
     tern)
       printf 'max_connections = 19900\n' > "$dir/tern.toml"
-      $TERN serve --config "$dir/tern.toml" --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 \
+      $TERN serve --config "$dir/tern.toml" --listen 127.0.0.1:$NATIVE_PORT --http-listen 127.0.0.1:0 \
         --mqtt-listen 127.0.0.1:$PORT --data-dir "$dir" >"$dir/log" 2>&1 & ;;
     mosquitto)
       # In-memory sessions (persistence false): Mosquitto keeps QoS 1 queues in memory and writes
@@ -61,20 +67,35 @@ for run in $(seq "$RUNS"); do
   order=("${order[@]:$shift_by}" "${order[@]:0:$shift_by}")
   for b in "${order[@]}"; do
     for mode in $MODES; do
+      # Tern's native protocol has no counterpart in the MQTT brokers.
+      if [[ $mode == native-* && $b != tern ]]; then continue; fi
       start_broker "$b"
       auth=(); [ "$b" = tern ] && auth=(--data-dir "$OUT/tern-data")
+      target=(--addr 127.0.0.1:$PORT --broker "$b")
       case $mode in
         clean) args=(mqtt-connections --connections "$CONNECTIONS" --clean) ;;
         persistent) args=(mqtt-connections --connections "$CONNECTIONS") ;;
         # Telemetry topics: Tern's live path (nothing stored), plain topics for the peers.
         p2p-closed) args=(mqtt-p2p --topics telemetry --pairs "$PAIRS" --window 8 --duration 10) ;;
         p2p-rate) args=(mqtt-p2p --topics telemetry --pairs "$PAIRS" --rate "$RATE" --duration 10) ;;
+        p2p-512) args=(mqtt-p2p --topics telemetry --pairs "$PAIRS" --payload 512 --window 8 --duration 10) ;;
+        p2p-1000) args=(mqtt-p2p --topics telemetry --pairs 1000 --window 8 --duration 10) ;;
+        # QoS 2 end to end. Tern: exactly once into the receiver's durable inbox (fsync'd group
+        # commit before PUBREC), delivered at QoS 2; the peers: QoS 2 with their sessions in
+        # memory (see start_broker). (Tern delivers live topics at QoS 0 whatever the publisher's
+        # QoS, spec 15.3, so QoS 2 is compared on stored topics only.)
+        p2p-stored-qos2) args=(mqtt-p2p --topics stored --qos 2 --pairs "$PAIRS" --window 8 --duration 10) ;;
         # One publisher, one topic (Tern: a user's telemetry), 100,000 deliveries offered per second.
         fanout-1k) args=(mqtt-fanout --members 1000 --rate 100 --duration 10) ;;
         fanout-10k) args=(mqtt-fanout --members 10000 --rate 10 --duration 10) ;;
+        # Tern's native protocol: QoS 2, exactly once, durable (fsync'd group commit before PUBACK).
+        native-closed) args=(p2p --pairs "$PAIRS" --window 8 --duration 10)
+          target=(--addr 127.0.0.1:$NATIVE_PORT) ;;
+        native-rate-1k) args=(p2p --pairs "$PAIRS" --rate 1000 --duration 10); target=(--addr 127.0.0.1:$NATIVE_PORT) ;;
+        native-rate-10k) args=(p2p --pairs "$PAIRS" --rate 10000 --duration 10); target=(--addr 127.0.0.1:$NATIVE_PORT) ;;
       esac
       echo "round $run: $b, $mode" >&2
-      if line=$($BENCH "${args[@]}" --addr 127.0.0.1:$PORT --broker "$b" --broker-pid "$PID" --prefix "r$run" \
+      if line=$($BENCH "${args[@]}" "${target[@]}" --broker-pid "$PID" --prefix "r$run" \
           "${auth[@]}" 2>"$OUT/bench.log" | tail -1); then
         echo "$line" | python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); d["run"]=int(sys.argv[1]); d["mode"]=sys.argv[2]; print(json.dumps(d))' "$run" "$mode" >> "$OUT/results.jsonl"
       else
@@ -120,6 +141,21 @@ metrics = [
     ("p2p-rate", "latency_us.p50", "p2p fixed rate: latency p50 µs", 0),
     ("p2p-rate", "latency_us.p99", "p2p fixed rate: latency p99 µs", 0),
     ("p2p-rate", "broker_cpu_us_per_msg", "p2p fixed rate: broker CPU µs per message", 2),
+    ("p2p-512", "msgs_per_sec", "p2p QoS 1, 512 B, closed loop: messages per second", 0),
+    ("p2p-512", "broker_cpu_us_per_msg", "p2p 512 B: broker CPU µs per message", 2),
+    ("p2p-1000", "msgs_per_sec", "p2p QoS 1, 1000 pairs, closed loop: messages per second", 0),
+    ("p2p-1000", "broker_cpu_us_per_msg", "p2p 1000 pairs: broker CPU µs per message", 2),
+    ("p2p-stored-qos2", "msgs_per_sec", "p2p QoS 2 closed loop (Tern: durable inboxes): messages per second", 0),
+    ("p2p-stored-qos2", "latency_us.p99", "p2p QoS 2 (Tern durable): latency p99 µs", 0),
+    ("p2p-stored-qos2", "broker_cpu_us_per_msg", "p2p QoS 2 (Tern durable): broker CPU µs per message", 2),
+    ("native-closed", "msgs_per_sec", "Tern native QoS 2, durable, closed loop: messages per second", 0),
+    ("native-closed", "broker_cpu_us_per_msg", "Tern native closed loop: broker CPU µs per message", 2),
+    ("native-rate-1k", "latency_us.p50", "Tern native at 1,000/s: latency p50 µs", 0),
+    ("native-rate-1k", "latency_us.p99", "Tern native at 1,000/s: latency p99 µs", 0),
+    ("native-rate-10k", "msgs_per_sec", "Tern native at 10,000/s: messages per second", 0),
+    ("native-rate-10k", "latency_us.p50", "Tern native at 10,000/s: latency p50 µs", 0),
+    ("native-rate-10k", "latency_us.p99", "Tern native at 10,000/s: latency p99 µs", 0),
+    ("native-rate-10k", "broker_cpu_us_per_msg", "Tern native at 10,000/s: broker CPU µs per message", 2),
     ("fanout-1k", "deliveries_per_sec", "fan-out to 1k (100 msgs/s offered): deliveries per second", 0),
     ("fanout-1k", "all_reached_us.p99", "fan-out to 1k: µs for one message to reach all, p99", 0),
     ("fanout-1k", "broker_cpu_us_per_delivery", "fan-out to 1k: broker CPU µs per delivery", 2),

@@ -53,7 +53,7 @@ enum Scenario {
     /// MQTT connections (any MQTT 3.1.1 broker): K idle persistent sessions (accept rate and
     /// broker memory per connection), then a reconnect storm with one stored message each.
     MqttConnections(mqtt_connections::Args),
-    /// MQTT point to point (any MQTT 3.1.1 broker): N pairs, QoS 1, closed loop or fixed rate.
+    /// MQTT point to point (any MQTT 3.1.1 broker): N pairs, QoS 1 or 2, closed loop or fixed rate.
     MqttP2p(mqtt_p2p::Args),
     /// MQTT fan-out (any MQTT 3.1.1 broker): M subscribers of one topic, one publisher at a rate.
     MqttFanout(mqtt_fanout::Args),

@@ -1,5 +1,5 @@
-//! Scenario `mqtt-p2p`, the same for every MQTT 3.1.1 broker: N sender/receiver pairs, QoS 1,
-//! closed loop (`--window` PUBLISHes awaiting PUBACK per sender) or a fixed total rate. Each
+//! Scenario `mqtt-p2p`, the same for every MQTT 3.1.1 broker: N sender/receiver pairs, QoS 1 or
+//! 2, closed loop (`--window` PUBLISHes awaiting PUBACK per sender) or a fixed total rate. Each
 //! receiver subscribes to its own topic; the send time travels in the payload (one monotonic
 //! clock), so latency is send-to-delivery.
 //!
@@ -34,6 +34,9 @@ pub(crate) struct Args {
     /// `telemetry` (live) or `stored` (Tern: durable inbox).
     #[arg(long, default_value = "telemetry", value_parser = ["telemetry", "stored"])]
     topics: String,
+    /// QoS of the PUBLISHes and subscriptions: 1 (PUBACK) or 2 (PUBREC, PUBREL, PUBCOMP).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+    qos: u8,
     /// Prefix of user and client names.
     #[arg(long, default_value = "mp")]
     prefix: String,
@@ -69,6 +72,7 @@ pub(crate) async fn run(args: Args, tokens: Option<Tokens>) -> anyhow::Result<()
     let pw = |user: &str, device: &str| -> anyhow::Result<Option<String>> {
         tokens.as_ref().map(|t| token(t, user, device)).transpose()
     };
+    let qos = if args.qos == 2 { QoS::ExactlyOnce } else { QoS::AtLeastOnce };
     eprintln!("connecting {} MQTT pairs …", args.load.pairs);
     let mut senders = Vec::with_capacity(args.load.pairs);
     for i in 0..args.load.pairs {
@@ -82,7 +86,7 @@ pub(crate) async fn run(args: Args, tokens: Option<Tokens>) -> anyhow::Result<()
         };
         let (mut rd, mut wr, mut input) =
             connect(args.target.addr, &receiver, &receiver, pw(&receiver, &receiver)?).await?;
-        let mut s = v4::Subscribe::new(filter, QoS::AtLeastOnce);
+        let mut s = v4::Subscribe::new(filter, qos);
         s.pkid = 1;
         let mut out = BytesMut::new();
         encode(v4::Packet::Subscribe(s), &mut out)?;
@@ -98,24 +102,25 @@ pub(crate) async fn run(args: Args, tokens: Option<Tokens>) -> anyhow::Result<()
     }
     for (i, ((rd, wr, input), topic)) in senders.into_iter().enumerate() {
         let schedule = args.load.schedule(i);
-        tokio::task::spawn_local(send(rd, wr, input, topic, args.load.payload, args.load.window, schedule, start));
+        tokio::task::spawn_local(send(rd, wr, input, topic, qos, args.load.payload, args.load.window, schedule, start));
     }
     let measured = measure(&stats, args.load.duration, args.target.broker_pid).await;
-    let own =
-        serde_json::json!({"scenario": "mqtt-p2p", "broker": args.target.broker, "qos": 1, "topics": args.topics});
+    let own = serde_json::json!({"scenario": "mqtt-p2p", "broker": args.target.broker, "qos": args.qos, "topics": args.topics});
     print_result(&[own, args.load.fields(), measured]);
     std::process::exit(0)
 }
 
 /// One sender: keeps `window` PUBLISHes unacknowledged, or (`schedule`: interval and first
 /// delay) sends one every interval whatever is acknowledged; batches what is ready into one
-/// write.
+/// write. A QoS 1 PUBLISH is done at its PUBACK, a QoS 2 one at its PUBCOMP (after PUBREC and
+/// our PUBREL).
 #[allow(clippy::too_many_arguments)]
 async fn send(
     mut rd: OwnedReadHalf,
     mut wr: OwnedWriteHalf,
     mut input: BytesMut,
     topic: String,
+    qos: QoS,
     payload: usize,
     window: usize,
     schedule: Option<(Duration, Duration)>,
@@ -132,41 +137,43 @@ async fn send(
             Some(every) => {
                 tokio::time::sleep_until(next_at).await;
                 next_at += every;
+                // Fixed rate: take whatever arrived, without waiting.
+                loop {
+                    match rd.try_read_buf(&mut input) {
+                        Ok(0) => bail!("connection closed"),
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
                 1
             }
         };
         for _ in 0..quota {
             pkid = pkid % 65000 + 1;
-            let mut p = v4::Publish::new(topic.as_str(), QoS::AtLeastOnce, stamped(payload, start));
+            let mut p = v4::Publish::new(topic.as_str(), qos, stamped(payload, start));
             p.pkid = pkid;
             encode(v4::Packet::Publish(p), &mut out)?;
             in_flight += 1;
         }
-        if !out.is_empty() {
-            wr.write_all(&out).await?;
-            out.clear();
-        }
-        if interval.is_none() {
-            // Closed loop: wait for a PUBACK while the window is full.
-            while in_flight >= window {
-                if let v4::Packet::PubAck(_) = next_packet(&mut rd, &mut input).await? {
-                    in_flight -= 1;
+        loop {
+            while let Ok(p) = v4::Packet::read(&mut input, 1 << 20) {
+                match p {
+                    v4::Packet::PubAck(_) | v4::Packet::PubComp(_) => in_flight = in_flight.saturating_sub(1),
+                    v4::Packet::PubRec(r) => encode(v4::Packet::PubRel(v4::PubRel::new(r.pkid)), &mut out)?,
+                    _ => {}
                 }
             }
-        } else {
-            // Fixed rate: take whatever arrived, without waiting.
-            loop {
-                match rd.try_read_buf(&mut input) {
-                    Ok(0) => bail!("connection closed"),
-                    Ok(_) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(e) => return Err(e.into()),
-                }
+            if !out.is_empty() {
+                wr.write_all(&out).await?;
+                out.clear();
             }
-        }
-        while let Ok(p) = v4::Packet::read(&mut input, 1 << 20) {
-            if let v4::Packet::PubAck(_) = p {
-                in_flight = in_flight.saturating_sub(1);
+            // Closed loop: wait for acknowledgements while the window is full.
+            if interval.is_some() || in_flight < window {
+                break;
+            }
+            if rd.read_buf(&mut input).await? == 0 {
+                bail!("connection closed");
             }
         }
     }
@@ -188,11 +195,17 @@ async fn receive(
             batch.push(p);
         }
         for p in batch {
-            if let v4::Packet::Publish(p) = p {
-                if p.qos != QoS::AtMostOnce {
-                    encode(v4::Packet::PubAck(v4::PubAck::new(p.pkid)), &mut out)?;
+            match p {
+                v4::Packet::Publish(p) => {
+                    match p.qos {
+                        QoS::AtMostOnce => {}
+                        QoS::AtLeastOnce => encode(v4::Packet::PubAck(v4::PubAck::new(p.pkid)), &mut out)?,
+                        QoS::ExactlyOnce => encode(v4::Packet::PubRec(v4::PubRec::new(p.pkid)), &mut out)?,
+                    }
+                    stats.borrow_mut().delivered(&p.payload, start);
                 }
-                stats.borrow_mut().delivered(&p.payload, start);
+                v4::Packet::PubRel(r) => encode(v4::Packet::PubComp(v4::PubComp::new(r.pkid)), &mut out)?,
+                _ => {}
             }
         }
         if !out.is_empty() {

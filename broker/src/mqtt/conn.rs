@@ -81,8 +81,9 @@ struct Conn {
     pending: usize,
     window: usize,
     max_out: usize,
-    /// Commits of this batch, delivered after the batch's flush.
-    committed: Vec<(crate::store::Committed, Vec<String>)>,
+    /// Store writes of this batch (commits with the members to notify, QoS 2 releases), in
+    /// order; what they caused is sent and delivered once they are durable.
+    committed: Vec<(crate::store::PendingCommit, Vec<String>)>,
     /// How long the device may stay silent (1.5 × its keep alive).
     keep_alive: Option<Duration>,
     /// Set when the connection should end after writing what is queued.
@@ -232,27 +233,29 @@ impl Conn {
         self.complete().await;
     }
 
-    /// Flushes this batch's commits, then lets the router deliver them.
+    /// Waits for this batch's store writes to be durable (group commit), then lets the router
+    /// deliver the messages; the acknowledgements wait in `wbuf` until then.
     async fn complete(&mut self) {
         if self.committed.is_empty() {
             return;
         }
-        // Boxed: the flush future is large and rarely live, so it stays out of every idle
-        // connection's task.
-        if let Err(e) = Box::pin(self.shared.store.flush()).await {
-            tracing::error!(error = %e, "flush failed");
-            // Nothing acknowledged: the device retransmits after reconnecting.
-            self.wbuf.clear();
-            self.committed.clear();
-            self.closing = true;
-            return;
-        }
+        // Boxed: this wait is rarely live, so it stays out of every idle connection's task.
+        let durable = match Box::pin(wait_durable(std::mem::take(&mut self.committed))).await {
+            Ok(durable) => durable,
+            Err(e) => {
+                tracing::error!(error = %e, "MQTT commit failed");
+                // Nothing acknowledged: the device retransmits after reconnecting.
+                self.wbuf.clear();
+                self.closing = true;
+                return;
+            }
+        };
         let now = tokio::time::Instant::now().into_std();
-        for (c, notify) in std::mem::take(&mut self.committed) {
+        for (c, notify) in durable.iter().flat_map(|(cs, notify)| cs.iter().map(move |c| (c, notify))) {
             self.shared.metrics.stored(c.ack.conversation_id);
             let mut router = self.shared.router();
             if !notify.is_empty() {
-                router.notify(&notify, c.ack.conversation_id);
+                router.notify(notify, c.ack.conversation_id);
             }
             for (to, d) in &c.deliveries {
                 router.push(to, None, d, now);
@@ -281,9 +284,9 @@ impl Conn {
             Incoming::PubRec(pkid) => self.send(Outgoing::PubRel(pkid)),
             Incoming::PubRel(pkid) => {
                 if let Some(me) = &self.me {
-                    if let Err(e) = self.shared.store.release_mqtt_pkid(&me.user, &me.device, pkid) {
-                        tracing::error!(error = %e, "QoS 2 release not stored");
-                    }
+                    // PUBCOMP goes out once the release is durable (complete()).
+                    let released = self.shared.store.release_mqtt_pkid(&me.user, &me.device, pkid);
+                    self.committed.push((released, Vec::new()));
                 }
                 self.send(Outgoing::PubComp(pkid, AckReason::Success));
             }
@@ -433,7 +436,7 @@ impl Conn {
         }
         let (user, device) = (me.user.clone(), me.device.clone());
         match self.publish_as(&user, &device, &p) {
-            Ok(true) | Err(_) if p.qos == 0 => {}
+            Ok(()) | Err(_) if p.qos == 0 => {}
             Ok(_) => self.acknowledge(&p, AckReason::Success),
             Err(ReasonCode::StoreUnavailable) => {
                 // Not stored, so not acknowledged (REQ-MQT-008): the device retransmits after
@@ -450,9 +453,9 @@ impl Conn {
         }
     }
 
-    /// Stores or routes a PUBLISH of the device (also its Will). `Ok(false)`: a QoS 2
-    /// retransmission already stored.
-    fn publish_as(&mut self, user: &str, device: &str, p: &PublishIn) -> Result<bool, ReasonCode> {
+    /// Routes a PUBLISH of the device (also its Will), or queues it for the store (a QoS 2
+    /// retransmission already stored is not stored again); its outcome is awaited in complete().
+    fn publish_as(&mut self, user: &str, device: &str, p: &PublishIn) -> Result<(), ReasonCode> {
         if tern_codec::ids::check_topic("topic", &p.topic, tern_codec::ids::TopicUse::Name).is_err() {
             return Err(ReasonCode::InvalidField);
         }
@@ -464,7 +467,7 @@ impl Conn {
                 payload: p.payload.clone(),
                 content_type: p.content_type.clone(),
             };
-            return publish_ephemeral(&self.shared, m).map(|_| true);
+            return publish_ephemeral(&self.shared, m).map(|_| ());
         }
         let r = route(&self.shared, user, &p.topic)?;
         let message = NewMessage {
@@ -483,17 +486,9 @@ impl Conn {
             },
         };
         let pkid = (p.qos == 2).then_some(p.pkid);
-        match self.shared.store.commit_mqtt(user, device, &message, pkid, crate::unix_now_ms()) {
-            Ok(Some(c)) => {
-                self.committed.push((c, r.notify));
-                Ok(true)
-            }
-            Ok(None) => Ok(false),
-            Err(e) => {
-                tracing::error!(error = %e, "MQTT commit failed");
-                Err(ReasonCode::StoreUnavailable)
-            }
-        }
+        let pending = self.shared.store.commit_mqtt(user, device, message, pkid, crate::unix_now_ms());
+        self.committed.push((pending, r.notify));
+        Ok(())
     }
 
     fn acknowledge(&mut self, p: &PublishIn, reason: AckReason) {
@@ -878,6 +873,17 @@ mod tests {
         assert_eq!(pkid_for(65536), 1);
         assert_ne!(pkid_for(0), 0);
     }
+}
+
+/// The outcomes of a batch's store writes, in order, once all are durable.
+async fn wait_durable(
+    pending: Vec<(crate::store::PendingCommit, Vec<String>)>,
+) -> Result<Vec<(Vec<crate::store::Committed>, Vec<String>)>, crate::store::StoreError> {
+    let mut durable = Vec::with_capacity(pending.len());
+    for (commit, notify) in pending {
+        durable.push((commit.await?, notify));
+    }
+    Ok(durable)
 }
 
 #[cfg(test)]

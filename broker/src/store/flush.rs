@@ -13,23 +13,19 @@ use std::thread::JoinHandle;
 use tokio::sync::oneshot;
 
 use super::kv::{Kv, Tx};
-use super::{Committed, NewMessage, StoreError};
+use super::{Committed, StoreError};
 
-/// Messages of one sender to commit together (a package commits whole or not at all).
-#[derive(Debug)]
-pub(super) struct CommitJob {
-    pub(super) sender: String,
-    pub(super) device: String,
-    pub(super) messages: Vec<NewMessage>,
-    pub(super) now_ms: u64,
-}
+/// A transaction whose outcome its caller awaits (one sender's messages: a package commits
+/// whole or not at all); it may run more than once (engine retries, or again on its own when
+/// the group's transaction failed).
+pub(super) type CommitFn = Box<dyn Fn(&Tx<'_>) -> Result<Vec<Committed>, StoreError> + Send>;
 
 /// A write nobody waits for (a device's sync point, say): applied in the next group's
 /// transaction, durable with the next flush; it may run more than once (engine retries).
 pub(super) type LaterWrite = Box<dyn Fn(&Tx<'_>) -> Result<(), StoreError> + Send>;
 
 enum Job {
-    Commit(CommitJob, oneshot::Sender<Result<Vec<Committed>, StoreError>>),
+    Commit(CommitFn, oneshot::Sender<Result<Vec<Committed>, StoreError>>),
     /// Everything committed before the request was queued is durable when it is answered.
     Flush(oneshot::Sender<Result<(), StoreError>>),
     Later(LaterWrite),
@@ -88,7 +84,7 @@ impl GroupCommit {
     }
 
     /// Queues `job` at once; the answer comes when it is durable.
-    pub(super) fn commit(&self, job: CommitJob) -> PendingCommit {
+    pub(super) fn commit(&self, job: CommitFn) -> PendingCommit {
         let (tx, rx) = oneshot::channel();
         self.shared.push(Job::Commit(job, tx));
         PendingCommit(rx)
@@ -147,7 +143,6 @@ impl Shared {
 /// them; if that fails, one per job so a failing job cannot take the others down), flushes once
 /// if anyone waits for it, then answers.
 fn run(kv: &Kv, jobs: Vec<Job>) {
-    let commit = |tx: &Tx<'_>, c: &CommitJob| super::commit_in(tx, &c.sender, &c.device, &c.messages, c.now_ms);
     let mut commits = Vec::new();
     let mut later = Vec::new();
     for job in &jobs {
@@ -161,7 +156,7 @@ fn run(kv: &Kv, jobs: Vec<Job>) {
     if !commits.is_empty() || !later.is_empty() {
         let together = kv.transaction(|tx| {
             later.iter().try_for_each(|w| w(tx))?;
-            commits.iter().map(|c| commit(tx, c)).collect::<Result<Vec<_>, _>>()
+            commits.iter().map(|c| c(tx)).collect::<Result<Vec<_>, _>>()
         });
         match together {
             Ok(all) => outcomes.extend(all.into_iter().map(Ok)),
@@ -171,7 +166,7 @@ fn run(kv: &Kv, jobs: Vec<Job>) {
                         tracing::error!(error = %e, "queued store write failed");
                     }
                 }
-                outcomes.extend(commits.iter().map(|c| kv.transaction(|tx| commit(tx, c))));
+                outcomes.extend(commits.iter().map(|c| kv.transaction(|tx| c(tx))));
             }
         }
     }

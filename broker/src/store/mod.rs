@@ -211,8 +211,8 @@ impl Store {
     /// commit), and the calling task never blocks on the engine or the disk. Commits queued by
     /// one caller are committed in the order queued.
     pub fn commit_durable(&self, sender: &str, device: &str, messages: Vec<NewMessage>, now_ms: u64) -> PendingCommit {
-        let job = flush::CommitJob { sender: sender.to_owned(), device: device.to_owned(), messages, now_ms };
-        self.group_commit.commit(job)
+        let (sender, device) = (sender.to_owned(), device.to_owned());
+        self.group_commit.commit(Box::new(move |tx| commit_in(tx, &sender, &device, &messages, now_ms)))
     }
 
     /// Records an outcome that stored nothing (refused, package timeout) for dedup.

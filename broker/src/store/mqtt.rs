@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{be, commit_one, key, Committed, NewMessage, Store, StoreError};
+use super::{be, commit_one, key, NewMessage, PendingCommit, Store, StoreError};
 
 /// A persistent MQTT session as stored between connections.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,30 +44,32 @@ fn pkid_key(user: &str, device: &str, pkid: u16) -> Vec<u8> {
 }
 
 impl Store {
-    /// Stores one message from an MQTT device. With `qos2_pkid`, the identifier is recorded in
-    /// the same transaction, and a message already stored under it (not yet released) is not
-    /// stored again: `None` then.
+    /// Queues one message from an MQTT device for the next group commit; answered (with the
+    /// message, or nothing) once durable. With `qos2_pkid`, the identifier is recorded in the
+    /// same transaction, and a message already stored under it (not yet released) is not stored
+    /// again: the answer is then empty.
     pub fn commit_mqtt(
         &self,
         sender: &str,
         device: &str,
-        message: &NewMessage,
+        message: NewMessage,
         qos2_pkid: Option<u16>,
         now_ms: u64,
-    ) -> Result<Option<Committed>, StoreError> {
-        self.kv.transaction(|tx| {
-            let marker = qos2_pkid.map(|p| pkid_key(sender, device, p));
+    ) -> PendingCommit {
+        let sender = sender.to_owned();
+        let marker = qos2_pkid.map(|p| pkid_key(&sender, device, p));
+        self.group_commit.commit(Box::new(move |tx| {
             if let Some(k) = &marker {
                 if tx.get(k)?.is_some() {
-                    return Ok(None);
+                    return Ok(Vec::new());
                 }
             }
-            let committed = commit_one(tx, sender, message, now_ms)?;
-            if let Some(k) = marker {
+            let committed = commit_one(tx, &sender, &message, now_ms)?;
+            if let Some(k) = &marker {
                 tx.insert(k, be(committed.ack.msg_id))?;
             }
-            Ok(Some(committed))
-        })
+            Ok(vec![committed])
+        }))
     }
 
     /// Whether a QoS 2 message is stored under `pkid` and not yet released.
@@ -75,10 +77,12 @@ impl Store {
         Ok(self.kv.get(pkid_key(user, device, pkid))?.is_some())
     }
 
-    /// PUBREL: the identifier may be used for a new message.
-    pub fn release_mqtt_pkid(&self, user: &str, device: &str, pkid: u16) -> Result<(), StoreError> {
+    /// PUBREL: the identifier may be used for a new message. Answered once durable, so that a
+    /// PUBCOMP sent after it can never meet a stale identifier after a crash (the device would
+    /// reuse it for a new message, which would be taken for the old one).
+    pub fn release_mqtt_pkid(&self, user: &str, device: &str, pkid: u16) -> PendingCommit {
         let k = pkid_key(user, device, pkid);
-        self.kv.transaction(|tx| tx.remove(&k))
+        self.group_commit.commit(Box::new(move |tx| tx.remove(&k).map(|()| Vec::new())))
     }
 
     /// The device's persistent session, if it has one.
