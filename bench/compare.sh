@@ -14,14 +14,14 @@
 #   BROKERS="tern mosquitto" bench/compare.sh       # a subset of the brokers
 #
 # Modes: clean persistent p2p-closed p2p-rate p2p-512 p2p-1000 p2p-stored-qos2
-#        fanout-1k fanout-10k native-closed native-rate-1k native-rate-10k
+#        fanout-1k fanout-10k native-closed native-rate-1k native-rate-10k native-group-read
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
 CONNECTIONS=${CONNECTIONS:-10000}
 PAIRS=${PAIRS:-100}
 RATE=${RATE:-20000}
-MODES=${MODES:-clean persistent p2p-closed p2p-rate p2p-512 p2p-1000 p2p-stored-qos2 fanout-1k fanout-10k native-closed native-rate-1k native-rate-10k}
+MODES=${MODES:-clean persistent p2p-closed p2p-rate p2p-512 p2p-1000 p2p-stored-qos2 fanout-1k fanout-10k native-closed native-rate-1k native-rate-10k native-group-read}
 BROKERS=${BROKERS:-tern mosquitto rumqttd}
 OUT=${OUT:-target/compare}
 mkdir -p "$OUT"
@@ -36,13 +36,14 @@ CARGO_TARGET_DIR=target/peers cargo build --release --locked --manifest-path ben
 TERN=target/release/tern BENCH=target/release/tern-bench RUMQTTD=target/peers/release/rumqttd-host
 PORT=18883
 NATIVE_PORT=17420
+HTTP_PORT=17480
 
 start_broker() { # name -> sets PID
   local dir="$OUT/$1-data"; rm -rf "$dir"; mkdir -p "$dir"
   case $1 in
     tern)
       printf 'max_connections = 19900\n' > "$dir/tern.toml"
-      $TERN serve --config "$dir/tern.toml" --listen 127.0.0.1:$NATIVE_PORT --http-listen 127.0.0.1:0 \
+      $TERN serve --config "$dir/tern.toml" --listen 127.0.0.1:$NATIVE_PORT --http-listen 127.0.0.1:$HTTP_PORT \
         --mqtt-listen 127.0.0.1:$PORT --data-dir "$dir" >"$dir/log" 2>&1 & ;;
     mosquitto)
       # In-memory sessions (persistence false): Mosquitto keeps QoS 1 queues in memory and writes
@@ -93,6 +94,9 @@ for run in $(seq "$RUNS"); do
           target=(--addr 127.0.0.1:$NATIVE_PORT) ;;
         native-rate-1k) args=(p2p --pairs "$PAIRS" --rate 1000 --duration 10); target=(--addr 127.0.0.1:$NATIVE_PORT) ;;
         native-rate-10k) args=(p2p --pairs "$PAIRS" --rate 10000 --duration 10); target=(--addr 127.0.0.1:$NATIVE_PORT) ;;
+        # A 100,000-member group in read fan-out, 2,000 members online pulling, 10 senders.
+        native-group-read) args=(group-read --members 100000 --online 2000 --senders 10 --duration 10)
+          target=(--addr 127.0.0.1:$NATIVE_PORT --http 127.0.0.1:$HTTP_PORT) ;;
       esac
       echo "round $run: $b, $mode" >&2
       if line=$($BENCH "${args[@]}" "${target[@]}" --broker-pid "$PID" --prefix "r$run" \
@@ -156,6 +160,11 @@ metrics = [
     ("native-rate-10k", "latency_us.p50", "Tern native at 10,000/s: latency p50 µs", 0),
     ("native-rate-10k", "latency_us.p99", "Tern native at 10,000/s: latency p99 µs", 0),
     ("native-rate-10k", "broker_cpu_us_per_msg", "Tern native at 10,000/s: broker CPU µs per message", 2),
+    ("native-group-read", "events.sends_acked_per_sec", "Tern group of 100k (2k online), read fan-out: sends per second", 1),
+    ("native-group-read", "msgs_per_sec", "Tern group of 100k: messages pulled by members per second", 0),
+    ("native-group-read", "events.notifies_per_sec", "Tern group of 100k: NOTIFYs per second", 0),
+    ("native-group-read", "events.syncs_per_sec", "Tern group of 100k: SYNCs per second", 0),
+    ("native-group-read", "broker_cpu_us_per_msg", "Tern group of 100k: broker CPU µs per pulled message", 2),
     ("fanout-1k", "deliveries_per_sec", "fan-out to 1k (100 msgs/s offered): deliveries per second", 0),
     ("fanout-1k", "all_reached_us.p99", "fan-out to 1k: µs for one message to reach all, p99", 0),
     ("fanout-1k", "broker_cpu_us_per_delivery", "fan-out to 1k: broker CPU µs per delivery", 2),

@@ -6,11 +6,13 @@
 //! The generator runs on one thread (a current-thread runtime) so that it competes with the
 //! broker for as little of the machine as possible; its own CPU is reported beside every figure.
 //!
-//! Scenarios: `p2p` (Tern's native protocol, `p2p.rs`), and for any MQTT 3.1.1 broker
+//! Scenarios: `p2p` (Tern's native protocol, `p2p.rs`), `group-read` (a group in read fan-out,
+//! Tern only, `group_read.rs`), and for any MQTT 3.1.1 broker
 //! `mqtt-p2p` (pairs, QoS 1; `mqtt_p2p.rs`), `mqtt-fanout` (one topic, M subscribers;
 //! `mqtt_fanout.rs`) and `mqtt-connections` (idle connections, accept rate, reconnect storm;
 //! `mqtt_connections.rs`).
 
+mod group_read;
 mod mqtt_connections;
 mod mqtt_fanout;
 mod mqtt_p2p;
@@ -57,6 +59,9 @@ enum Scenario {
     MqttP2p(mqtt_p2p::Args),
     /// MQTT fan-out (any MQTT 3.1.1 broker): M subscribers of one topic, one publisher at a rate.
     MqttFanout(mqtt_fanout::Args),
+    /// Tern only: a group above the read fan-out threshold (NOTIFY, then SYNC by its online
+    /// members), senders publishing to it.
+    GroupRead(group_read::Args),
 }
 
 /// CPU time of a process in nanoseconds: the sum of its threads' `schedstat` (the process-level
@@ -130,6 +135,7 @@ fn main() -> anyhow::Result<()> {
                 let tokens = tokens(args.target.provision_cmd.clone(), args.target.data_dir.clone())?;
                 mqtt_p2p::run(args, tokens).await
             }
+            Scenario::GroupRead(args) => group_read::run(args).await,
             Scenario::MqttConnections(args) => {
                 let tokens = tokens(args.target.provision_cmd.clone(), args.target.data_dir.clone())?;
                 mqtt_connections::run(args, tokens).await

@@ -52,6 +52,8 @@ pub(crate) struct Stats {
     latency_us: Histogram<u64>,
     delivered: u64,
     measuring: bool,
+    /// Other events a scenario counts (NOTIFYs, SYNCs, PUBACKs, …), reported per second.
+    events: std::collections::BTreeMap<&'static str, u64>,
 }
 
 impl Stats {
@@ -60,7 +62,15 @@ impl Stats {
             latency_us: Histogram::new_with_bounds(1, 60_000_000, 3)?,
             delivered: 0,
             measuring: false,
+            events: std::collections::BTreeMap::new(),
         })))
+    }
+
+    /// Counts one `event` if the measured window is open.
+    pub(crate) fn count(&mut self, event: &'static str) {
+        if self.measuring {
+            *self.events.entry(event).or_default() += 1;
+        }
     }
 
     /// A delivery whose payload starts with its send time (ns since `start`).
@@ -93,6 +103,7 @@ pub(crate) async fn measure(stats: &Rc<RefCell<Stats>>, duration: u64, broker_pi
         let mut s = stats.borrow_mut();
         s.latency_us.reset();
         s.delivered = 0;
+        s.events.clear();
         s.measuring = true;
     }
     let t0 = Instant::now();
@@ -107,7 +118,12 @@ pub(crate) async fn measure(stats: &Rc<RefCell<Stats>>, duration: u64, broker_pi
         (Some(a), Some(b)) if s.delivered > 0 => Some((b - a) as f64 / 1000.0 / s.delivered as f64),
         _ => None,
     };
+    let mut events = serde_json::Map::new();
+    for (name, n) in &s.events {
+        events.insert(format!("{name}_per_sec"), serde_json::json!(*n as f64 / elapsed));
+    }
     serde_json::json!({
+        "events": events,
         "seconds": elapsed, "delivered": s.delivered, "msgs_per_sec": s.delivered as f64 / elapsed,
         "latency_us": { "p50": s.latency_us.value_at_quantile(0.5), "p99": s.latency_us.value_at_quantile(0.99),
                         "p999": s.latency_us.value_at_quantile(0.999), "max": s.latency_us.max() },

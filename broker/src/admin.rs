@@ -5,6 +5,7 @@
 //! | `POST /v1/admin/tokens` | `{"user","device","ttl_secs"?}` | `{"token","expires_at"}` |
 //! | `POST /v1/admin/groups` | `{"group_id","creator","members"}` | the group |
 //! | `GET /v1/admin/groups/{id}` | | `{"group_id","conversation_id","members","read_fanout"}` |
+//! | `POST /v1/admin/groups/{id}/members` | `{"add"?,"remove"?}` | `{"group_id","conversation_id","member_count","read_fanout"}` |
 //! | `POST /v1/admin/rooms` | `{"room_id","members"}` | `{"room_id","conversation_id"}` |
 //! | `GET /v1/admin/users/{user}` | | `{"user","online_devices","groups","unread_total"}` |
 //!
@@ -61,6 +62,17 @@ struct TokenRequest {
     ttl_secs: Option<u64>,
 }
 
+/// Members to add and to remove (in that order), for groups larger than one request body:
+/// the answer carries the member count, not the list.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MembersRequest {
+    #[serde(default)]
+    add: Vec<String>,
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct GroupRequest {
@@ -98,6 +110,7 @@ pub(crate) fn handle(shared: &Shared, method: &str, path: &str, authorization: O
         ("POST", ["tokens"]) => tokens(shared, body),
         ("POST", ["groups"]) => create_group(shared, body),
         ("GET", ["groups", id]) => group(shared, id),
+        ("POST", ["groups", id, "members"]) => change_members(shared, id, body),
         ("POST", ["rooms"]) => create_room(shared, body),
         ("GET", ["users", user]) => user_info(shared, user),
         _ => Err(error("404 Not Found", "no such admin endpoint")),
@@ -136,6 +149,38 @@ fn group(shared: &Shared, id: &str) -> Result<Reply, Reply> {
     Ok(reply(
         "200 OK",
         json!({ "group_id": id, "conversation_id": conv, "members": members, "read_fanout": read_fanout }),
+    ))
+}
+
+fn change_members(shared: &Shared, id: &str, body: &[u8]) -> Result<Reply, Reply> {
+    let r: MembersRequest = parse(body)?;
+    identifiers(std::iter::once(&id.to_owned()).chain(&r.add).chain(&r.remove))?;
+    let mut conv = None;
+    for (members, add) in [(&r.add, true), (&r.remove, false)] {
+        if members.is_empty() {
+            continue;
+        }
+        match shared.store.change_members(id, None, members, add).map_err(unavailable)? {
+            Ok(c) => {
+                shared.members.changed(c);
+                conv = Some(c);
+            }
+            Err(reason) => return Err(error("404 Not Found", reason.name())),
+        }
+    }
+    let conv = match conv {
+        Some(c) => c,
+        None => shared
+            .store
+            .group_conversation(id)
+            .map_err(unavailable)?
+            .ok_or_else(|| error("404 Not Found", "no such group"))?,
+    };
+    let member_count = shared.store.members(conv).map_err(unavailable)?.len();
+    let read_fanout = member_count > shared.options.write_fanout_threshold;
+    Ok(reply(
+        "200 OK",
+        json!({ "group_id": id, "conversation_id": conv, "member_count": member_count, "read_fanout": read_fanout }),
     ))
 }
 

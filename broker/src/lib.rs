@@ -21,6 +21,7 @@ pub mod config;
 mod connection;
 pub mod e2ee;
 mod http;
+mod members;
 pub mod metrics;
 #[cfg(feature = "mqtt")]
 mod mqtt;

@@ -370,13 +370,20 @@ impl Router {
     }
 
     /// Sends NOTIFY for `conversation_id` to every live device of `members`.
-    pub(crate) fn notify(&self, members: &[String], conversation_id: u64) {
-        for m in members {
-            if let Some(devices) = self.live.get(m) {
-                for live in devices.values() {
-                    let _ = live.tx.send(ToConnection::Notify { conversation_id });
+    pub(crate) fn notify(&self, members: &std::collections::HashSet<String>, conversation_id: u64) {
+        // Walk the smaller side: a large group has few of its members online.
+        let online = |m: &String| self.live.get(m).into_iter().flat_map(|devices| devices.values());
+        let mut send = |live: &Live| {
+            let _ = live.tx.send(ToConnection::Notify { conversation_id });
+        };
+        if self.live.len() < members.len() {
+            for (user, devices) in &self.live {
+                if members.contains(user) {
+                    devices.values().for_each(&mut send);
                 }
             }
+        } else {
+            members.iter().flat_map(online).for_each(send);
         }
     }
 }
@@ -419,6 +426,8 @@ pub(crate) struct Shared {
     pub(crate) claims: crate::connection::ClaimLimiter,
     /// Seq blocks of live conversations (rooms, telemetry): conversation → (next, last reserved).
     live_seqs: Mutex<HashMap<u64, (u64, u64)>>,
+    /// Group members, for routing.
+    pub(crate) members: crate::members::MemberCache,
     /// Open MQTT connections, for their timers and shutdown.
     #[cfg(feature = "mqtt")]
     pub(crate) mqtt: crate::mqtt::Registry,
@@ -512,6 +521,7 @@ impl Broker {
             shutdown,
             claims: crate::connection::ClaimLimiter::default(),
             live_seqs: Mutex::new(HashMap::new()),
+            members: crate::members::MemberCache::default(),
             #[cfg(feature = "mqtt")]
             mqtt: crate::mqtt::Registry::default(),
         });

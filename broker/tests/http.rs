@@ -118,6 +118,23 @@ async fn the_admin_api_mints_tokens_and_manages_groups_and_rooms() {
     let (status, _) = admin(&t, "POST", "/v1/admin/groups", Some(&key), r#"{"group":"x"}"#).await;
     assert_eq!(status, "HTTP/1.1 400 Bad Request");
     alice.publish("group/ops", "provisioned").await.unwrap();
+    // Members in bulk, by the operator (no member acts): the answer counts, it does not list.
+    let (status, m) = admin(
+        &t,
+        "POST",
+        "/v1/admin/groups/ops/members",
+        Some(&key),
+        r#"{"add":["carol","dave","erin"],"remove":["bob"]}"#,
+    )
+    .await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert_eq!((m["member_count"].clone(), m["read_fanout"].clone()), (serde_json::json!(4), serde_json::json!(false)));
+    let (_, g) = admin(&t, "GET", "/v1/admin/groups/ops", Some(&key), "").await;
+    assert_eq!(g["members"], serde_json::json!(["alice", "carol", "dave", "erin"]));
+    let (status, _) = admin(&t, "POST", "/v1/admin/groups/none/members", Some(&key), r#"{"add":["x"]}"#).await;
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+    let (status, _) = admin(&t, "POST", "/v1/admin/groups/ops/members", Some(&key), r#"{"add":["a b"]}"#).await;
+    assert_eq!(status, "HTTP/1.1 400 Bad Request");
 
     let (status, r) =
         admin(&t, "POST", "/v1/admin/rooms", Some(&key), r#"{"room_id":"hall","members":["alice"]}"#).await;
@@ -126,7 +143,7 @@ async fn the_admin_api_mints_tokens_and_manages_groups_and_rooms() {
 
     let (status, u) = admin(&t, "GET", "/v1/admin/users/bob", Some(&key), "").await;
     assert_eq!(status, "HTTP/1.1 200 OK");
-    assert_eq!((u["groups"].clone(), u["unread_total"].clone()), (serde_json::json!(["ops"]), serde_json::json!(1)));
+    assert_eq!((u["groups"].clone(), u["unread_total"].clone()), (serde_json::json!([]), serde_json::json!(1)));
     let (status, _) = admin(&t, "GET", "/v1/admin/groups/none", Some(&key), "").await;
     assert_eq!(status, "HTTP/1.1 404 Not Found");
 }

@@ -15,7 +15,7 @@ pub(super) struct StagedPublish {
     received: std::time::Instant,
     started: std::time::Instant,
     pending: crate::store::PendingCommit,
-    notify_members: Vec<(u64, Vec<String>)>,
+    notify_members: Vec<(u64, crate::members::MemberSet)>,
 }
 
 impl Conn {
@@ -43,12 +43,14 @@ impl Conn {
             return;
         }
         let mut batch = Vec::with_capacity(messages.len());
-        let mut notify_members: Vec<(u64, Vec<String>)> = Vec::new();
+        let mut notify_members: Vec<(u64, crate::members::MemberSet)> = Vec::new();
         let mut refused = Vec::new();
         for p in messages {
             match route(&self.shared, &user, &p.topic) {
                 Ok(Route { conversation_id, inboxes, notify }) => {
-                    notify_members.push((conversation_id, notify));
+                    if let Some(members) = notify {
+                        notify_members.push((conversation_id, members));
+                    }
                     batch.push(NewMessage {
                         cid: p.cid,
                         conversation_id,
@@ -107,9 +109,7 @@ impl Conn {
                 self.shared.metrics.stored(c.ack.conversation_id);
             }
             for (conversation_id, members) in notify_members {
-                if !members.is_empty() {
-                    self.shared.router().notify(&members, conversation_id);
-                }
+                self.shared.router().notify(&members, conversation_id);
             }
             self.shared.metrics.publish_to_ack_seconds.observe(received.elapsed());
             for c in committed {
@@ -229,8 +229,11 @@ impl Conn {
                     Op::GroupRemove(g) => (g, false),
                     _ => unreachable_op(),
                 };
-                match self.shared.store.change_members(&g.group_id, user, &g.members, add) {
-                    Ok(Ok(_)) => resp.result = self.group_info(&g.group_id).map(proto::response::Result::Group),
+                match self.shared.store.change_members(&g.group_id, Some(user), &g.members, add) {
+                    Ok(Ok(conv)) => {
+                        self.shared.members.changed(conv);
+                        resp.result = self.group_info(&g.group_id).map(proto::response::Result::Group);
+                    }
                     Ok(Err(reason)) => resp.reason = wire(reason),
                     Err(_) => resp.reason = wire(ReasonCode::StoreUnavailable),
                 }
@@ -389,19 +392,21 @@ pub(crate) fn route(shared: &Shared, user: &str, topic: &str) -> Result<Route, R
         if peer != user {
             inboxes.push(user.to_owned());
         }
-        return Ok(Route { conversation_id, inboxes, notify: Vec::new() });
+        return Ok(Route { conversation_id, inboxes, notify: None });
     }
     if let Some(group) = topic.strip_prefix("group/") {
         let conversation_id = store.group_conversation(group).map_err(unavailable)?.ok_or(ReasonCode::NotFound)?;
-        if !store.is_member(conversation_id, user).map_err(unavailable)? {
+        let members = shared.members.get(store, conversation_id).map_err(unavailable)?;
+        if !members.contains(user) {
             return Err(ReasonCode::NotAMember);
         }
-        let members = store.members(conversation_id).map_err(unavailable)?;
         // Write fan-out up to the threshold, read fan-out above it (REQ-GRP-002).
         return Ok(if members.len() <= shared.options.write_fanout_threshold {
-            Route { conversation_id, inboxes: members, notify: Vec::new() }
+            let mut inboxes: Vec<String> = members.iter().cloned().collect();
+            inboxes.sort_unstable();
+            Route { conversation_id, inboxes, notify: None }
         } else {
-            Route { conversation_id, inboxes: Vec::new(), notify: members }
+            Route { conversation_id, inboxes: Vec::new(), notify: Some(members) }
         });
     }
     // Rooms, conversations by id and device telemetry are not routed yet.
@@ -414,7 +419,7 @@ pub(crate) struct Route {
     /// Users whose inbox gets a copy (write fan-out).
     pub(crate) inboxes: Vec<String>,
     /// Members told by NOTIFY, who pull the conversation stream (read fan-out).
-    pub(crate) notify: Vec<String>,
+    pub(crate) notify: Option<crate::members::MemberSet>,
 }
 
 fn unreachable_op() -> ! {

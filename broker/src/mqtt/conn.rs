@@ -83,7 +83,7 @@ struct Conn {
     max_out: usize,
     /// Store writes of this batch (commits with the members to notify, QoS 2 releases), in
     /// order; what they caused is sent and delivered once they are durable.
-    committed: Vec<(crate::store::PendingCommit, Vec<String>)>,
+    committed: Vec<(crate::store::PendingCommit, Option<crate::members::MemberSet>)>,
     /// How long the device may stay silent (1.5 × its keep alive).
     keep_alive: Option<Duration>,
     /// Set when the connection should end after writing what is queued.
@@ -254,8 +254,8 @@ impl Conn {
         for (c, notify) in durable.iter().flat_map(|(cs, notify)| cs.iter().map(move |c| (c, notify))) {
             self.shared.metrics.stored(c.ack.conversation_id);
             let mut router = self.shared.router();
-            if !notify.is_empty() {
-                router.notify(notify, c.ack.conversation_id);
+            if let Some(members) = notify {
+                router.notify(members, c.ack.conversation_id);
             }
             for (to, d) in &c.deliveries {
                 router.push(to, None, d, now);
@@ -286,7 +286,7 @@ impl Conn {
                 if let Some(me) = &self.me {
                     // PUBCOMP goes out once the release is durable (complete()).
                     let released = self.shared.store.release_mqtt_pkid(&me.user, &me.device, pkid);
-                    self.committed.push((released, Vec::new()));
+                    self.committed.push((released, None));
                 }
                 self.send(Outgoing::PubComp(pkid, AckReason::Success));
             }
@@ -877,8 +877,8 @@ mod tests {
 
 /// The outcomes of a batch's store writes, in order, once all are durable.
 async fn wait_durable(
-    pending: Vec<(crate::store::PendingCommit, Vec<String>)>,
-) -> Result<Vec<(Vec<crate::store::Committed>, Vec<String>)>, crate::store::StoreError> {
+    pending: Vec<(crate::store::PendingCommit, Option<crate::members::MemberSet>)>,
+) -> Result<Vec<(Vec<crate::store::Committed>, Option<crate::members::MemberSet>)>, crate::store::StoreError> {
     let mut durable = Vec::with_capacity(pending.len());
     for (commit, notify) in pending {
         durable.push((commit.await?, notify));

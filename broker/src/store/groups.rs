@@ -65,12 +65,13 @@ impl Store {
         Ok(out)
     }
 
-    /// Adds or removes members; only a member may change the group (NOT_A_MEMBER). A member
-    /// joins at the conversation's current seq: later messages are theirs (REQ-GRP-003).
+    /// Adds or removes members; only a member may change the group (NOT_A_MEMBER), or the
+    /// operator (`by` = `None`, the admin API). A member joins at the conversation's current
+    /// seq: later messages are theirs (REQ-GRP-003).
     pub fn change_members(
         &self,
         group: &str,
-        by: &str,
+        by: Option<&str>,
         members: &[String],
         add: bool,
     ) -> Result<Result<u64, ReasonCode>, StoreError> {
@@ -79,8 +80,10 @@ impl Store {
             let Some(conv) = tx.get(&gk)?.map(|v| read_u64(Some(v))) else {
                 return Ok(Err(ReasonCode::NotFound));
             };
-            if tx.get(member_key(conv, by))?.is_none() {
-                return Ok(Err(ReasonCode::NotAMember));
+            if let Some(by) = by {
+                if tx.get(member_key(conv, by))?.is_none() {
+                    return Ok(Err(ReasonCode::NotAMember));
+                }
             }
             let joined_at = read_u64(tx.get(conv_last_key(conv))?);
             for m in members {

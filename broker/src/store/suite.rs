@@ -78,10 +78,10 @@ fn groups_unread_and_recent(engine: Engine) {
     let g = store.create_group("team", "alice", &["bob".into()]).unwrap().unwrap();
     assert_eq!(store.create_group("team", "carol", &[]).unwrap(), Err(tern_codec::ReasonCode::AlreadyExists));
     assert_eq!(
-        store.change_members("team", "carol", &["dave".into()], true).unwrap(),
+        store.change_members("team", Some("carol"), &["dave".into()], true).unwrap(),
         Err(tern_codec::ReasonCode::NotAMember)
     );
-    store.change_members("team", "alice", &["carol".into()], true).unwrap().unwrap();
+    store.change_members("team", Some("alice"), &["carol".into()], true).unwrap().unwrap();
     assert_eq!(store.members(g).unwrap(), ["alice", "bob", "carol"]);
     assert_eq!(store.groups_of("carol").unwrap(), ["team"]);
     assert!(store.share_conversation("bob", "carol").unwrap());
