@@ -125,9 +125,10 @@ def pick(broker, mode, key):
         if v is not None:
             vals.append(v)
     return vals
-def fmt(vals, digits=0):
+def fmt(vals, digits=0, broker=None, mode=None):
     if not vals:
-        return "failed"
+        ran = any(r["broker"] == broker and r.get("mode") == mode for r in rows)
+        return "failed" if ran else "–"
     return f"{statistics.median(vals):,.{digits}f} ({min(vals):,.{digits}f}–{max(vals):,.{digits}f})"
 metrics = [
     ("clean", "connections_per_sec", "connections accepted per second (clean sessions)", 0),
@@ -180,7 +181,7 @@ print("|---|" + "---|" * (len(brokers) + 2))
 for mode, key, label, d in metrics:
     if not any(r.get("mode") == mode for r in rows):
         continue
-    cells = [fmt(pick(b, mode, key), d) for b in brokers]
+    cells = [fmt(pick(b, mode, key), d, b, mode) for b in brokers]
     ratios = []
     for peer in ["mosquitto", "rumqttd"]:
         t, p = pick("tern", mode, key), pick(peer, mode, key)

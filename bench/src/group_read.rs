@@ -76,7 +76,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
 
     let setup = Instant::now();
     let senders: Vec<String> = (0..args.senders.max(1)).map(sender).collect();
-    let body = serde_json::json!({ "group_id": group, "creator": senders[0], "members": senders[1..] });
+    let (creator, others) = senders.split_first().context("no sender")?;
+    let body = serde_json::json!({ "group_id": group, "creator": creator, "members": others });
     admin(args.http, &admin_key, "/v1/admin/groups", &body).await?;
     // Bulk additions in request-sized chunks (the admin API takes bodies up to 64 KiB).
     let mut added = 0;
@@ -92,7 +93,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         .await?;
         if added == args.members {
             anyhow::ensure!(
-                answer["read_fanout"] == true,
+                answer.get("read_fanout") == Some(&serde_json::Value::Bool(true)),
                 "the group is not above the read fan-out threshold: {answer}"
             );
         }
