@@ -42,7 +42,11 @@ start_broker() { # name -> sets PID
   local dir="$OUT/$1-data"; rm -rf "$dir"; mkdir -p "$dir"
   case $1 in
     tern)
-      printf 'max_connections = 19900\n' > "$dir/tern.toml"
+      # The per-connection PUBLISH limit (abuse protection, default 1,000/s with a burst of
+      # 2,000) is lifted: one generator connection stands for many devices (the storm's single
+      # publisher stores one message per session; a closed-loop sender exceeds 1,000/s), and
+      # the peers have no such limit.
+      printf 'max_connections = 19900\npublish_rate_per_sec = 10000000\npublish_burst = 10000000\n' > "$dir/tern.toml"
       $TERN serve --config "$dir/tern.toml" --listen 127.0.0.1:$NATIVE_PORT --http-listen 127.0.0.1:$HTTP_PORT \
         --mqtt-listen 127.0.0.1:$PORT --data-dir "$dir" >"$dir/log" 2>&1 & ;;
     mosquitto)

@@ -223,10 +223,7 @@ impl Conn {
                     if let Some(me) = &self.me {
                         let store = &self.shared.store;
                         let latest = store.conversation_latest(conv.0).unwrap_or(0);
-                        if let Err(e) = store.advance_conversation_cursor(&me.user, &me.device, conv.0, seq.min(latest))
-                        {
-                            tracing::error!(error = %e, "cursor update failed");
-                        }
+                        store.advance_conversation_cursor(&me.user, &me.device, conv.0, seq.min(latest));
                     }
                 }
                 BrokerEvent::Frame(frame) => self.on_frame(*frame),
@@ -259,6 +256,9 @@ impl Conn {
                 return;
             }
         };
+        // Acknowledgements of an earlier connection advance the sync point without waiting;
+        // CONNACK reports it only once they are applied (REQ-SYN-008).
+        self.shared.store.applied().await;
         let cursor = self.shared.store.cursor(&user, &device).unwrap_or(0);
         let mut session_id = [0u8; 16];
         let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut session_id);

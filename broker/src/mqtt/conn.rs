@@ -724,7 +724,9 @@ impl Conn {
         self.saved_cursor = position;
         let Some(me) = self.me.as_deref() else { return };
         if me.persistent.is_some() {
-            if let Err(e) = self.shared.store.advance_cursor_later(&me.user, &me.device, position) {
+            // Written at once, not queued: a session resuming right after reads it (on_connect
+            // cannot wait for the committer without growing every idle connection's future).
+            if let Err(e) = self.shared.store.advance_cursor(&me.user, &me.device, position) {
                 tracing::error!(error = %e, "cursor update failed");
             }
         }

@@ -29,6 +29,8 @@ enum Job {
     /// Everything committed before the request was queued is durable when it is answered.
     Flush(oneshot::Sender<Result<(), StoreError>>),
     Later(LaterWrite),
+    /// Answered once every job queued before it is applied (readable), durable or not.
+    Applied(oneshot::Sender<()>),
 }
 
 impl std::fmt::Debug for Job {
@@ -37,6 +39,7 @@ impl std::fmt::Debug for Job {
             Job::Commit(..) => "Commit",
             Job::Flush(_) => "Flush",
             Job::Later(_) => "Later",
+            Job::Applied(_) => "Applied",
         })
     }
 }
@@ -95,6 +98,14 @@ impl GroupCommit {
         self.shared.push(Job::Later(write));
     }
 
+    /// Waits until every write queued before this call is applied (readable; not necessarily
+    /// durable): a reader that must see them, such as a connecting device's sync point.
+    pub(super) async fn applied(&self) {
+        let (tx, rx) = oneshot::channel();
+        self.shared.push(Job::Applied(tx));
+        let _ = rx.await;
+    }
+
     /// Waits until everything committed before this call is on disk.
     pub(super) async fn flush(&self) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
@@ -149,7 +160,7 @@ fn run(kv: &Kv, jobs: Vec<Job>) {
         match job {
             Job::Commit(c, _) => commits.push(c),
             Job::Later(w) => later.push(w),
-            Job::Flush(_) => {}
+            Job::Flush(_) | Job::Applied(_) => {}
         }
     }
     let mut outcomes: Vec<Result<Vec<Committed>, StoreError>> = Vec::with_capacity(commits.len());
@@ -170,14 +181,25 @@ fn run(kv: &Kv, jobs: Vec<Job>) {
             }
         }
     }
-    if later.len() == jobs.len() {
-        // Nobody waits: the writes become durable with the next flush (or at close).
+    let mut waiting = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        match job {
+            Job::Applied(reply) => {
+                let _ = reply.send(());
+            }
+            Job::Later(_) => {}
+            other => waiting.push(other),
+        }
+    }
+    if waiting.is_empty() {
+        // Nobody waits for durability: the writes become durable with the next flush (or at
+        // close).
         return;
     }
     let flushed = kv.flush().map_err(|e| e.to_string());
     let failed = |e: &String| StoreError::Engine(format!("flush failed: {e}"));
     let mut outcomes = outcomes.into_iter();
-    for job in jobs {
+    for job in waiting {
         match job {
             Job::Commit(_, reply) => {
                 let outcome = outcomes.next().unwrap_or_else(|| Err(stopped()));
@@ -189,7 +211,7 @@ fn run(kv: &Kv, jobs: Vec<Job>) {
             Job::Flush(reply) => {
                 let _ = reply.send(flushed.as_ref().map(|_| ()).map_err(failed));
             }
-            Job::Later(_) => {}
+            Job::Later(_) | Job::Applied(_) => {}
         }
     }
 }

@@ -214,12 +214,13 @@ impl Store {
         Ok(joined_at.max(read_u64(self.kv.get(write_fanout_key(conv))?)))
     }
 
-    /// Advances the device's sync point on a conversation stream (never backwards).
-    pub fn advance_conversation_cursor(&self, user: &str, device: &str, conv: u64, seq: u64) -> Result<(), StoreError> {
+    /// Advances the device's sync point on a conversation stream (never backwards), without
+    /// waiting: like [`Store::advance_cursor_later`], the write joins the next group commit.
+    pub fn advance_conversation_cursor(&self, user: &str, device: &str, conv: u64, seq: u64) {
         let k = device_key(user, device, &key(&[b"conv/", &be(conv)]));
-        self.kv.transaction(|tx| {
+        self.group_commit.later(Box::new(move |tx| {
             let cur = read_u64(tx.get(&k)?);
             tx.insert(&k, be(cur.max(seq)))
-        })
+        }));
     }
 }

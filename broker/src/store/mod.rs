@@ -175,6 +175,11 @@ impl Store {
     pub fn conversation_for_pair(&self, a: &str, b: &str) -> Result<u64, StoreError> {
         let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
         let pair = key(&[b"r/pair/", lo.as_bytes(), b"\0", hi.as_bytes()]);
+        // Read first: every 1:1 message asks, and a write transaction would wait for the engine's
+        // writer (held by the group committer) on a connection's worker thread.
+        if let Some(v) = self.kv.get(&pair)? {
+            return Ok(read_u64(Some(v)));
+        }
         let id = self.kv.transaction(|tx| {
             if let Some(v) = tx.get(&pair)? {
                 return Ok(read_u64(Some(v)));
@@ -336,6 +341,12 @@ impl Store {
             tx.insert(&k, be(cur.max(seq)))
         }));
         Ok(stored)
+    }
+
+    /// Waits until every write queued before this call (sync points advanced without waiting,
+    /// say) is applied and readable.
+    pub async fn applied(&self) {
+        self.group_commit.applied().await;
     }
 
     /// When the message at `seq` of `user`'s inbox was stored (ms), if it still exists.

@@ -199,6 +199,10 @@ fn queued_commits_from_many_senders(engine: Engine) {
     store.advance_cursor_later("bob", "tablet", 4).unwrap();
     runtime.block_on(store.flush()).unwrap();
     assert_eq!(store.cursor("bob", "tablet").unwrap(), 9);
+    // A reader that must see queued writes (a connecting device) waits until they are applied.
+    store.advance_cursor_later("bob", "tablet", 12).unwrap();
+    runtime.block_on(store.applied());
+    assert_eq!(store.cursor("bob", "tablet").unwrap(), 12);
     let mut msg_ids = std::collections::HashSet::new();
     runtime.block_on(async {
         for (sender, cid, pending) in queued {
