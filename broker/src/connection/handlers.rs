@@ -361,8 +361,16 @@ impl Conn {
         }
     }
 
-    /// Tells this device that a read fan-out conversation has news (REQ-SYN-001).
+    /// Tells this device that a read fan-out conversation has news (REQ-SYN-001), at once or,
+    /// within the stream's NOTIFY window, once when the window ends (spec 8.2).
     pub(super) fn notify(&mut self, conversation_id: u64) {
+        if self.notify_windows.admit(conversation_id, std::time::Instant::now()) {
+            self.send_notify(conversation_id);
+        }
+    }
+
+    /// A NOTIFY with the stream's latest seq and this device's sync point on it.
+    pub(super) fn send_notify(&mut self, conversation_id: u64) {
         let Some(me) = &self.me else { return };
         let store = &self.shared.store;
         let latest = store.conversation_latest(conversation_id).unwrap_or(0);

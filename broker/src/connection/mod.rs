@@ -16,6 +16,7 @@ use tracing::Instrument;
 
 mod handlers;
 mod keys;
+mod notify;
 mod rooms;
 
 #[cfg(feature = "mqtt")]
@@ -90,6 +91,7 @@ struct Conn {
     me: Option<Identity>,
     tx: crate::server::Outbox,
     publish_budget: Bucket,
+    notify_windows: notify::NotifyWindows,
 }
 
 /// How long a resuming connection waits for the live one to hand its session over.
@@ -114,6 +116,7 @@ where
         me: None,
         tx: crate::server::Outbox::Native(tx),
         publish_budget: Bucket::new(shared.options.publish_rate),
+        notify_windows: notify::NotifyWindows::default(),
     };
     if count as usize > shared.options.max_connections {
         conn.machine.close(ReasonCode::ServerBusy, "too many connections");
@@ -158,6 +161,7 @@ impl Conn {
                 return;
             }
             let deadline = self.machine.poll_timeout().map(tokio::time::Instant::from_std);
+            let notify_due = self.notify_windows.due().map(tokio::time::Instant::from_std);
             tokio::select! {
                 // Cancel-safe: a read that loses the race has consumed nothing.
                 read = rd.read(&mut buf) => match read {
@@ -180,6 +184,11 @@ impl Conn {
                 },
                 // Cancel-safe: a sleep can be dropped and recreated.
                 _ = crate::sleep_until(deadline) => self.machine.handle_timeout(now()),
+                _ = crate::sleep_until(notify_due) => {
+                    for conversation_id in self.notify_windows.take_due(std::time::Instant::now()) {
+                        self.send_notify(conversation_id);
+                    }
+                }
                 // Cancel-safe: watch::changed only observes. Once seen (or once the sender is
                 // gone, when changed() returns at once) the branch is off, so it cannot spin.
                 _ = shutdown.changed(), if !stopping => {
