@@ -11,14 +11,14 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context};
 use tern_broker::client::{Client, ClientOptions, Incoming};
 use tern_codec::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::pairs::{measure, print_result, stamped, Load, Stats};
+use crate::pairs::{measure, print_result, Load, Stats};
 use crate::{token, Tokens};
 
 /// Command-line parameters.
@@ -123,24 +123,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let topic = format!("group/{group}");
     for (i, s) in senders.iter().enumerate() {
         let client = Arc::new(Client::connect(ClientOptions::new(args.addr, "d", &token(&tokens, s, "d")?)).await?);
-        match load.schedule(i) {
-            None => {
-                for _ in 0..args.window.max(1) {
-                    tokio::task::spawn_local(send(client.clone(), topic.clone(), args.payload, start, stats.clone()));
-                }
-            }
-            Some((every, first)) => {
-                tokio::task::spawn_local(send_at_rate(
-                    client,
-                    topic.clone(),
-                    args.payload,
-                    start,
-                    stats.clone(),
-                    every,
-                    first,
-                ));
-            }
-        }
+        crate::p2p::start_sender(&client, &topic, &load, i, &stats, start);
     }
     let measured = measure(&stats, args.duration, args.broker_pid).await;
     let own = serde_json::json!({
@@ -150,34 +133,6 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     });
     print_result(&[own, measured]);
     std::process::exit(0)
-}
-
-async fn send(client: Arc<Client>, topic: String, payload: usize, start: Instant, stats: Rc<RefCell<Stats>>) {
-    while let Ok(ack) = client.publish(&topic, stamped(payload, start)).await {
-        stats.borrow_mut().count(if ack.reason == 0 { "sends_acked" } else { "sends_refused" });
-    }
-}
-
-async fn send_at_rate(
-    client: Arc<Client>,
-    topic: String,
-    payload: usize,
-    start: Instant,
-    stats: Rc<RefCell<Stats>>,
-    every: Duration,
-    first: Duration,
-) {
-    let mut next = tokio::time::Instant::now() + first;
-    loop {
-        tokio::time::sleep_until(next).await;
-        next += every;
-        let (client, topic, stats) = (client.clone(), topic.clone(), stats.clone());
-        tokio::task::spawn_local(async move {
-            if let Ok(ack) = client.publish(&topic, stamped(payload, start)).await {
-                stats.borrow_mut().count(if ack.reason == 0 { "sends_acked" } else { "sends_refused" });
-            }
-        });
-    }
 }
 
 /// An online member. Tern's client machine pulls by itself: on a NOTIFY above its sync point it

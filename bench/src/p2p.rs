@@ -4,7 +4,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tern_broker::client::{Client, ClientOptions, Incoming};
 
@@ -32,45 +32,55 @@ pub(crate) async fn run(
         senders.push((Arc::new(sender), format!("user/{r}")));
     }
     for (i, (sender, topic)) in senders.iter().enumerate() {
-        match load.schedule(i) {
-            // Closed loop: `window` lanes, each publishing again once its PUBACK is in.
-            None => {
-                for _ in 0..load.window {
-                    tokio::task::spawn_local(send_closed_loop(sender.clone(), topic.clone(), load.payload, start));
-                }
-            }
-            Some(schedule) => {
-                tokio::task::spawn_local(send_at_rate(sender.clone(), topic.clone(), load.payload, start, schedule));
-            }
-        }
+        start_sender(sender, topic, &load, i, &stats, start);
     }
     let measured = measure(&stats, load.duration, broker_pid).await;
     print_result(&[serde_json::json!({"scenario": "p2p", "broker": "tern", "qos": 2}), load.fields(), measured]);
     std::process::exit(0)
 }
 
-async fn send_closed_loop(client: Arc<Client>, topic: String, payload: usize, start: Instant) {
-    while client.publish(&topic, stamped(payload, start)).await.is_ok() {}
-}
-
-/// Open loop: one PUBLISH every interval, whether or not the earlier ones are acknowledged
-/// (each awaits its PUBACK in its own task), the first after the sender's stagger delay.
-async fn send_at_rate(
-    client: Arc<Client>,
-    topic: String,
-    payload: usize,
+/// Starts sender `i` of `load` publishing to `topic`: closed loop (`window` lanes, each
+/// publishing again once its PUBACK is in) or open loop at its share of the fixed rate. PUBACKs
+/// are counted as `sends_acked` / `sends_refused` events.
+pub(crate) fn start_sender(
+    client: &Arc<Client>,
+    topic: &str,
+    load: &Load,
+    i: usize,
+    stats: &Rc<RefCell<Stats>>,
     start: Instant,
-    schedule: (Duration, Duration),
 ) {
-    let (every, first) = schedule;
-    let mut next = tokio::time::Instant::now() + first;
-    loop {
-        tokio::time::sleep_until(next).await;
-        next += every;
-        let (client, topic) = (client.clone(), topic.clone());
-        tokio::task::spawn_local(async move {
-            let _ = client.publish(&topic, stamped(payload, start)).await;
-        });
+    let payload = load.payload;
+    let publish = {
+        let (client, topic, stats) = (client.clone(), topic.to_owned(), stats.clone());
+        move || {
+            let (client, topic, stats) = (client.clone(), topic.clone(), stats.clone());
+            async move {
+                let ack = client.publish(&topic, stamped(payload, start)).await.ok()?;
+                stats.borrow_mut().count(if ack.reason == 0 { "sends_acked" } else { "sends_refused" });
+                Some(())
+            }
+        }
+    };
+    match load.schedule(i) {
+        None => {
+            for _ in 0..load.window.max(1) {
+                let publish = publish.clone();
+                tokio::task::spawn_local(async move { while publish().await.is_some() {} });
+            }
+        }
+        // Open loop: one PUBLISH every interval, whether or not the earlier ones are
+        // acknowledged (each awaits its PUBACK in its own task), the first after the stagger.
+        Some((every, first)) => {
+            tokio::task::spawn_local(async move {
+                let mut next = tokio::time::Instant::now() + first;
+                loop {
+                    tokio::time::sleep_until(next).await;
+                    next += every;
+                    tokio::task::spawn_local(publish());
+                }
+            });
+        }
     }
 }
 
