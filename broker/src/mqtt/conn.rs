@@ -244,9 +244,10 @@ impl Conn {
             Ok(durable) => durable,
             Err(e) => {
                 tracing::error!(error = %e, "MQTT commit failed");
-                // Nothing acknowledged: the device retransmits after reconnecting.
+                // Nothing acknowledged: the device retransmits after reconnecting. MQTT 5 is
+                // told why (as for any store failure); 3.1.1 is just closed.
                 self.wbuf.clear();
-                self.closing = true;
+                self.disconnect(DisconnectReasonCode::ImplementationSpecificError);
                 return;
             }
         };
