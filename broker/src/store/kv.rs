@@ -123,7 +123,12 @@ pub trait KvTx {
 }
 
 /// The store's handle on its engine, with the conveniences the store logic uses.
-pub(super) struct Kv(Box<dyn KvEngine>);
+pub(super) struct Kv {
+    engine: Box<dyn KvEngine>,
+    /// A transaction committed since the last flush began: the committer flushes it within
+    /// [`super::flush::IDLE_FLUSH`] even when nobody waits for durability.
+    dirty: std::sync::atomic::AtomicBool,
+}
 
 impl std::fmt::Debug for Kv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -206,35 +211,43 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 
 impl Kv {
     pub(super) fn new(engine: Box<dyn KvEngine>) -> Kv {
-        Kv(engine)
+        Kv { engine, dirty: std::sync::atomic::AtomicBool::new(false) }
     }
 
     pub(super) fn open(dir: &Path, engine: Engine) -> Result<Kv, StoreError> {
-        Ok(Kv(match engine {
+        Ok(Kv::new(match engine {
             Engine::Sled => Box::new(SledEngine::open(dir)?),
             Engine::Redb => Box::new(RedbEngine::open(dir)?),
             Engine::Fjall => Box::new(FjallEngine::open(dir)?),
         }))
     }
 
+    /// Whether a transaction committed since the last flush began.
+    pub(super) fn dirty(&self) -> bool {
+        self.dirty.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Runs `f` as one transaction and returns its result.
     pub(super) fn transaction<R>(&self, f: impl Fn(&Tx<'_>) -> Result<R, StoreError>) -> Result<R, StoreError> {
         let mut out = None;
-        self.0.transact(&mut |tx| {
+        self.engine.transact(&mut |tx| {
             // A fresh buffer for every try (an engine may retry after a conflict).
             let buffered = WriteSet { engine: tx, keys: RefCell::default() };
             out = Some(f(&Tx(&buffered))?);
             buffered.apply()
         })?;
+        self.dirty.store(true, std::sync::atomic::Ordering::Release);
         out.ok_or_else(|| StoreError::Engine("transaction produced no result".into()))
     }
 
     pub(super) fn flush(&self) -> Result<(), StoreError> {
-        self.0.flush()
+        // Cleared first: a commit racing with this flush leaves the store dirty again.
+        self.dirty.store(false, std::sync::atomic::Ordering::Release);
+        self.engine.flush().inspect_err(|_| self.dirty.store(true, std::sync::atomic::Ordering::Release))
     }
 
     pub(super) fn get(&self, k: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>, StoreError> {
-        self.0.get(k.as_ref())
+        self.engine.get(k.as_ref())
     }
 
     pub(super) fn range(
@@ -244,17 +257,17 @@ impl Kv {
         reverse: bool,
         limit: usize,
     ) -> Result<Vec<Entry>, StoreError> {
-        self.0.range(start, end, reverse, limit)
+        self.engine.range(start, end, reverse, limit)
     }
 
     /// Every key starting with `prefix`, ascending.
     pub(super) fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<Entry>, StoreError> {
         let end = prefix_end(prefix);
-        self.0.range(prefix, end.as_deref(), false, usize::MAX)
+        self.engine.range(prefix, end.as_deref(), false, usize::MAX)
     }
 
     pub(super) fn size_on_disk(&self) -> u64 {
-        self.0.size_on_disk()
+        self.engine.size_on_disk()
     }
 }
 

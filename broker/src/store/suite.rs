@@ -203,6 +203,15 @@ fn queued_commits_from_many_senders(engine: Engine) {
     store.advance_cursor_later("bob", "tablet", 12).unwrap();
     runtime.block_on(store.applied());
     assert_eq!(store.cursor("bob", "tablet").unwrap(), 12);
+    // Nobody flushes: the committer does once its queue is quiet (polled, with a watchdog that
+    // turns a store left dirty for ever into a failure).
+    store.advance_cursor_later("bob", "tablet", 13).unwrap();
+    runtime.block_on(store.applied());
+    let watchdog = std::time::Instant::now() + Duration::from_secs(30);
+    while store.kv.dirty() {
+        assert!(std::time::Instant::now() < watchdog, "a write nobody waited for was never flushed");
+        std::thread::yield_now();
+    }
     let mut msg_ids = std::collections::HashSet::new();
     runtime.block_on(async {
         for (sender, cid, pending) in queued {
