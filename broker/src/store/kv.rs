@@ -166,15 +166,18 @@ struct WriteSet<'a> {
 type Seen = (Option<Vec<u8>>, bool);
 
 impl WriteSet<'_> {
-    fn apply(self) -> Result<(), StoreError> {
+    /// Hands the writes to the engine; whether there were any.
+    fn apply(self) -> Result<bool, StoreError> {
+        let mut wrote = false;
         for (k, (v, written)) in self.keys.into_inner() {
             match (v, written) {
                 (_, false) => {}
                 (Some(v), true) => self.engine.insert(&k, &v)?,
                 (None, true) => self.engine.remove(&k)?,
             }
+            wrote |= written;
         }
-        Ok(())
+        Ok(wrote)
     }
 }
 
@@ -230,13 +233,18 @@ impl Kv {
     /// Runs `f` as one transaction and returns its result.
     pub(super) fn transaction<R>(&self, f: impl Fn(&Tx<'_>) -> Result<R, StoreError>) -> Result<R, StoreError> {
         let mut out = None;
+        let mut wrote = false;
         self.engine.transact(&mut |tx| {
             // A fresh buffer for every try (an engine may retry after a conflict).
             let buffered = WriteSet { engine: tx, keys: RefCell::default() };
             out = Some(f(&Tx(&buffered))?);
-            buffered.apply()
+            wrote = buffered.apply()?;
+            Ok(())
         })?;
-        self.dirty.store(true, std::sync::atomic::Ordering::Release);
+        if wrote {
+            // Read-only transactions leave nothing to flush.
+            self.dirty.store(true, std::sync::atomic::Ordering::Release);
+        }
         out.ok_or_else(|| StoreError::Engine("transaction produced no result".into()))
     }
 

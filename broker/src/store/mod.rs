@@ -198,10 +198,10 @@ impl Store {
         Ok(self.kv.get(member_key(conversation_id, user))?.is_some())
     }
 
-    /// Commits messages atomically (a package commits whole or not at all, REQ-PKG-003): each
-    /// gets the next conversation seq and msg_id, an entry in every listed inbox, and its
-    /// sender cid outcome.
-    pub fn commit(
+    /// Commits messages at once and not yet durably, for the store's own tests (the broker
+    /// uses [`Store::commit_durable`]); see there for what a commit stores.
+    #[cfg(test)]
+    pub(crate) fn commit(
         &self,
         sender: &str,
         device: &str,
@@ -211,7 +211,9 @@ impl Store {
         self.kv.transaction(|tx| commit_in(tx, sender, device, messages, now_ms))
     }
 
-    /// [`Store::commit`], queued at once and answered once durable: the commit joins every
+    /// Commits messages atomically (a package commits whole or not at all, REQ-PKG-003): each
+    /// gets the next conversation seq and msg_id, an entry in every listed inbox, and its sender
+    /// cid outcome. Queued at once and answered once durable: the commit joins every
     /// other connection's commits queued meanwhile in one transaction and one flush (group
     /// commit), and the calling task never blocks on the engine or the disk. Commits queued by
     /// one caller are committed in the order queued.
