@@ -88,6 +88,11 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
                 "# HELP tern_store_bytes Store size on disk.\n# TYPE tern_store_bytes gauge\ntern_store_bytes {}\n",
                 shared.store.size_on_disk()
             ));
+            #[cfg(feature = "mqtt")]
+            body.push_str(&format!(
+                "# HELP tern_mqtt_parked_connections Idle MQTT connections waiting without a task.\n# TYPE tern_mqtt_parked_connections gauge\ntern_mqtt_parked_connections {}\n",
+                shared.mqtt.parked()
+            ));
             respond(&mut stream, "200 OK", "text/plain; version=0.0.4", &body).await
         }
         "/v1/dispatch" => respond(&mut stream, "200 OK", "application/json", &dispatch(shared)).await,

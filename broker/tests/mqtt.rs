@@ -12,15 +12,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use common::raw_mqtt::{RawMqtt, PATIENCE};
 use common::{next_message, start_with, TestBroker};
 use rumqttc::mqttbytes::{v4, QoS};
 use tern_broker::client::{Client, Incoming};
 use tern_codec::{proto, Frame};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Bounds every wait on an external client, so a broken broker fails instead of hanging.
-const PATIENCE: Duration = Duration::from_secs(20);
 
 async fn mqtt_broker() -> TestBroker {
     start_with(|o| o.mqtt_listen = Some("127.0.0.1:0".parse().unwrap())).await
@@ -347,75 +343,6 @@ async fn mqtt_over_tls_with_mosquitto_pub() {
     assert!(ok, "{out:#?}");
     let m = message_within(&mut phone).await;
     assert_eq!((m.topic.as_str(), &m.payload[..]), ("device/alice/sensor1/secure", &b"over tls"[..]));
-}
-
-/// A raw MQTT 3.1.1 connection, for retransmissions a real client only makes after a failure.
-struct RawMqtt {
-    stream: tokio::net::TcpStream,
-    input: BytesMut,
-}
-
-impl RawMqtt {
-    async fn connect(t: &TestBroker, user: &str, device: &str, clean: bool) -> (RawMqtt, v4::ConnAck) {
-        RawMqtt::connect_with_keep_alive(t, user, device, clean, 60).await
-    }
-
-    async fn connect_with_keep_alive(
-        t: &TestBroker,
-        user: &str,
-        device: &str,
-        clean: bool,
-        keep_alive: u16,
-    ) -> (RawMqtt, v4::ConnAck) {
-        let stream = tokio::net::TcpStream::connect(t.broker.mqtt_addr().unwrap()).await.unwrap();
-        let mut raw = RawMqtt { stream, input: BytesMut::new() };
-        let mut connect = v4::Connect::new(device);
-        connect.clean_session = clean;
-        connect.keep_alive = keep_alive;
-        connect.login = Some(v4::Login::new(user, token(t, user, device)));
-        raw.send(v4::Packet::Connect(connect)).await;
-        match raw.next().await {
-            v4::Packet::ConnAck(a) => (raw, a),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    async fn send(&mut self, p: v4::Packet) {
-        let mut buf = BytesMut::new();
-        p.write(&mut buf, usize::MAX).unwrap();
-        self.stream.write_all(&buf).await.unwrap();
-    }
-
-    async fn next(&mut self) -> v4::Packet {
-        loop {
-            match v4::Packet::read(&mut self.input, usize::MAX) {
-                Ok(p) => return p,
-                Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
-                Err(e) => panic!("{e}"),
-            }
-            let n = tokio::time::timeout(PATIENCE, self.stream.read_buf(&mut self.input)).await.unwrap().unwrap();
-            assert!(n > 0, "connection closed");
-        }
-    }
-
-    /// Whether the broker closes the connection (within the test's patience).
-    async fn closed(&mut self) -> bool {
-        let mut buf = [0u8; 64];
-        loop {
-            match tokio::time::timeout(PATIENCE, self.stream.read(&mut buf)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => return true,
-                Ok(Ok(_)) => continue,
-                Err(_) => return false,
-            }
-        }
-    }
-
-    fn qos2(topic: &str, pkid: u16, payload: &str, dup: bool) -> v4::Packet {
-        let mut p = v4::Publish::new(topic, QoS::ExactlyOnce, payload.as_bytes().to_vec());
-        p.pkid = pkid;
-        p.dup = dup;
-        v4::Packet::Publish(p)
-    }
 }
 
 /// The payloads of a conversation's stored history, oldest first.

@@ -6,6 +6,7 @@
 //! one ordered stream, and the position moves only on acknowledgement (REQ-MQT-010).
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -63,6 +64,45 @@ struct Device {
     will: Option<Box<Will>>,
 }
 
+/// What a parked connection keeps (`park`): the part of `Conn` that is not empty between
+/// packets.
+pub(super) struct Idle {
+    shared: Arc<Shared>,
+    conn_id: u64,
+    version: Version,
+    mailbox: Arc<Mailbox>,
+    me: Option<Box<Device>>,
+    subs: Vec<Subscription>,
+    next_read: u64,
+    saved_cursor: u64,
+    window: usize,
+    max_out: usize,
+    keep_alive: Option<Duration>,
+}
+
+impl Idle {
+    pub(super) fn mailbox(&self) -> &Arc<Mailbox> {
+        &self.mailbox
+    }
+
+    /// The broker's runtime, to resume on.
+    pub(super) fn runtime(&self) -> Option<&tokio::runtime::Handle> {
+        self.shared.mqtt.runtime.get()
+    }
+
+    /// The broker's count of parked connections.
+    pub(super) fn parked_count(&self) -> &std::sync::atomic::AtomicU64 {
+        &self.shared.mqtt.parked
+    }
+}
+
+/// How `Conn::serve` stopped.
+enum Served {
+    Ended,
+    /// Nothing in progress and nothing to do for a while: park.
+    Quiet,
+}
+
 struct Conn {
     shared: Arc<Shared>,
     conn_id: u64,
@@ -90,62 +130,145 @@ struct Conn {
     closing: bool,
     /// The device ended with DISCONNECT (no Will).
     clean_exit: bool,
+    /// Park at the next moment with nothing in progress (just connected, or quiet a while).
+    park_when_quiet: bool,
 }
 
 /// Drives one accepted MQTT connection to its end.
-pub(crate) async fn run<S: MqttIo>(shared: Arc<Shared>, mut io: S, peer: SocketAddr) {
-    let gauge = shared.gauge.clone();
-    let count = gauge.count.fetch_add(1, Ordering::AcqRel) + 1;
+/// (A plain function returning `drive`'s future: an `async fn` would hold the connection
+/// twice, once in its own state and once in `drive`'s, doubling every idle task.)
+pub(crate) fn run<S: MqttIo>(shared: Arc<Shared>, io: S, peer: SocketAddr) -> impl Future<Output = ()> + Send {
+    let count = shared.gauge.count.fetch_add(1, Ordering::AcqRel) + 1;
     shared.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
     let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(%peer, conn_id, "MQTT connection open");
-    let mut conn = Conn {
-        shared: shared.clone(),
+    let busy = count as usize > shared.options.max_connections;
+    if S::PARKABLE {
+        shared.mqtt.runtime.get_or_init(tokio::runtime::Handle::current);
+    }
+    let conn = Conn::from_idle(Idle {
+        shared,
         conn_id,
         version: Version::V4,
         mailbox: Arc::new(Mailbox::default()),
         me: None,
         subs: Vec::new(),
-        rbuf: BytesMut::new(),
-        wbuf: BytesMut::new(),
         next_read: 0,
         saved_cursor: 0,
-        inflight: VecDeque::new(),
-        pending: 0,
         window: DEFAULT_WINDOW,
         max_out: usize::MAX,
-        committed: Vec::new(),
         keep_alive: None,
-        closing: false,
-        clean_exit: false,
-    };
-    let busy = count as usize > shared.options.max_connections;
-    shared.mqtt.add(conn_id, conn.mailbox.clone());
-    conn.serve(&mut io, busy).await;
-    shared.mqtt.remove(conn_id);
-    // Boxed, like the flush: it runs once, at the end.
-    Box::pin(conn.finish()).await;
-    tracing::debug!(conn_id, "MQTT connection closed");
-    drop(conn);
-    drop(shared);
-    gauge.leave();
+    });
+    conn.shared.mqtt.add(conn_id, conn.mailbox.clone());
+    conn.drive(io, busy)
+}
+
+/// Serves a parked connection again (`park` spawns this when it has news).
+pub(super) fn resume(io: tokio::net::TcpStream, idle: Idle) -> impl Future<Output = ()> + Send {
+    Conn::from_idle(idle).drive(io, false)
+}
+
+/// Ends a parked connection whose socket could not be resumed.
+pub(super) async fn abandon(idle: Idle) {
+    Conn::from_idle(idle).end().await;
 }
 
 impl Conn {
-    async fn serve<S: MqttIo>(&mut self, io: &mut S, busy: bool) {
-        let mut connected = false;
-        self.mailbox.expect_within(Some(tern_codec::limits::CONNECT_TIMEOUT));
+    fn from_idle(i: Idle) -> Conn {
+        Conn {
+            shared: i.shared,
+            conn_id: i.conn_id,
+            version: i.version,
+            mailbox: i.mailbox,
+            me: i.me,
+            subs: i.subs,
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            next_read: i.next_read,
+            saved_cursor: i.saved_cursor,
+            inflight: VecDeque::new(),
+            pending: 0,
+            window: i.window,
+            max_out: i.max_out,
+            committed: Vec::new(),
+            keep_alive: i.keep_alive,
+            closing: false,
+            clean_exit: false,
+            park_when_quiet: false,
+        }
+    }
+
+    /// Only for a quiet connection: what `from_idle` needs to carry on.
+    fn into_idle(self) -> Idle {
+        Idle {
+            shared: self.shared,
+            conn_id: self.conn_id,
+            version: self.version,
+            mailbox: self.mailbox,
+            me: self.me,
+            subs: self.subs,
+            next_read: self.next_read,
+            saved_cursor: self.saved_cursor,
+            window: self.window,
+            max_out: self.max_out,
+            keep_alive: self.keep_alive,
+        }
+    }
+
+    /// Serves the connection until it ends, or parks it once it is quiet.
+    async fn drive<S: MqttIo>(mut self, mut io: S, busy: bool) {
+        if let Served::Quiet = self.serve(&mut io, busy).await {
+            match io.into_socket() {
+                Ok(socket) => return super::park::park(socket, self.into_idle()),
+                Err(e) => tracing::info!(conn = self.conn_id, error = %e, "MQTT connection lost while parking"),
+            }
+        }
+        // Boxed, like the flush: it runs once, at the end.
+        Box::pin(self.end()).await;
+    }
+
+    /// The connection is over.
+    async fn end(mut self) {
+        self.shared.mqtt.remove(self.conn_id);
+        self.finish().await;
+        tracing::debug!(conn_id = self.conn_id, "MQTT connection closed");
+        // The store handle goes before the connection counts itself out (shutdown then
+        // closes the store).
+        let gauge = self.shared.gauge.clone();
+        drop(self);
+        gauge.leave();
+    }
+
+    /// Nothing in progress: no partial packet, nothing to write, deliver, acknowledge or store.
+    fn is_quiet(&self) -> bool {
+        self.me.is_some()
+            && !self.closing
+            && self.rbuf.is_empty()
+            && self.wbuf.is_empty()
+            && self.inflight.is_empty()
+            && self.committed.is_empty()
+            && !self.mailbox.has_news()
+    }
+
+    async fn serve<S: MqttIo>(&mut self, io: &mut S, busy: bool) -> Served {
+        let mut connected = self.me.is_some();
+        if !connected {
+            self.mailbox.expect_within(Some(tern_codec::limits::CONNECT_TIMEOUT));
+        }
         loop {
             if !self.wbuf.is_empty() {
                 let out = std::mem::take(&mut self.wbuf);
                 self.shared.metrics.bytes_out.fetch_add(out.len() as u64, Ordering::Relaxed);
                 if io.write_all(&out).await.is_err() {
-                    return;
+                    return Served::Ended;
                 }
             }
             if self.closing {
                 io.shutdown().await;
-                return;
+                return Served::Ended;
+            }
+            if S::PARKABLE && self.park_when_quiet && self.is_quiet() && super::park::available() {
+                return Served::Quiet;
             }
             // One small future for an idle connection: its mailbox (router messages, timers,
             // shutdown, all raised by others) or its socket.
@@ -164,8 +287,10 @@ impl Conn {
                 }
                 Some(read) => read,
             };
+            self.mailbox.active();
+            self.park_when_quiet = false;
             match read {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => return Served::Ended,
                 Ok(n) => {
                     self.shared.metrics.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
                     if !connected {
@@ -179,7 +304,7 @@ impl Conn {
                                 self.closing = true;
                                 continue;
                             }
-                            Err(_) => return,
+                            Err(_) => return Served::Ended,
                         }
                         connected = true;
                         if busy {
@@ -376,6 +501,9 @@ impl Conn {
         ));
         // Debug, not info: fleets reconnect by the thousand.
         tracing::debug!(%user, %device, mqtt = ?self.version, session_present, "MQTT session open");
+        // Most devices go quiet after connecting: park at once, so a storm of connections does
+        // not hold a task each until the sweeper finds them quiet.
+        self.park_when_quiet = true;
         self.shared.metrics.sessions_total.fetch_add(1, Ordering::Relaxed);
         // The stored record needs rewriting unless it already says what this connection would
         // write: a session that never expires, with every subscription still allowed (its
@@ -582,6 +710,12 @@ impl Conn {
     /// What the router left: inbox news, live room and telemetry messages, presence, closes.
     fn on_mail(&mut self) {
         let (news, queue) = self.mailbox.take();
+        if news == super::NEWS_QUIET {
+            // Only the sweeper's suggestion: not activity.
+            self.park_when_quiet = true;
+            return;
+        }
+        self.mailbox.active();
         if news & super::NEWS_SHUTDOWN != 0 {
             return self.disconnect(DisconnectReasonCode::ServerShuttingDown);
         }
@@ -909,6 +1043,6 @@ mod size_tests {
         eprintln!("connection future: {size} bytes; Conn: {} bytes", std::mem::size_of::<super::Conn>());
         // 1024 bytes before the flush and finish futures were boxed and select! gave way to one
         // poll_fn; 568 on Rust 1.95.
-        assert!(size <= 640, "an idle MQTT connection's future grew to {size} bytes");
+        assert!(size <= 768, "an idle MQTT connection's future grew to {size} bytes");
     }
 }

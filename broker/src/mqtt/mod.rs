@@ -10,12 +10,34 @@
 
 mod conn;
 mod packets;
+#[cfg(unix)]
+mod park;
 mod topics;
+
+/// Without Unix file descriptors idle connections keep their tasks.
+#[cfg(not(unix))]
+mod park {
+    pub(super) fn available() -> bool {
+        false
+    }
+
+    pub(super) fn park(socket: std::net::TcpStream, conn: super::conn::Idle) {
+        if let Some(runtime) = conn.runtime().cloned() {
+            let _context = runtime.enter();
+            match tokio::net::TcpStream::from_std(socket) {
+                Ok(io) => drop(runtime.spawn(super::conn::resume(io, conn))),
+                Err(_) => drop(runtime.spawn(super::conn::abandon(conn))),
+            }
+        }
+    }
+
+    pub(super) fn revive(_token: usize) {}
+}
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -31,17 +53,23 @@ use crate::server::{Shared, ToConnection};
 /// TLS ALPN protocol id of MQTT (spec 15, 13-tls).
 pub(crate) const ALPN: &[u8] = b"mqtt";
 
-/// What the router and the sweeper leave for an MQTT connection. An idle connection waits on
-/// this and on its socket with one `poll_fn`: no timer, channel or watch future of its own.
+/// What the router and the sweeper leave for an MQTT connection. A connection waits on this
+/// and on its socket with one `poll_fn`: no timer, channel or watch future of its own; a
+/// parked one (`park`) has no task, and news revives it.
 #[derive(Debug, Default)]
 pub(crate) struct Mailbox {
     queue: Mutex<VecDeque<ToConnection>>,
     /// `NEWS_*` bits.
     news: AtomicU8,
     closed: AtomicBool,
+    /// Sweeps since the connection last did anything (the sweeper counts, the connection
+    /// resets); at `PARK_AFTER_SWEEPS` the sweeper suggests parking.
+    quiet_sweeps: AtomicU8,
     /// When the connection is silent too long (ms since the epoch; 0: never): the sweeper sets
     /// `NEWS_EXPIRED` after it.
     deadline_ms: AtomicU64,
+    /// 1 + the `park` token of a parked connection, 0 while it has a task.
+    parked: AtomicUsize,
     waker: Mutex<Option<Waker>>,
 }
 
@@ -53,6 +81,8 @@ const NEWS_QUEUE: u8 = 2;
 const NEWS_EXPIRED: u8 = 4;
 /// The broker is shutting down.
 const NEWS_SHUTDOWN: u8 = 8;
+/// The connection has been quiet for a while: park it if it has nothing in progress.
+const NEWS_QUIET: u8 = 16;
 
 impl Mailbox {
     pub(crate) fn send(&self, m: ToConnection) -> Result<(), ()> {
@@ -76,8 +106,18 @@ impl Mailbox {
     }
 
     fn signal(&self, bit: u8) {
-        self.news.fetch_or(bit, Ordering::AcqRel);
-        if let Some(w) = lock(&self.waker).take() {
+        // SeqCst with `park::park`'s store of `parked` and load of `news`: either this sees
+        // the connection parked, or the parking sees the news.
+        self.news.fetch_or(bit, Ordering::SeqCst);
+        if self.parked.load(Ordering::SeqCst) != 0 {
+            let token = self.parked.swap(0, Ordering::SeqCst);
+            if token != 0 {
+                return park::revive(token - 1);
+            }
+        }
+        // Woken outside the lock: waking may run code that takes other locks.
+        let waker = lock(&self.waker).take();
+        if let Some(w) = waker {
             w.wake();
         }
     }
@@ -118,6 +158,17 @@ impl Mailbox {
     fn close(&self) {
         self.closed.store(true, Ordering::Release);
     }
+
+    /// The connection did something: it is not quiet.
+    fn active(&self) {
+        if self.quiet_sweeps.load(Ordering::Relaxed) != 0 {
+            self.quiet_sweeps.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn has_news(&self) -> bool {
+        self.news.load(Ordering::SeqCst) != 0
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -128,9 +179,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
     conns: Mutex<HashMap<u64, Arc<Mailbox>>>,
+    /// The broker's runtime, on which parked connections are revived.
+    runtime: OnceLock<tokio::runtime::Handle>,
+    /// Connections parked right now (`park`).
+    parked: AtomicU64,
 }
 
 impl Registry {
+    /// MQTT connections parked right now: idle, waiting without a task.
+    pub(crate) fn parked(&self) -> u64 {
+        self.parked.load(Ordering::Relaxed)
+    }
+
     fn add(&self, conn_id: u64, mailbox: Arc<Mailbox>) {
         lock(&self.conns).insert(conn_id, mailbox);
     }
@@ -147,11 +207,36 @@ impl Registry {
             }
         }
     }
+
+    /// One sweep: connections silent past their deadline expire; connections quiet for
+    /// `PARK_AFTER_SWEEPS` sweeps in a row are told so, once, and park if they can.
+    fn sweep(&self, now_ms: u64) {
+        for m in lock(&self.conns).values() {
+            let deadline = m.deadline_ms.load(Ordering::Acquire);
+            if deadline != 0 && now_ms > deadline {
+                m.signal(NEWS_EXPIRED);
+                continue;
+            }
+            if m.parked.load(Ordering::Relaxed) != 0 {
+                continue;
+            }
+            let quiet = m.quiet_sweeps.load(Ordering::Relaxed);
+            if quiet < PARK_AFTER_SWEEPS {
+                m.quiet_sweeps.store(quiet + 1, Ordering::Relaxed);
+                if quiet + 1 == PARK_AFTER_SWEEPS {
+                    m.signal(NEWS_QUIET);
+                }
+            }
+        }
+    }
 }
 
 /// How often the sweeper looks for silent connections: keep-alive timeouts are late by at most
 /// this much.
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
+/// Sweeps without activity after which a connection parks (about a second): long enough that
+/// a connection in use is not parked and revived between its packets.
+const PARK_AFTER_SWEEPS: u8 = 4;
 
 /// One task for all MQTT connections' timers: keep-alive and CONNECT timeouts, and shutdown.
 pub(crate) async fn sweeper(shared: Arc<Shared>) {
@@ -160,13 +245,7 @@ pub(crate) async fn sweeper(shared: Arc<Shared>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => {
-                let now = crate::unix_now_ms();
-                shared.mqtt.signal_where(NEWS_EXPIRED, |m| {
-                    let d = m.deadline_ms.load(Ordering::Acquire);
-                    d != 0 && now > d
-                });
-            }
+            _ = tick.tick() => shared.mqtt.sweep(crate::unix_now_ms()),
             _ = shutdown.changed() => {
                 shared.mqtt.signal_where(NEWS_SHUTDOWN, |_| true);
                 return;
@@ -177,6 +256,10 @@ pub(crate) async fn sweeper(shared: Arc<Shared>) {
 
 /// Byte streams an MQTT connection runs on.
 pub(crate) trait MqttIo: Send {
+    /// Whether an idle connection on this stream can wait without a task (`park`).
+    const PARKABLE: bool;
+    /// The socket, for parking (only called when `PARKABLE`).
+    fn into_socket(self) -> std::io::Result<std::net::TcpStream>;
     /// Appends what the peer sent once there is something; `Ready(Ok(0))` is the end of stream.
     fn poll_read_more(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<std::io::Result<usize>>;
     fn write_all(&mut self, bytes: &[u8]) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
@@ -193,6 +276,12 @@ thread_local! {
 }
 
 impl MqttIo for TcpStream {
+    const PARKABLE: bool = true;
+
+    fn into_socket(self) -> std::io::Result<std::net::TcpStream> {
+        self.into_std()
+    }
+
     fn poll_read_more(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<std::io::Result<usize>> {
         loop {
             match self.poll_read_ready(cx) {
@@ -223,6 +312,14 @@ impl MqttIo for TcpStream {
 }
 
 impl MqttIo for tokio_rustls::server::TlsStream<TcpStream> {
+    /// The TLS session's state (rustls buffers) would have to be parked too; TLS devices
+    /// keep their tasks.
+    const PARKABLE: bool = false;
+
+    fn into_socket(self) -> std::io::Result<std::net::TcpStream> {
+        Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "MQTT over TLS is not parked"))
+    }
+
     fn poll_read_more(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<std::io::Result<usize>> {
         SCRATCH.with_borrow_mut(|scratch| {
             let mut rb = tokio::io::ReadBuf::new(scratch);

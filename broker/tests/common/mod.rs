@@ -4,6 +4,9 @@
 
 use std::time::Duration;
 
+#[cfg(feature = "mqtt")]
+pub mod raw_mqtt;
+
 use tern_broker::client::{Client, ClientOptions, Incoming};
 use tern_broker::{Broker, BrokerOptions};
 use tern_codec::proto;
