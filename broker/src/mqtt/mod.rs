@@ -34,7 +34,7 @@ mod park {
     pub(super) fn revive(_token: usize) {}
 }
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -58,7 +58,7 @@ pub(crate) const ALPN: &[u8] = b"mqtt";
 /// parked one (`park`) has no task, and news revives it.
 #[derive(Debug, Default)]
 pub(crate) struct Mailbox {
-    queue: Mutex<VecDeque<ToConnection>>,
+    queue: Mutex<Vec<ToConnection>>,
     /// `NEWS_*` bits.
     news: AtomicU8,
     closed: AtomicBool,
@@ -89,7 +89,7 @@ impl Mailbox {
         if self.closed.load(Ordering::Acquire) {
             return Err(());
         }
-        lock(&self.queue).push_back(m);
+        lock(&self.queue).push(m);
         self.signal(NEWS_QUEUE);
         Ok(())
     }
@@ -142,9 +142,9 @@ impl Mailbox {
     }
 
     /// Takes the news bits and the queue.
-    fn take(&self) -> (u8, VecDeque<ToConnection>) {
+    fn take(&self) -> (u8, Vec<ToConnection>) {
         let news = self.news.swap(0, Ordering::AcqRel);
-        let queue = if news & NEWS_QUEUE != 0 { std::mem::take(&mut *lock(&self.queue)) } else { VecDeque::new() };
+        let queue = if news & NEWS_QUEUE != 0 { std::mem::take(&mut *lock(&self.queue)) } else { Vec::new() };
         (news, queue)
     }
 
