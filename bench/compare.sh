@@ -9,7 +9,7 @@
 # program (bench/peers/rumqttd-host).
 #
 #   bench/compare.sh                     # RUNS=3 CONNECTIONS=10000 PAIRS=100 RATE=20000
-#   RUNS=5 CONNECTIONS=19000 bench/compare.sh
+#   RUNS=5 CONNECTIONS=19000 SOURCES=8 bench/compare.sh
 #   MODES="fanout-1k fanout-10k" bench/compare.sh   # a subset of the scenarios
 #   BROKERS="tern mosquitto" bench/compare.sh       # a subset of the brokers
 #
@@ -21,6 +21,8 @@ RUNS=${RUNS:-3}
 CONNECTIONS=${CONNECTIONS:-10000}
 PAIRS=${PAIRS:-100}
 RATE=${RATE:-20000}
+# Source addresses of the connection scenarios (127.0.0.1 … 127.0.0.SOURCES).
+SOURCES=${SOURCES:-8}
 MODES=${MODES:-clean persistent p2p-closed p2p-rate p2p-512 p2p-1000 p2p-stored-qos2 fanout-1k fanout-10k native-closed native-rate-1k native-rate-10k native-group-read}
 BROKERS=${BROKERS:-tern mosquitto rumqttd}
 OUT=${OUT:-target/compare}
@@ -78,8 +80,8 @@ for run in $(seq "$RUNS"); do
       auth=(); [ "$b" = tern ] && auth=(--data-dir "$OUT/tern-data")
       target=(--addr 127.0.0.1:$PORT --broker "$b")
       case $mode in
-        clean) args=(mqtt-connections --connections "$CONNECTIONS" --clean) ;;
-        persistent) args=(mqtt-connections --connections "$CONNECTIONS") ;;
+        clean) args=(mqtt-connections --connections "$CONNECTIONS" --sources "$SOURCES" --clean) ;;
+        persistent) args=(mqtt-connections --connections "$CONNECTIONS" --sources "$SOURCES") ;;
         # Telemetry topics: Tern's live path (nothing stored), plain topics for the peers.
         p2p-closed) args=(mqtt-p2p --topics telemetry --pairs "$PAIRS" --window 8 --duration 10) ;;
         p2p-rate) args=(mqtt-p2p --topics telemetry --pairs "$PAIRS" --rate "$RATE" --duration 10) ;;
