@@ -17,7 +17,7 @@
 
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use mio::unix::SourceFd;
@@ -97,6 +97,8 @@ impl<T> Slots<T> {
 struct Reactor {
     registry: Registry,
     slots: Mutex<Slots<Parked>>,
+    /// Cleared if the thread stops: nothing parks any more.
+    watching: AtomicBool,
 }
 
 /// The reactor, started on first use; `None` if the system refused it (then nothing parks).
@@ -107,7 +109,7 @@ fn reactor() -> Option<&'static Reactor> {
             let started = Poll::new().and_then(|poll| {
                 let registry = poll.registry().try_clone()?;
                 std::thread::Builder::new().name("tern-mqtt-idle".into()).spawn(move || watch(poll))?;
-                Ok(Reactor { registry, slots: Mutex::default() })
+                Ok(Reactor { registry, slots: Mutex::default(), watching: AtomicBool::new(true) })
             });
             started.map_err(|e| tracing::warn!(error = %e, "idle MQTT connections will keep their tasks")).ok()
         })
@@ -122,26 +124,34 @@ fn watch(mut poll: Poll) {
             if e.kind() == std::io::ErrorKind::Interrupted {
                 continue;
             }
-            // Parked connections stay parked until their mailbox revives them (keep-alive
-            // timeouts do): serve them that way rather than spin on a broken epoll.
+            // Nothing parks from now on. Connections parked already hear only from their
+            // mailbox (keep-alive timeouts close them, messages for them revive them).
             tracing::error!(error = %e, "idle MQTT connection reactor stopped");
+            if let Some(r) = reactor() {
+                r.watching.store(false, Ordering::Release);
+            }
             return;
         }
         for event in events.iter() {
-            revive(event.token().0);
+            let token = event.token().0;
+            // A panic while reviving one connection (its runtime gone, say) must not stop
+            // this thread, which every other parked socket depends on.
+            if std::panic::catch_unwind(|| revive(token)).is_err() {
+                tracing::error!(token, "reviving a parked MQTT connection panicked");
+            }
         }
     }
 }
 
 /// Whether connections can be parked in this process.
 pub(super) fn available() -> bool {
-    reactor().is_some()
+    reactor().is_some_and(|r| r.watching.load(Ordering::Acquire))
 }
 
 /// Parks an idle connection: its task ends after this. The connection is revived on a new
 /// task as soon as its socket or mailbox has news, including news that came while parking.
 pub(super) fn park(socket: TcpStream, conn: Idle) {
-    let Some(reactor) = reactor() else {
+    let Some(reactor) = reactor().filter(|r| r.watching.load(Ordering::Acquire)) else {
         // `available()` said otherwise a moment ago: serve it on a task again.
         return spawn_resume(socket, conn);
     };
