@@ -41,7 +41,7 @@ pub(crate) async fn run(
 
 /// Starts sender `i` of `load` publishing to `topic`: closed loop (`window` lanes, each
 /// publishing again once its PUBACK is in) or open loop at its share of the fixed rate. PUBACKs
-/// are counted as `sends_acked` / `sends_refused` events.
+/// are counted as `sends_acked` / `sends_refused` events, and timed from the send.
 pub(crate) fn start_sender(
     client: &Arc<Client>,
     topic: &str,
@@ -56,8 +56,11 @@ pub(crate) fn start_sender(
         move || {
             let (client, topic, stats) = (client.clone(), topic.clone(), stats.clone());
             async move {
+                let sent = Instant::now();
                 let ack = client.publish(&topic, stamped(payload, start)).await.ok()?;
-                stats.borrow_mut().count(if ack.reason == 0 { "sends_acked" } else { "sends_refused" });
+                let mut stats = stats.borrow_mut();
+                stats.acked(sent);
+                stats.count(if ack.reason == 0 { "sends_acked" } else { "sends_refused" });
                 Some(())
             }
         }

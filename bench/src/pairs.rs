@@ -50,6 +50,8 @@ impl Load {
 /// Counters of a run (one thread: `Rc<RefCell<…>>`).
 pub(crate) struct Stats {
     latency_us: Histogram<u64>,
+    /// Send to PUBACK, where the scenario records it (the durable path's bar is on this).
+    ack_latency_us: Histogram<u64>,
     delivered: u64,
     measuring: bool,
     /// Other events a scenario counts (NOTIFYs, SYNCs, PUBACKs, …), reported per second.
@@ -60,6 +62,7 @@ impl Stats {
     pub(crate) fn shared() -> anyhow::Result<Rc<RefCell<Stats>>> {
         Ok(Rc::new(RefCell::new(Stats {
             latency_us: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+            ack_latency_us: Histogram::new_with_bounds(1, 60_000_000, 3)?,
             delivered: 0,
             measuring: false,
             events: std::collections::BTreeMap::new(),
@@ -70,6 +73,13 @@ impl Stats {
     pub(crate) fn count(&mut self, event: &'static str) {
         if self.measuring {
             *self.events.entry(event).or_default() += 1;
+        }
+    }
+
+    /// A PUBACK for a PUBLISH sent at `sent`.
+    pub(crate) fn acked(&mut self, sent: Instant) {
+        if self.measuring {
+            let _ = self.ack_latency_us.record(u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX));
         }
     }
 
@@ -102,6 +112,7 @@ pub(crate) async fn measure(stats: &Rc<RefCell<Stats>>, duration: u64, broker_pi
     {
         let mut s = stats.borrow_mut();
         s.latency_us.reset();
+        s.ack_latency_us.reset();
         s.delivered = 0;
         s.events.clear();
         s.measuring = true;
@@ -122,11 +133,15 @@ pub(crate) async fn measure(stats: &Rc<RefCell<Stats>>, duration: u64, broker_pi
     for (name, n) in &s.events {
         events.insert(format!("{name}_per_sec"), serde_json::json!(*n as f64 / elapsed));
     }
+    let quantiles = |h: &Histogram<u64>| {
+        serde_json::json!({ "p50": h.value_at_quantile(0.5), "p99": h.value_at_quantile(0.99),
+                            "p999": h.value_at_quantile(0.999), "max": h.max() })
+    };
+    let acks = (!s.ack_latency_us.is_empty()).then(|| quantiles(&s.ack_latency_us));
     serde_json::json!({
-        "events": events,
+        "events": events, "ack_latency_us": acks,
         "seconds": elapsed, "delivered": s.delivered, "msgs_per_sec": s.delivered as f64 / elapsed,
-        "latency_us": { "p50": s.latency_us.value_at_quantile(0.5), "p99": s.latency_us.value_at_quantile(0.99),
-                        "p999": s.latency_us.value_at_quantile(0.999), "max": s.latency_us.max() },
+        "latency_us": quantiles(&s.latency_us),
         "broker_cpu_us_per_msg": per_msg(broker0, broker1),
         "generator_cpu_us_per_msg": per_msg(self0, self1),
     })
