@@ -91,7 +91,7 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
             #[cfg(feature = "mqtt")]
             body.push_str(&format!(
                 "# HELP tern_mqtt_parked_connections Idle MQTT connections waiting without a task.\n# TYPE tern_mqtt_parked_connections gauge\ntern_mqtt_parked_connections {}\n",
-                shared.mqtt.parked()
+                shared.mqtt.parked().get()
             ));
             respond(&mut stream, "200 OK", "text/plain; version=0.0.4", &body).await
         }

@@ -612,7 +612,14 @@ impl Broker {
     /// `tern_mqtt_parked_connections`).
     #[cfg(feature = "mqtt")]
     pub fn mqtt_parked(&self) -> u64 {
-        self.shared.mqtt.parked()
+        self.shared.mqtt.parked().get()
+    }
+
+    /// Waits until exactly `n` MQTT connections are parked (for tests and for operators'
+    /// tools that wait for a fleet to settle).
+    #[cfg(feature = "mqtt")]
+    pub async fn until_mqtt_parked(&self, n: u64) {
+        self.shared.mqtt.parked().until(n).await;
     }
 
     /// Graceful shutdown: stop accepting, tell every client SERVER_SHUTTING_DOWN, wait for the

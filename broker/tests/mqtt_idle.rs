@@ -7,8 +7,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::raw_mqtt::{RawMqtt, PATIENCE};
 use common::{start_with, TestBroker};
 use rumqttc::mqttbytes::{v4, QoS};
@@ -17,14 +15,11 @@ async fn mqtt_broker() -> TestBroker {
     start_with(|o| o.mqtt_listen = Some("127.0.0.1:0".parse().unwrap())).await
 }
 
-/// Waits until exactly `n` MQTT connections are parked (polling the broker's gauge; parking
-/// happens on the broker's own schedule: at once after CONNACK, or after a quiet second).
+/// Waits until exactly `n` MQTT connections are parked (parking happens on the broker's own
+/// schedule: at once after CONNACK, or after a quiet second).
 async fn until_parked(t: &TestBroker, n: u64) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while t.broker.mqtt_parked() != n {
-        assert!(tokio::time::Instant::now() < deadline, "parked: {} (expected {n})", t.broker.mqtt_parked());
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let parked = tokio::time::timeout(PATIENCE, t.broker.until_mqtt_parked(n)).await;
+    assert!(parked.is_ok(), "parked: {} (expected {n})", t.broker.mqtt_parked());
 }
 
 async fn subscribe(dev: &mut RawMqtt, filter: &str) {

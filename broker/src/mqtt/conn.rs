@@ -93,8 +93,8 @@ impl Idle {
     }
 
     /// The broker's count of parked connections.
-    pub(super) fn parked_count(&self) -> &std::sync::atomic::AtomicU64 {
-        &self.shared.mqtt.parked
+    pub(super) fn parked_gauge(&self) -> &super::ParkedGauge {
+        self.shared.mqtt.parked()
     }
 }
 

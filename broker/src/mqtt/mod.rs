@@ -182,13 +182,49 @@ pub(crate) struct Registry {
     /// The broker's runtime, on which parked connections are revived.
     runtime: OnceLock<tokio::runtime::Handle>,
     /// Connections parked right now (`park`).
-    parked: AtomicU64,
+    parked: ParkedGauge,
+}
+
+/// How many connections are parked, and a signal when that changes.
+#[derive(Debug, Default)]
+pub(crate) struct ParkedGauge {
+    count: AtomicU64,
+    changed: tokio::sync::Notify,
+}
+
+impl ParkedGauge {
+    /// One more connection parked.
+    pub(super) fn parked(&self) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        self.changed.notify_waiters();
+    }
+
+    /// One parked connection revived.
+    pub(super) fn revived(&self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+        self.changed.notify_waiters();
+    }
+
+    pub(crate) fn get(&self) -> u64 {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Waits until exactly `n` connections are parked.
+    pub(crate) async fn until(&self, n: u64) {
+        loop {
+            let changed = self.changed.notified();
+            if self.count.load(Ordering::Acquire) == n {
+                return;
+            }
+            changed.await;
+        }
+    }
 }
 
 impl Registry {
     /// MQTT connections parked right now: idle, waiting without a task.
-    pub(crate) fn parked(&self) -> u64 {
-        self.parked.load(Ordering::Relaxed)
+    pub(crate) fn parked(&self) -> &ParkedGauge {
+        &self.parked
     }
 
     fn add(&self, conn_id: u64, mailbox: Arc<Mailbox>) {

@@ -165,7 +165,7 @@ pub(super) fn park(socket: TcpStream, conn: Idle) {
             Err(e) => slots.remove(token).map(|parked| (parked, e.to_string())),
             Ok(()) => {
                 if let Some(p) = slots.get(token) {
-                    p.conn.parked_count().fetch_add(1, Ordering::Relaxed);
+                    p.conn.parked_gauge().parked();
                 }
                 // The old task's waker holds the task's memory: let it go.
                 *lock(&mailbox.waker) = None;
@@ -194,7 +194,7 @@ pub(super) fn revive(token: usize) {
     let parked = {
         let mut slots = lock(&reactor.slots);
         let Some(parked) = slots.remove(token) else { return };
-        parked.conn.parked_count().fetch_sub(1, Ordering::Relaxed);
+        parked.conn.parked_gauge().revived();
         // Under the lock, so no event for this socket is taken for a later tenant of the slot.
         if let Err(e) = reactor.registry.deregister(&mut SourceFd(&parked.socket.as_raw_fd())) {
             tracing::warn!(error = %e, "parked MQTT socket not deregistered");
