@@ -6,7 +6,8 @@
 //! QoS 0 local link (a PUBACK could precede Tern's durable store), it preallocates 20 KiB of
 //! buffers per connection and its accept loop sleeps between connections; the figures are in
 //! BENCHMARKS.md. An idle connection here holds no buffers at all: bytes are read into the read
-//! buffer of the worker thread once the socket is readable, and only a partial packet is kept.
+//! buffer of the worker thread once the socket is readable, and only a partial packet is kept;
+//! and once it has been quiet a while it has no task either (`park`).
 
 mod conn;
 mod packets;
