@@ -107,3 +107,29 @@ async fn many_parked_devices_each_get_their_own_message_once() {
         assert!(matches!(dev.next().await, v4::Packet::PingResp), "a message was delivered twice");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_qos2_exchange_spans_a_park_without_a_second_copy() {
+    let t = mqtt_broker().await;
+    let mut bob = t.client("bob", "laptop").await;
+    let (mut dev, _) = RawMqtt::connect(&t, "alice", "sensor1", false).await;
+    until_parked(&t, 1).await;
+    dev.send(RawMqtt::qos2("user/bob", 7, "once", false)).await;
+    assert!(matches!(dev.next().await, v4::Packet::PubRec(r) if r.pkid == 7));
+    // PUBREC out, PUBREL not yet in: the identifier is held in the store, not in the parked
+    // connection, so a retransmission after the park is recognised.
+    until_parked(&t, 1).await;
+    dev.send(RawMqtt::qos2("user/bob", 7, "once", true)).await;
+    assert!(matches!(dev.next().await, v4::Packet::PubRec(r) if r.pkid == 7));
+    until_parked(&t, 1).await;
+    dev.send(v4::Packet::PubRel(v4::PubRel { pkid: 7 })).await;
+    assert!(matches!(dev.next().await, v4::Packet::PubComp(r) if r.pkid == 7));
+    let m = common::next_message(&mut bob).await;
+    assert_eq!(&m.payload[..], b"once");
+    // Released while active; the identifier now carries a new message, after another park.
+    until_parked(&t, 1).await;
+    dev.send(RawMqtt::qos2("user/bob", 7, "second", false)).await;
+    assert!(matches!(dev.next().await, v4::Packet::PubRec(r) if r.pkid == 7));
+    let m = common::next_message(&mut bob).await;
+    assert_eq!(&m.payload[..], b"second", "the first message was delivered twice");
+}
