@@ -92,6 +92,8 @@ struct Conn {
     tx: crate::server::Outbox,
     publish_budget: Bucket,
     notify_windows: notify::NotifyWindows,
+    /// Seq and stored time (ms) of the newest inbox message this link delivered.
+    last_inbox_delivery: (u64, u64),
 }
 
 /// How long a resuming connection waits for the live one to hand its session over.
@@ -117,6 +119,7 @@ where
         tx: crate::server::Outbox::Native(tx),
         publish_budget: Bucket::new(shared.options.publish_rate),
         notify_windows: notify::NotifyWindows::default(),
+        last_inbox_delivery: (0, 0),
     };
     if count as usize > shared.options.max_connections {
         conn.machine.close(ReasonCode::ServerBusy, "too many connections");
@@ -215,13 +218,18 @@ impl Conn {
                 BrokerEvent::StreamAcked { stream: StreamId::Inbox, seq } => {
                     if let Some(me) = &self.me {
                         let store = &self.shared.store;
-                        let seq = seq.min(store.inbox_latest(&me.user).unwrap_or(0));
+                        let (last_seq, last_stored_ms) = self.last_inbox_delivery;
+                        // No further than the inbox goes. Up to what this link delivered that is
+                        // known without reading the store (one read less per acknowledgement).
+                        let seq =
+                            if seq <= last_seq { seq } else { seq.min(store.inbox_latest(&me.user).unwrap_or(0)) };
                         match store.advance_cursor_later(&me.user, &me.device, seq) {
-                            Ok(previous) if seq > previous => {
-                                if let Ok(Some(stored_ms)) = store.inbox_stored_at(&me.user, seq) {
-                                    let ms = crate::unix_now_ms().saturating_sub(stored_ms);
-                                    self.shared.metrics.deliver_seconds.observe(std::time::Duration::from_millis(ms));
-                                }
+                            // Store-to-acknowledgement time, observed when the acknowledgement
+                            // covers the newest message this link delivered (its stored time is
+                            // at hand; reading it back from the store cost two reads per ack).
+                            Ok(previous) if seq > previous && seq >= last_seq && last_seq > previous => {
+                                let ms = crate::unix_now_ms().saturating_sub(last_stored_ms);
+                                self.shared.metrics.deliver_seconds.observe(std::time::Duration::from_millis(ms));
                             }
                             Ok(_) => {}
                             Err(e) => tracing::error!(error = %e, "cursor update failed"),
@@ -370,6 +378,9 @@ impl Conn {
     /// Hands a DELIVER to the session (which windows, sends and retransmits it).
     fn deliver(&mut self, d: proto::Deliver) {
         self.shared.metrics.deliveries.fetch_add(1, Ordering::Relaxed);
+        if StreamId::from_proto(d.stream.as_ref()) == Some(StreamId::Inbox) && d.seq > self.last_inbox_delivery.0 {
+            self.last_inbox_delivery = (d.seq, d.server_time_ms);
+        }
         if let Err(e) = self.machine.deliver(now(), d) {
             tracing::warn!(error = %e, "DELIVER refused by the session");
         }

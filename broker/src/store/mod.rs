@@ -351,15 +351,6 @@ impl Store {
         self.group_commit.applied().await;
     }
 
-    /// When the message at `seq` of `user`'s inbox was stored (ms), if it still exists.
-    pub fn inbox_stored_at(&self, user: &str, seq: u64) -> Result<Option<u64>, StoreError> {
-        Ok(self
-            .inbox_after(user, seq.saturating_sub(1), 1)?
-            .first()
-            .filter(|d| d.seq == seq && !d.payload_omitted)
-            .map(|d| d.server_time_ms))
-    }
-
     /// Raw payload size of the store on disk, for metrics.
     pub fn size_on_disk(&self) -> u64 {
         self.kv.size_on_disk()
