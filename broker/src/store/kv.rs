@@ -5,6 +5,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Mutex, PoisonError};
 
 use redb::{ReadableTable, TableDefinition};
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
@@ -110,6 +111,12 @@ pub trait KvEngine: Send + Sync + 'static {
     fn flush(&self) -> Result<(), StoreError>;
     /// Approximate bytes on disk.
     fn size_on_disk(&self) -> u64;
+    /// Whether every write to this engine goes through this process's [`KvEngine::transact`]
+    /// (an embedded engine): then the store may keep values read in transactions in memory
+    /// (see `HotValues`). A shared or clustered backend written by others says no.
+    fn exclusive(&self) -> bool {
+        false
+    }
 }
 
 /// A transaction's view: reads see the transaction's own writes.
@@ -128,6 +135,61 @@ pub(super) struct Kv {
     /// A transaction committed since the last flush began: the committer flushes it within
     /// [`super::flush::IDLE_FLUSH`] even when nobody waits for durability.
     dirty: std::sync::atomic::AtomicBool,
+    /// Held through every transaction: values read in transactions, kept current by every
+    /// commit (`None` for an engine others write to, where the lock only serialises).
+    hot: Mutex<Option<HotValues>>,
+}
+
+/// Values that transactions read (counters, sync points, unread state, the cid floor), kept in
+/// memory so the next transaction that reads them does not search the engine again: every
+/// message reads about a dozen such keys, and in a small group commit (one message per
+/// sender) each read was a search of the engine's memtable and tables. Coherent because every
+/// write goes through [`Kv::transaction`], which holds the lock around the engine's commit and
+/// the update here; absent keys are remembered too. Keys only written (messages, inbox entries)
+/// are not taken in. Two generations bound it: lookups promote from the older one, and when
+/// the newer fills up the older is dropped (an approximate least-recently-used).
+#[derive(Default)]
+pub(super) struct HotValues {
+    young: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    old: HashMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+/// Keys per generation of [`HotValues`] (about 100 bytes each with their values: ~6 MB for both
+/// generations at most).
+const HOT_GENERATION: usize = 32 * 1024;
+
+impl HotValues {
+    /// The value known for `k`: `None` when not known, `Some(None)` when known absent.
+    fn get(&mut self, k: &[u8]) -> Option<Option<Vec<u8>>> {
+        if let Some(v) = self.young.get(k) {
+            return Some(v.clone());
+        }
+        let (k, v) = self.old.remove_entry(k)?;
+        self.put(k, v.clone());
+        Some(v)
+    }
+
+    fn put(&mut self, k: Vec<u8>, v: Option<Vec<u8>>) {
+        if self.young.len() >= HOT_GENERATION && !self.young.contains_key(&k) {
+            self.old = std::mem::take(&mut self.young);
+        }
+        self.young.insert(k, v);
+    }
+
+    /// Whether `k` is held (in either generation).
+    fn holds(&self, k: &[u8]) -> bool {
+        self.young.contains_key(k) || self.old.contains_key(k)
+    }
+
+    /// After a commit: what the transaction read is kept; what it wrote replaces what is held.
+    fn learn(&mut self, keys: HashMap<Vec<u8>, Seen>) {
+        for (k, (v, written, read)) in keys {
+            if read || (written && self.holds(&k)) {
+                self.old.remove(&k);
+                self.put(k, v);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Kv {
@@ -159,43 +221,64 @@ impl Tx<'_> {
 /// transaction instead of one per message.
 struct WriteSet<'a> {
     engine: &'a dyn KvTx,
+    hot: Option<RefCell<&'a mut HotValues>>,
     keys: RefCell<HashMap<Vec<u8>, Seen>>,
 }
 
-/// A key's current value in a transaction (`None`: absent), and whether the transaction wrote it.
-type Seen = (Option<Vec<u8>>, bool);
+/// A key's current value in a transaction (`None`: absent), whether the transaction wrote it,
+/// and whether it read it before (from the engine or the hot values).
+type Seen = (Option<Vec<u8>>, bool, bool);
 
 impl WriteSet<'_> {
-    /// Hands the writes to the engine; whether there were any.
-    fn apply(self) -> Result<bool, StoreError> {
+    /// Hands the writes to the engine; whether there were any, and every key seen (for the
+    /// hot values, once the engine has committed).
+    fn apply(self) -> Result<(bool, HashMap<Vec<u8>, Seen>), StoreError> {
         let mut wrote = false;
-        for (k, (v, written)) in self.keys.into_inner() {
+        let keys = self.keys.into_inner();
+        for (k, (v, written, _)) in &keys {
             match (v, written) {
                 (_, false) => {}
-                (Some(v), true) => self.engine.insert(&k, &v)?,
-                (None, true) => self.engine.remove(&k)?,
+                (Some(v), true) => self.engine.insert(k, v)?,
+                (None, true) => self.engine.remove(k)?,
             }
             wrote |= written;
         }
-        Ok(wrote)
+        Ok((wrote, keys))
+    }
+
+    fn write(&self, k: &[u8], v: Option<Vec<u8>>) {
+        let mut keys = self.keys.borrow_mut();
+        match keys.get_mut(k) {
+            Some(seen) => {
+                seen.0 = v;
+                seen.1 = true;
+            }
+            None => {
+                keys.insert(k.to_vec(), (v, true, false));
+            }
+        }
     }
 }
 
 impl KvTx for WriteSet<'_> {
     fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        if let Some((v, _)) = self.keys.borrow().get(k) {
+        if let Some((v, _, _)) = self.keys.borrow().get(k) {
             return Ok(v.clone());
         }
-        let v = self.engine.get(k)?;
-        self.keys.borrow_mut().insert(k.to_vec(), (v.clone(), false));
+        let held = self.hot.as_ref().and_then(|hot| hot.borrow_mut().get(k));
+        let v = match held {
+            Some(v) => v,
+            None => self.engine.get(k)?,
+        };
+        self.keys.borrow_mut().insert(k.to_vec(), (v.clone(), false, true));
         Ok(v)
     }
     fn insert(&self, k: &[u8], v: &[u8]) -> Result<(), StoreError> {
-        self.keys.borrow_mut().insert(k.to_vec(), (Some(v.to_vec()), true));
+        self.write(k, Some(v.to_vec()));
         Ok(())
     }
     fn remove(&self, k: &[u8]) -> Result<(), StoreError> {
-        self.keys.borrow_mut().insert(k.to_vec(), (None, true));
+        self.write(k, None);
         Ok(())
     }
 }
@@ -214,7 +297,8 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 
 impl Kv {
     pub(super) fn new(engine: Box<dyn KvEngine>) -> Kv {
-        Kv { engine, dirty: std::sync::atomic::AtomicBool::new(false) }
+        let hot = Mutex::new(engine.exclusive().then(HotValues::default));
+        Kv { engine, dirty: std::sync::atomic::AtomicBool::new(false), hot }
     }
 
     pub(super) fn open(dir: &Path, engine: Engine) -> Result<Kv, StoreError> {
@@ -234,13 +318,27 @@ impl Kv {
     pub(super) fn transaction<R>(&self, f: impl Fn(&Tx<'_>) -> Result<R, StoreError>) -> Result<R, StoreError> {
         let mut out = None;
         let mut wrote = false;
-        self.engine.transact(&mut |tx| {
+        let mut seen = HashMap::new();
+        let mut hot = self.hot.lock().unwrap_or_else(PoisonError::into_inner);
+        let done = self.engine.transact(&mut |tx| {
             // A fresh buffer for every try (an engine may retry after a conflict).
-            let buffered = WriteSet { engine: tx, keys: RefCell::default() };
+            let buffered = WriteSet { engine: tx, hot: hot.as_mut().map(RefCell::new), keys: RefCell::default() };
             out = Some(f(&Tx(&buffered))?);
-            wrote = buffered.apply()?;
+            (wrote, seen) = buffered.apply()?;
             Ok(())
-        })?;
+        });
+        match (done, hot.as_mut()) {
+            (Ok(()), Some(hot)) => hot.learn(seen),
+            (Ok(()), None) => {}
+            (Err(e), hot) => {
+                // Whatever the engine kept of a failed commit, nothing held may contradict it.
+                if let Some(hot) = hot {
+                    *hot = HotValues::default();
+                }
+                return Err(e);
+            }
+        }
+        drop(hot);
         if wrote {
             // Read-only transactions leave nothing to flush.
             self.dirty.store(true, std::sync::atomic::Ordering::Release);
@@ -363,6 +461,10 @@ impl KvEngine for SledEngine {
     fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
     }
+
+    fn exclusive(&self) -> bool {
+        true
+    }
 }
 
 /// redb 2: one table; a single writer at a time; commits made durable by the next flush.
@@ -445,14 +547,24 @@ impl KvEngine for RedbEngine {
     fn size_on_disk(&self) -> u64 {
         std::fs::metadata(&self.file).map_or(0, |m| m.len())
     }
+
+    fn exclusive(&self) -> bool {
+        true
+    }
 }
 
-/// fjall 3: one keyspace of a single-writer transactional database. A commit appends to
+/// fjall 3: one keyspace. A transaction holds the engine's writer lock, reads the keyspace
+/// directly (no other writer can run meanwhile) and hands its writes to one atomic write batch:
+/// [`Kv::transaction`] already buffers a transaction's writes, so fjall's own transaction layer
+/// (a second buffer, a skip list per transaction) would only add work. A commit appends to
 /// fjall's journal (no fsync); [`KvEngine::flush`] fdatasyncs the journal, so a group of commits
 /// costs one sequential write and one sync, and the sorted tables are written in the background.
 struct FjallEngine {
-    db: fjall::SingleWriterTxDatabase,
-    keyspace: fjall::SingleWriterTxKeyspace,
+    db: fjall::Database,
+    keyspace: fjall::Keyspace,
+    /// Serialises transactions: a transaction's reads see every earlier commit and no other
+    /// writer runs between its reads and its batch.
+    writer: Mutex<()>,
 }
 
 fn fjall_err(e: fjall::Error) -> StoreError {
@@ -461,42 +573,44 @@ fn fjall_err(e: fjall::Error) -> StoreError {
 
 impl FjallEngine {
     fn open(dir: &Path) -> Result<FjallEngine, StoreError> {
-        let db = fjall::SingleWriterTxDatabase::builder(Engine::Fjall.path(dir))
+        let db = fjall::Database::builder(Engine::Fjall.path(dir))
             // Durability comes from the group commit's explicit flush, never per commit.
             .manual_journal_persist(true)
             .open()
             .map_err(fjall_err)?;
         let keyspace = db.keyspace("tern", fjall::KeyspaceCreateOptions::default).map_err(fjall_err)?;
-        Ok(FjallEngine { db, keyspace })
+        Ok(FjallEngine { db, keyspace, writer: Mutex::new(()) })
     }
 }
 
+/// A transaction on fjall: reads from the keyspace, writes into a batch committed at the end.
 struct FjallTx<'a> {
-    tx: RefCell<fjall::SingleWriterWriteTx<'a>>,
-    keyspace: &'a fjall::SingleWriterTxKeyspace,
+    batch: RefCell<fjall::OwnedWriteBatch>,
+    keyspace: &'a fjall::Keyspace,
 }
 
 impl KvTx for FjallTx<'_> {
     fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        use fjall::Readable;
-        Ok(self.tx.borrow().get(self.keyspace, k).map_err(fjall_err)?.map(|v| v.to_vec()))
+        Ok(self.keyspace.get(k).map_err(fjall_err)?.map(|v| v.to_vec()))
     }
     fn insert(&self, k: &[u8], v: &[u8]) -> Result<(), StoreError> {
-        self.tx.borrow_mut().insert(self.keyspace, k, v);
+        self.batch.borrow_mut().insert(self.keyspace, k, v);
         Ok(())
     }
     fn remove(&self, k: &[u8]) -> Result<(), StoreError> {
-        self.tx.borrow_mut().remove(self.keyspace, k);
+        self.batch.borrow_mut().remove(self.keyspace, k);
         Ok(())
     }
 }
 
 impl KvEngine for FjallEngine {
     fn transact(&self, f: &mut dyn FnMut(&dyn KvTx) -> Result<(), StoreError>) -> Result<(), StoreError> {
-        // One writer at a time (fjall's lock): the closure runs once, without conflicts.
-        let tx = FjallTx { tx: RefCell::new(self.db.write_tx()), keyspace: &self.keyspace };
+        // One writer at a time: the closure runs once, without conflicts. A panicking writer
+        // committed nothing (its batch is dropped), so a poisoned lock guards nothing broken.
+        let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let tx = FjallTx { batch: RefCell::new(self.db.batch()), keyspace: &self.keyspace };
         f(&tx)?;
-        tx.tx.into_inner().commit().map_err(fjall_err)
+        tx.batch.into_inner().commit().map_err(fjall_err)
     }
 
     fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -504,10 +618,9 @@ impl KvEngine for FjallEngine {
     }
 
     fn range(&self, start: &[u8], end: Option<&[u8]>, reverse: bool, limit: usize) -> Result<Vec<Entry>, StoreError> {
-        let tree = self.keyspace.inner();
         let iter = match end {
-            Some(e) => tree.range(start..e),
-            None => tree.range(start..),
+            Some(e) => self.keyspace.range(start..e),
+            None => self.keyspace.range(start..),
         };
         let iter: Box<dyn Iterator<Item = fjall::Guard>> = if reverse { Box::new(iter.rev()) } else { Box::new(iter) };
         let mut out = Vec::new();
@@ -523,13 +636,17 @@ impl KvEngine for FjallEngine {
     }
 
     fn size_on_disk(&self) -> u64 {
-        self.db.inner().disk_space().unwrap_or(0)
+        self.db.disk_space().unwrap_or(0)
+    }
+
+    fn exclusive(&self) -> bool {
+        true
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{prefix_end, Engine, Kv, SledEngine};
+    use super::{prefix_end, Engine, HotValues, Kv, SledEngine, HOT_GENERATION};
 
     /// A new directory gets the default engine; an existing store keeps its engine; asking for
     /// another engine than the one holding the data is refused with a message naming both.
@@ -583,6 +700,51 @@ mod tests {
             assert!(failed.is_err());
             assert_eq!(kv.get(b"b").unwrap(), None, "{engine:?}");
         }
+    }
+
+    /// Values held in memory follow every commit: a key read absent, then written, then read
+    /// again gives the written value; a failed transaction's writes are not held; on every
+    /// engine.
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn held_values_follow_commits() {
+        for engine in Engine::ALL {
+            let dir = tempfile::tempdir().unwrap();
+            let kv = Kv::open(dir.path(), engine).unwrap();
+            assert_eq!(kv.transaction(|tx| tx.get(b"n")).unwrap(), None);
+            kv.transaction(|tx| tx.insert(b"n", b"1")).unwrap();
+            assert_eq!(kv.transaction(|tx| tx.get(b"n")).unwrap(), Some(b"1".to_vec()), "{engine:?}");
+            let failed = kv.transaction(|tx| {
+                tx.insert(b"n", b"2")?;
+                tx.get(b"n")?;
+                Err::<(), _>(super::StoreError::Corrupt("planted".into()))
+            });
+            assert!(failed.is_err());
+            assert_eq!(kv.transaction(|tx| tx.get(b"n")).unwrap(), Some(b"1".to_vec()), "{engine:?}");
+            kv.transaction(|tx| tx.remove(b"n")).unwrap();
+            assert_eq!(kv.transaction(|tx| tx.get(b"n")).unwrap(), None, "{engine:?}");
+            assert_eq!(kv.get(b"n").unwrap(), None, "{engine:?}");
+        }
+    }
+
+    /// The held values are bounded: a key not used for two generations is dropped, one used in
+    /// between is kept.
+    #[test]
+    fn held_values_are_bounded() {
+        let mut hot = HotValues::default();
+        hot.put(b"kept".to_vec(), Some(b"k".to_vec()));
+        hot.put(b"dropped".to_vec(), None);
+        for i in 0..HOT_GENERATION {
+            hot.put(i.to_be_bytes().to_vec(), None);
+        }
+        // One generation later both are still held (in the older one); using one promotes it.
+        assert_eq!(hot.get(b"kept"), Some(Some(b"k".to_vec())));
+        for i in HOT_GENERATION..2 * HOT_GENERATION {
+            hot.put(i.to_be_bytes().to_vec(), None);
+        }
+        assert_eq!(hot.get(b"kept"), Some(Some(b"k".to_vec())));
+        assert_eq!(hot.get(b"dropped"), None);
+        assert!(hot.young.len() + hot.old.len() <= 2 * HOT_GENERATION);
     }
 
     /// A store whose lock is released shortly after the open starts (as sled does from its IO

@@ -17,7 +17,8 @@
 //! - `g/{group}` → the group's conversation id; `ug/{user}/{group}` → (index of a user's groups)
 //! - `d/{user}/{device}/conv/{conv}` → the device's sync point on a conversation stream
 //! - `c/{conv}/last` → last conversation seq; `c/{conv}/m/{seq}` → message (`proto::Deliver`)
-//! - `u/{user}/last` → last inbox seq; `u/{user}/i/{seq}` → (conversation, conversation seq)
+//! - `u/{user}/last` → the inbox head: last inbox seq and total unread (`reads.rs`);
+//!   `u/{user}/i/{seq}` → (conversation, conversation seq)
 //! - `d/{user}/{device}/cursor` → inbox sync point; `d/{user}/{device}/floor` → contiguous cid;
 //!   `d/{user}/{device}/cid/{cid}` → the cid's PUBACK
 //! - `c/{conv}/wf` → the last seq of a group stored under write fan-out
@@ -243,7 +244,7 @@ impl Store {
 
     /// Highest seq of a user's inbox.
     pub fn inbox_latest(&self, user: &str) -> Result<u64, StoreError> {
-        Ok(read_u64(self.kv.get(key(&[b"u/", user.as_bytes(), b"/last"]))?))
+        Ok(read_u64(self.kv.get(reads::inbox_head_key(user))?.as_deref().and_then(|v| v.get(..8))))
     }
 
     /// Up to `limit` inbox messages after `after`, as DELIVERs on the inbox stream.
@@ -395,7 +396,7 @@ pub(crate) fn commit_one(tx: &Tx<'_>, sender: &str, m: &NewMessage, now_ms: u64)
     }
     let mut deliveries = Vec::with_capacity(m.inboxes.len());
     for user in &m.inboxes {
-        let inbox_seq = bump(tx, &key(&[b"u/", user.as_bytes(), b"/last"]))?;
+        let inbox_seq = reads::next_inbox_seq(tx, user)?;
         let topic = reads::topic_for(user, sender, &m.message.topic);
         reads::touch(tx, user, sender, conv, seq, now_ms, &topic)?;
         tx.insert(key(&[b"u/", user.as_bytes(), b"/i/", &be(inbox_seq)]), key(&[&be(conv), &be(seq)]))?;

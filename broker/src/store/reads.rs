@@ -4,8 +4,12 @@
 //! Keys:
 //! - `uc/{user}/{conv}` → read_seq, unread, last activity (ms), last seq (8 bytes each), then
 //!   the conversation's topic as this user sees it
-//! - `ut/{user}` → total unread over the user's conversations
-//! - `ur/{user}/{u64::MAX - last_ms}/{conv}` → recency index (ascending = newest first)
+//! - `u/{user}/last` → the user's inbox head: the last inbox seq, then the total unread over the
+//!   user's conversations (8 bytes each; one value, so a message costs one write for both)
+//!
+//! Stores written before the inbox head held the total kept it under `ut/{user}` (and a recency
+//! index under `ur/`, no longer read or written: the recent list is sorted from `uc/`); the first
+//! write of a head takes the total over and removes that key.
 
 use super::kv::Tx;
 use prost::Message;
@@ -49,32 +53,72 @@ fn uc_key(user: &str, conv: u64) -> Vec<u8> {
     key(&[b"uc/", user.as_bytes(), b"/", &be(conv)])
 }
 
-fn total_key(user: &str) -> Vec<u8> {
+/// The key of a user's inbox head.
+pub(super) fn inbox_head_key(user: &str) -> Vec<u8> {
+    key(&[b"u/", user.as_bytes(), b"/last"])
+}
+
+/// Where a store written before the inbox head held a user's total unread.
+fn legacy_total_key(user: &str) -> Vec<u8> {
     key(&[b"ut/", user.as_bytes()])
 }
 
-fn recency_key(user: &str, last_ms: u64, conv: u64) -> Vec<u8> {
-    key(&[b"ur/", user.as_bytes(), b"/", &be(u64::MAX - last_ms), &be(conv)])
+/// A user's inbox head (`u/{user}/last`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct InboxHead {
+    /// The last seq of the user's inbox stream.
+    pub(super) last: u64,
+    /// Total unread over the user's conversations.
+    pub(super) unread_total: u64,
+}
+
+impl InboxHead {
+    /// Decodes a stored head, and whether it is a legacy one; `legacy_total` reads the total of
+    /// a head stored as the inbox seq alone (the total was written only beside such a head).
+    pub(super) fn decode(
+        v: Option<&[u8]>,
+        legacy_total: impl FnOnce() -> TxResult<Option<Vec<u8>>>,
+    ) -> TxResult<(InboxHead, bool)> {
+        let last = read_u64(v.and_then(|v| v.get(..8)));
+        match v.map(|v| v.get(8..16)) {
+            None => Ok((InboxHead::default(), false)),
+            Some(Some(total)) => Ok((InboxHead { last, unread_total: read_u64(Some(total)) }, false)),
+            Some(None) => Ok((InboxHead { last, unread_total: read_u64(legacy_total()?) }, true)),
+        }
+    }
+
+    fn encode(self) -> Vec<u8> {
+        key(&[&be(self.last), &be(self.unread_total)])
+    }
+}
+
+fn get_head(tx: &Tx<'_>, user: &str) -> TxResult<(InboxHead, bool)> {
+    let v = tx.get(inbox_head_key(user))?;
+    InboxHead::decode(v.as_deref(), || tx.get(legacy_total_key(user)))
+}
+
+/// Changes `user`'s inbox head inside a transaction.
+fn update_head(tx: &Tx<'_>, user: &str, change: impl FnOnce(&mut InboxHead)) -> TxResult<InboxHead> {
+    let (mut head, legacy) = get_head(tx, user)?;
+    change(&mut head);
+    tx.insert(inbox_head_key(user), head.encode())?;
+    if legacy {
+        tx.remove(legacy_total_key(user))?;
+    }
+    Ok(head)
+}
+
+/// Inside a commit: the next seq of `user`'s inbox stream.
+pub(super) fn next_inbox_seq(tx: &Tx<'_>, user: &str) -> TxResult<u64> {
+    Ok(update_head(tx, user, |h| h.last += 1)?.last)
 }
 
 fn get_uc(tx: &Tx<'_>, user: &str, conv: u64) -> TxResult<Option<UserConversation>> {
     Ok(tx.get(uc_key(user, conv))?.and_then(|v| UserConversation::decode(&v)))
 }
 
-fn put_uc(tx: &Tx<'_>, user: &str, conv: u64, old: Option<&UserConversation>, new: &UserConversation) -> TxResult<()> {
-    if let Some(old) = old {
-        tx.remove(recency_key(user, old.last_ms, conv))?;
-    }
-    tx.insert(recency_key(user, new.last_ms, conv), &[][..])?;
-    tx.insert(uc_key(user, conv), new.encode())?;
-    Ok(())
-}
-
 fn add_total(tx: &Tx<'_>, user: &str, delta: i64) -> TxResult<()> {
-    let k = total_key(user);
-    let total = read_u64(tx.get(&k)?).saturating_add_signed(delta);
-    tx.insert(k, be(total))?;
-    Ok(())
+    update_head(tx, user, |h| h.unread_total = h.unread_total.saturating_add_signed(delta)).map(|_| ())
 }
 
 /// Inside a commit: a new message `seq` in `conv` reached `user`'s inbox.
@@ -87,8 +131,7 @@ pub(super) fn touch(
     now_ms: u64,
     topic: &str,
 ) -> TxResult<()> {
-    let old = get_uc(tx, user, conv)?;
-    let mut new = old.clone().unwrap_or_default();
+    let mut new = get_uc(tx, user, conv)?.unwrap_or_default();
     new.last_ms = now_ms;
     new.last_seq = seq;
     new.topic = topic.to_owned();
@@ -101,7 +144,7 @@ pub(super) fn touch(
         new.unread += 1;
         add_total(tx, user, 1)?;
     }
-    put_uc(tx, user, conv, old.as_ref(), &new)
+    tx.insert(uc_key(user, conv), new.encode())
 }
 
 /// How `user` names a conversation that a message to `topic` from `sender` belongs to.
@@ -152,21 +195,21 @@ impl Store {
                 for &c in convs {
                     counts.push((c, get_uc(tx, user, c)?.map_or(0, |u| u.unread)));
                 }
-                Ok((counts, read_u64(tx.get(total_key(user))?)))
+                Ok((counts, get_head(tx, user)?.0.unread_total))
             })?;
             return Ok(out);
         }
         // A scan is not transactional: retry until the total did not move during it.
         let mut attempt = 0;
         loop {
-            let before = read_u64(self.kv.get(total_key(user))?);
+            let before = self.unread_total(user)?;
             let mut counts = Vec::new();
             for (k, v) in self.kv.scan_prefix(&key(&[b"uc/", user.as_bytes(), b"/"]))? {
                 let conv = k.get(k.len().saturating_sub(8)..).map_or(0, |b| read_u64(Some(b)));
                 counts.push((conv, UserConversation::decode(&v).map_or(0, |u| u.unread)));
             }
             let sum: u64 = counts.iter().map(|c| c.1).sum();
-            let after = read_u64(self.kv.get(total_key(user))?);
+            let after = self.unread_total(user)?;
             attempt += 1;
             if (before == after && after == sum) || attempt >= 8 {
                 return Ok((counts, sum));
@@ -174,31 +217,36 @@ impl Store {
         }
     }
 
-    /// The user's conversations by last activity, newest first, from `before_ms` (0: newest).
+    /// The user's total unread, outside a transaction.
+    fn unread_total(&self, user: &str) -> Result<u64, StoreError> {
+        let v = self.kv.get(inbox_head_key(user))?;
+        Ok(InboxHead::decode(v.as_deref(), || self.kv.get(legacy_total_key(user)))?.0.unread_total)
+    }
+
+    /// The user's conversations by last activity, newest first (ties by conversation id), from
+    /// `before_ms` (0: newest). Sorted from the user's conversation states at query time: an
+    /// index by time would cost every message two more writes per inbox, for a list asked for
+    /// when a device opens.
     pub fn recent(
         &self,
         user: &str,
         before_ms: u64,
         limit: usize,
     ) -> Result<(Vec<proto::ConversationSummary>, u64), StoreError> {
-        let prefix = key(&[b"ur/", user.as_bytes(), b"/"]);
-        // Keys hold u64::MAX - last_ms: "before" starts just past that time.
-        let start = if before_ms == 0 { prefix.clone() } else { key(&[&prefix, &be(u64::MAX - before_ms + 1)]) };
-        let mut out = Vec::new();
-        let mut more = false;
-        // One more than asked for tells whether there is a next page.
-        for (k, _) in self.kv.range(&start, None, false, limit.saturating_add(1))? {
-            if !k.starts_with(&prefix) {
-                break;
-            }
-            if out.len() == limit {
-                more = true;
-                break;
-            }
-            let conv = k.get(k.len().saturating_sub(8)..).map_or(0, |b| read_u64(Some(b)));
-            let Some(uc) = self.kv.get(uc_key(user, conv))?.and_then(|v| UserConversation::decode(&v)) else {
-                continue;
-            };
+        let mut listed: Vec<(u64, UserConversation)> = self
+            .kv
+            .scan_prefix(&key(&[b"uc/", user.as_bytes(), b"/"]))?
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let conv = k.get(k.len().saturating_sub(8)..).map_or(0, |b| read_u64(Some(b)));
+                UserConversation::decode(&v).map(|uc| (conv, uc))
+            })
+            .filter(|(_, uc)| before_ms == 0 || uc.last_ms < before_ms)
+            .collect();
+        listed.sort_by_key(|(conv, uc)| (std::cmp::Reverse(uc.last_ms), *conv));
+        let more = listed.len() > limit;
+        let mut out = Vec::with_capacity(limit.min(listed.len()));
+        for (conv, uc) in listed.into_iter().take(limit) {
             let last_message = self.message(conv, uc.last_seq)?.map(super::history_entry);
             out.push(proto::ConversationSummary {
                 conversation_id: conv,

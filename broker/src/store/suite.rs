@@ -104,6 +104,64 @@ fn groups_unread_and_recent(engine: Engine) {
     assert_eq!((recent.len(), recent[0].topic.as_str(), recent[0].unread, next), (1, "group/team", 3, 0));
 }
 
+/// The recent list is newest first, pages by activity time, and follows new messages.
+fn recent_orders_by_activity_and_pages(engine: Engine) {
+    let (_d, store) = open(engine);
+    let mut cid = 0;
+    let mut from = |peer: &str, at_ms: u64| {
+        cid += 1;
+        let conv = store.conversation_for_pair(peer, "bob").unwrap();
+        let m = NewMessage {
+            cid,
+            conversation_id: conv,
+            inboxes: vec!["bob".into(), peer.into()],
+            message: message("hi", peer, "user/bob"),
+        };
+        store.commit(peer, "phone", &[m], at_ms).unwrap();
+        conv
+    };
+    let (alice, carol, dave) = (from("alice", 10), from("carol", 30), from("dave", 20));
+    let topics = |page: &[proto::ConversationSummary]| page.iter().map(|s| s.topic.clone()).collect::<Vec<_>>();
+    let (page, next) = store.recent("bob", 0, 2).unwrap();
+    assert_eq!((topics(&page), next), (vec!["user/carol".to_string(), "user/dave".into()], 20));
+    assert_eq!((page[0].conversation_id, page[0].unread, page[0].last_activity_ms), (carol, 1, 30));
+    let (page, next) = store.recent("bob", next, 2).unwrap();
+    assert_eq!((topics(&page), next), (vec!["user/alice".to_string()], 0));
+    assert_eq!(page[0].last_message.as_ref().map(|m| m.sender_user.as_str()), Some("alice"));
+    assert_eq!(from("alice", 40), alice);
+    let (page, _) = store.recent("bob", 0, 10).unwrap();
+    assert_eq!(page.iter().map(|s| s.conversation_id).collect::<Vec<_>>(), [alice, carol, dave]);
+    assert_eq!(page[0].unread, 2);
+    // The sender's own list has the conversation as read.
+    let (page, _) = store.recent("alice", 0, 10).unwrap();
+    assert_eq!((topics(&page), page[0].unread), (vec!["user/bob".to_string()], 0));
+}
+
+/// A store written before the inbox head held the total unread kept it under `ut/{user}`: it is
+/// read from there, and taken over (and the old key removed) by the next write.
+fn legacy_unread_total_is_taken_over(engine: Engine) {
+    let (_d, store) = open(engine);
+    let conv = store.conversation_for_pair("alice", "bob").unwrap();
+    for cid in 1..=3 {
+        send(&store, cid, conv, &["bob", "alice"], "x", cid);
+    }
+    store
+        .kv
+        .transaction(|tx| {
+            tx.insert(b"u/bob/last", super::be(3))?;
+            tx.insert(b"ut/bob", super::be(3))
+        })
+        .unwrap();
+    assert_eq!(store.unread("bob", &[conv]).unwrap(), (vec![(conv, 3)], 3));
+    assert_eq!(store.unread("bob", &[]).unwrap(), (vec![(conv, 3)], 3));
+    assert_eq!(store.inbox_latest("bob").unwrap(), 3);
+    send(&store, 4, conv, &["bob", "alice"], "x", 4);
+    assert_eq!(store.unread("bob", &[conv]).unwrap(), (vec![(conv, 4)], 4));
+    assert_eq!(store.inbox_latest("bob").unwrap(), 4);
+    assert_eq!(store.kv.get(b"ut/bob").unwrap(), None, "the old total's key is removed");
+    assert_eq!(store.kv.get(b"u/bob/last").unwrap().map(|v| v.len()), Some(16));
+}
+
 fn retention(engine: Engine) {
     let (_d, store) = open(engine);
     let conv = store.conversation_for_pair("alice", "bob").unwrap();
@@ -245,6 +303,8 @@ every_engine!(
     conversations_and_ledger,
     inboxes_history_and_cursors,
     groups_unread_and_recent,
+    recent_orders_by_activity_and_pages,
+    legacy_unread_total_is_taken_over,
     retention,
     durable_after_flush_and_reopen,
     queued_commits_from_many_senders,
