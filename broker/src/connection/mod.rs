@@ -94,6 +94,9 @@ struct Conn {
     notify_windows: notify::NotifyWindows,
     /// Seq and stored time (ms) of the newest inbox message this link delivered.
     last_inbox_delivery: (u64, u64),
+    /// The inbox sync point as this link last knew or advanced it (read at CONNECT): the device
+    /// has one link at a time, so acknowledgements compare with it instead of the store.
+    inbox_cursor: u64,
 }
 
 /// How long a resuming connection waits for the live one to hand its session over.
@@ -120,6 +123,7 @@ where
         publish_budget: Bucket::new(shared.options.publish_rate),
         notify_windows: notify::NotifyWindows::default(),
         last_inbox_delivery: (0, 0),
+        inbox_cursor: 0,
     };
     if count as usize > shared.options.max_connections {
         conn.machine.close(ReasonCode::ServerBusy, "too many connections");
@@ -223,16 +227,17 @@ impl Conn {
                         // known without reading the store (one read less per acknowledgement).
                         let seq =
                             if seq <= last_seq { seq } else { seq.min(store.inbox_latest(&me.user).unwrap_or(0)) };
-                        match store.advance_cursor_later(&me.user, &me.device, seq) {
-                            // Store-to-acknowledgement time, observed when the acknowledgement
-                            // covers the newest message this link delivered (its stored time is
-                            // at hand; reading it back from the store cost two reads per ack).
-                            Ok(previous) if seq > previous && seq >= last_seq && last_seq > previous => {
-                                let ms = crate::unix_now_ms().saturating_sub(last_stored_ms);
-                                self.shared.metrics.deliver_seconds.observe(std::time::Duration::from_millis(ms));
-                            }
-                            Ok(_) => {}
-                            Err(e) => tracing::error!(error = %e, "cursor update failed"),
+                        let previous = self.inbox_cursor;
+                        if seq > previous {
+                            store.advance_cursor_later(&me.user, &me.device, seq);
+                            self.inbox_cursor = seq;
+                        }
+                        // Store-to-acknowledgement time, observed when the acknowledgement
+                        // covers the newest message this link delivered (its stored time is at
+                        // hand; reading it back from the store cost two reads per ack).
+                        if seq > previous && seq >= last_seq && last_seq > previous {
+                            let ms = crate::unix_now_ms().saturating_sub(last_stored_ms);
+                            self.shared.metrics.deliver_seconds.observe(std::time::Duration::from_millis(ms));
                         }
                     }
                 }
@@ -277,6 +282,7 @@ impl Conn {
         // CONNACK reports it only once they are applied (REQ-SYN-008).
         self.shared.store.applied().await;
         let cursor = self.shared.store.cursor(&user, &device).unwrap_or(0);
+        self.inbox_cursor = cursor;
         let mut session_id = [0u8; 16];
         let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut session_id);
         let mut accept = Accept {

@@ -154,8 +154,13 @@ impl std::future::Future for PendingCommit {
 impl Shared {
     fn push(&self, job: Job) {
         let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        // A write nobody waits for does not wake the committer: it joins the next group, or is
+        // taken when the committer's idle wait ends (within IDLE_FLUSH). Waking the thread for
+        // each one (a delivered message's acknowledgement moving a sync point, say) cost a
+        // transaction and a journal write per acknowledgement at moderate rates.
+        let urgent = !matches!(job, Job::Later(_));
         q.jobs.push(job);
-        if q.idle {
+        if q.idle && urgent {
             q.idle = false;
             self.wake.notify_one();
         }
@@ -176,6 +181,7 @@ impl Shared {
                 return Next::Idle;
             }
         }
+        q.idle = false;
         Next::Jobs(std::mem::take(&mut q.jobs))
     }
 }

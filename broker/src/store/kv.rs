@@ -567,6 +567,9 @@ struct FjallEngine {
     writer: Mutex<()>,
 }
 
+/// The size at which fjall writes a memtable out (see [`FjallEngine::open`]).
+const MEMTABLE_BYTES: u64 = 16 << 20;
+
 fn fjall_err(e: fjall::Error) -> StoreError {
     StoreError::Engine(e.to_string())
 }
@@ -578,7 +581,13 @@ impl FjallEngine {
             .manual_journal_persist(true)
             .open()
             .map_err(fjall_err)?;
-        let keyspace = db.keyspace("tern", fjall::KeyspaceCreateOptions::default).map_err(fjall_err)?;
+        // 16 MiB memtables instead of fjall's 64: writing a memtable out as a sorted table
+        // makes the next journal fdatasync wait for the device to take the whole table (on the
+        // benchmark machine ~150 ms for 64 MiB, ~40 ms for 16), which was the tail of durable
+        // send-to-acknowledgement latency (BENCHMARKS.md). fjall keeps a keyspace's setting:
+        // stores created before keep theirs.
+        let options = || fjall::KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES);
+        let keyspace = db.keyspace("tern", options).map_err(fjall_err)?;
         Ok(FjallEngine { db, keyspace, writer: Mutex::new(()) })
     }
 }

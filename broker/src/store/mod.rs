@@ -102,7 +102,13 @@ pub struct Committed {
 pub struct Store {
     kv: std::sync::Arc<Kv>,
     group_commit: std::sync::Arc<flush::GroupCommit>,
+    /// 1:1 conversation ids by pair key, as read or created: every 1:1 message asks, and a
+    /// pair's conversation never changes once created (bounded: emptied when full).
+    pairs: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<Vec<u8>, u64>>>,
 }
+
+/// Pairs [`Store::conversation_for_pair`] remembers (~100 bytes each).
+const PAIRS_HELD: usize = 64 * 1024;
 
 pub(crate) fn be(n: u64) -> [u8; 8] {
     n.to_be_bytes()
@@ -159,7 +165,7 @@ impl Store {
     fn from_kv(kv: Kv) -> Result<Store, StoreError> {
         let kv = std::sync::Arc::new(kv);
         let group_commit = std::sync::Arc::new(flush::GroupCommit::start(kv.clone()).map_err(sled::Error::Io)?);
-        Ok(Store { kv, group_commit })
+        Ok(Store { kv, group_commit, pairs: Default::default() })
     }
 
     /// Opens (or creates) the store in `dir` on `engine`.
@@ -176,10 +182,22 @@ impl Store {
     pub fn conversation_for_pair(&self, a: &str, b: &str) -> Result<u64, StoreError> {
         let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
         let pair = key(&[b"r/pair/", lo.as_bytes(), b"\0", hi.as_bytes()]);
-        // Read first: every 1:1 message asks, and a write transaction would wait for the engine's
-        // writer (held by the group committer) on a connection's worker thread.
+        let held = || self.pairs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(&id) = held().get(&pair) {
+            return Ok(id);
+        }
+        let remember = |id: u64| {
+            let mut pairs = held();
+            if pairs.len() >= PAIRS_HELD {
+                pairs.clear();
+            }
+            pairs.insert(pair.clone(), id);
+            id
+        };
+        // Read first: a write transaction would wait for the engine's writer (held by the group
+        // committer) on a connection's worker thread.
         if let Some(v) = self.kv.get(&pair)? {
-            return Ok(read_u64(Some(v)));
+            return Ok(remember(read_u64(Some(v))));
         }
         let id = self.kv.transaction(|tx| {
             if let Some(v) = tx.get(&pair)? {
@@ -191,7 +209,7 @@ impl Store {
             tx.insert(member_key(id, hi), be(0))?;
             Ok(id)
         })?;
-        Ok(id)
+        Ok(remember(id))
     }
 
     /// Whether `user` is a member of the conversation.
@@ -334,16 +352,13 @@ impl Store {
     }
 
     /// Advances the device's inbox sync point (never backwards) without waiting: the write joins
-    /// the next group commit, so the caller never blocks on the engine's writer. Returns the
-    /// sync point as stored before this call (later queued advances may not be in it yet).
-    pub fn advance_cursor_later(&self, user: &str, device: &str, seq: u64) -> Result<u64, StoreError> {
+    /// the next group commit, so the caller never blocks on the engine's writer or reads it.
+    pub fn advance_cursor_later(&self, user: &str, device: &str, seq: u64) {
         let k = device_key(user, device, b"cursor");
-        let stored = read_u64(self.kv.get(&k)?);
         self.group_commit.later(Box::new(move |tx| {
             let cur = read_u64(tx.get(&k)?);
             tx.insert(&k, be(cur.max(seq)))
         }));
-        Ok(stored)
     }
 
     /// Waits until every write queued before this call (sync points advanced without waiting,
