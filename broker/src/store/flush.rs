@@ -67,8 +67,10 @@ pub(super) struct GroupCommit {
 }
 
 /// How long the committer lets writes nobody waited for (sync points, MQTT session positions)
-/// stay unflushed when no other flush comes, about the most a crash can take back of them (sled
-/// flushed on its own every 500 ms; fjall, with manual journal persistence, never does).
+/// stay unflushed when no other flush comes (sled flushed on its own every 500 ms; fjall, with
+/// manual journal persistence, never does). Such a write queued while the committer is idle is
+/// applied when this wait ends and flushed one wait later, so a crash takes back at most about
+/// twice this of them.
 pub(super) const IDLE_FLUSH: Duration = Duration::from_millis(200);
 
 /// What the committer does next.
