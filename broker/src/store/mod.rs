@@ -19,8 +19,8 @@
 //! - `c/{conv}/last` → last conversation seq; `c/{conv}/m/{seq}` → message (`proto::Deliver`)
 //! - `u/{user}/last` → the inbox head: last inbox seq and total unread (`reads.rs`);
 //!   `u/{user}/i/{seq}` → (conversation, conversation seq)
-//! - `d/{user}/{device}/cursor` → inbox sync point; `d/{user}/{device}/floor` → contiguous cid;
-//!   `d/{user}/{device}/cid/{cid}` → the cid's PUBACK
+//! - `d/{user}/{device}/cursor` → inbox sync point; `d/{user}/{device}/floor` and
+//!   `d/{user}/{device}/cr/{slot}` → the device's cid outcomes (`ledger.rs`)
 //! - `c/{conv}/wf` → the last seq of a group stored under write fan-out
 //! - `k/...` → the E2EE key directory (`keys.rs`)
 //! - `q/...` → MQTT sessions and QoS 2 packet identifiers (`mqtt.rs`)
@@ -29,6 +29,7 @@ mod flush;
 mod groups;
 mod keys;
 mod kv;
+mod ledger;
 #[cfg(feature = "mqtt")]
 mod mqtt;
 mod reads;
@@ -50,11 +51,6 @@ use kv::{Kv, Tx};
 use prost::Message;
 use tern_codec::ids::StreamId;
 use tern_codec::proto;
-use tern_codec::session::LedgerSnapshot;
-
-/// How many decided cids per device are kept beyond the contiguous floor (at least twice the
-/// largest receive window, REQ-QOS-005).
-const LEDGER_KEEP: u64 = 2 * 1024;
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
@@ -241,25 +237,6 @@ impl Store {
         self.group_commit.commit(Box::new(move |tx| commit_in(tx, &sender, &device, &messages, now_ms)))
     }
 
-    /// Records an outcome that stored nothing (refused, package timeout) for dedup.
-    pub fn record_outcome(&self, user: &str, device: &str, ack: &proto::PubAck) -> Result<(), StoreError> {
-        self.kv.transaction(|tx| record_outcome_tx(tx, user, device, ack))?;
-        Ok(())
-    }
-
-    /// The device's upstream ledger, to restore a session's dedup state.
-    pub fn ledger(&self, user: &str, device: &str) -> Result<LedgerSnapshot, StoreError> {
-        let contiguous = read_u64(self.kv.get(device_key(user, device, b"floor"))?);
-        let mut acks = Vec::new();
-        for (k, v) in self.kv.scan_prefix(&device_key(user, device, b"cid/"))? {
-            acks.push(
-                proto::PubAck::decode(v.as_ref())
-                    .map_err(|_| StoreError::Corrupt(String::from_utf8_lossy(&k).into_owned()))?,
-            );
-        }
-        Ok(LedgerSnapshot { contiguous, acks })
-    }
-
     /// Highest seq of a user's inbox.
     pub fn inbox_latest(&self, user: &str) -> Result<u64, StoreError> {
         Ok(read_u64(self.kv.get(reads::inbox_head_key(user))?.as_deref().and_then(|v| v.get(..8))))
@@ -384,7 +361,7 @@ fn commit_in(
     let mut out = Vec::with_capacity(messages.len());
     for m in messages {
         let committed = commit_one(tx, sender, m, now_ms)?;
-        record_outcome_tx(tx, sender, device, &committed.ack)?;
+        ledger::record_outcome_tx(tx, sender, device, &committed.ack)?;
         out.push(committed);
     }
     Ok(out)
@@ -422,25 +399,4 @@ pub(crate) fn commit_one(tx: &Tx<'_>, sender: &str, m: &NewMessage, now_ms: u64)
     }
     let ack = proto::PubAck { cid: m.cid, reason: 0, msg_id, conversation_id: conv, seq };
     Ok(Committed { ack, deliveries })
-}
-
-/// Records a cid outcome and advances the device's contiguous floor, pruning outcomes that
-/// fell more than [`LEDGER_KEEP`] behind it.
-fn record_outcome_tx(tx: &Tx<'_>, user: &str, device: &str, ack: &proto::PubAck) -> TxResult<()> {
-    let cid_key = device_key(user, device, &key(&[b"cid/", &be(ack.cid)]));
-    if tx.get(&cid_key)?.is_some() {
-        // Decided before: the first outcome stands (REQ-QOS-005).
-        return Ok(());
-    }
-    tx.insert(cid_key, ack.encode_to_vec())?;
-    let floor_key = device_key(user, device, b"floor");
-    let mut floor = read_u64(tx.get(&floor_key)?);
-    while tx.get(device_key(user, device, &key(&[b"cid/", &be(floor + 1)])))?.is_some() {
-        floor += 1;
-        if floor > LEDGER_KEEP {
-            tx.remove(device_key(user, device, &key(&[b"cid/", &be(floor - LEDGER_KEEP)])))?;
-        }
-    }
-    tx.insert(floor_key, be(floor))?;
-    Ok(())
 }

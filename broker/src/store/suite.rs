@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use prost::Message;
 use tern_codec::proto;
 
 use super::{Engine, NewMessage, Retention, Store};
@@ -195,6 +196,73 @@ fn durable_after_flush_and_reopen(engine: Engine) {
     assert_eq!(store.ledger("alice", "phone").unwrap().contiguous, 1);
 }
 
+fn outcome(cid: u64, reason: u32) -> proto::PubAck {
+    proto::PubAck { cid, reason, ..Default::default() }
+}
+
+/// The ledger is a ring: it keeps the last `LEDGER_KEEP` outcomes in as many keys, in cid order
+/// when read; the first outcome of a cid stands, below the floor and above it.
+fn ledger_is_a_bounded_ring(engine: Engine) {
+    use super::ledger::{record_outcome_tx, LEDGER_KEEP};
+    let (_d, store) = open(engine);
+    let last = LEDGER_KEEP + 100;
+    for chunk in (1..=last).collect::<Vec<_>>().chunks(500) {
+        store
+            .kv
+            .transaction(|tx| chunk.iter().try_for_each(|&c| record_outcome_tx(tx, "al", "ph", &outcome(c, 0))))
+            .unwrap();
+    }
+    let ledger = store.ledger("al", "ph").unwrap();
+    assert_eq!(ledger.contiguous, last);
+    assert_eq!(
+        ledger.acks.iter().map(|a| a.cid).collect::<Vec<_>>(),
+        (last - LEDGER_KEEP + 1..=last).collect::<Vec<_>>()
+    );
+    assert_eq!(store.kv.scan_prefix(b"d/al/ph/cr/").unwrap().len(), usize::try_from(LEDGER_KEEP).unwrap());
+    // Decided before, at the floor and far below it: nothing changes (no slot is overwritten).
+    store.record_outcome("al", "ph", &outcome(last, 0xA0)).unwrap();
+    store.record_outcome("al", "ph", &outcome(10, 0xA0)).unwrap();
+    assert_eq!(store.ledger("al", "ph").unwrap(), ledger);
+    // Out of order: the floor waits for the gap, then passes what was recorded above it.
+    store.record_outcome("al", "ph", &outcome(last + 2, 0xA0)).unwrap();
+    store.record_outcome("al", "ph", &outcome(last + 2, 0)).unwrap();
+    assert_eq!(store.ledger("al", "ph").unwrap().contiguous, last);
+    store.record_outcome("al", "ph", &outcome(last + 1, 0)).unwrap();
+    let ledger = store.ledger("al", "ph").unwrap();
+    assert_eq!(ledger.contiguous, last + 2);
+    assert_eq!(ledger.acks.last().map(|a| (a.cid, a.reason)), Some((last + 2, 0xA0)), "the first outcome stands");
+}
+
+/// A store written before the ring kept one key per cid and an 8-byte floor: its outcomes still
+/// count (a retransmission keeps its first PUBACK, the floor passes them), and a device's
+/// connect moves them into the ring.
+fn legacy_ledger_is_moved_into_the_ring(engine: Engine) {
+    let (_d, store) = open(engine);
+    let legacy = |cid: u64| super::key(&[b"d/al/ph/cid/", &super::be(cid)]);
+    store
+        .kv
+        .transaction(|tx| {
+            for (cid, reason) in [(1, 0), (2, 0), (3, 0), (5, 0xA0)] {
+                tx.insert(legacy(cid), outcome(cid, reason).encode_to_vec())?;
+            }
+            tx.insert(b"d/al/ph/floor", super::be(3))
+        })
+        .unwrap();
+    store.record_outcome("al", "ph", &outcome(5, 0)).unwrap();
+    store.record_outcome("al", "ph", &outcome(2, 0xA0)).unwrap();
+    store.record_outcome("al", "ph", &outcome(4, 0)).unwrap();
+    let ledger = store.ledger("al", "ph").unwrap();
+    assert_eq!(ledger.contiguous, 5, "the floor passed cid 5, recorded before the ring");
+    assert_eq!(
+        ledger.acks.iter().map(|a| (a.cid, a.reason)).collect::<Vec<_>>(),
+        [(1, 0), (2, 0), (3, 0), (4, 0), (5, 0xA0)]
+    );
+    assert!(store.kv.scan_prefix(b"d/al/ph/cid/").unwrap().is_empty(), "the old keys are gone");
+    assert_eq!(store.ledger("al", "ph").unwrap(), ledger, "and nothing was lost with them");
+    store.record_outcome("al", "ph", &outcome(6, 0)).unwrap();
+    assert_eq!(store.ledger("al", "ph").unwrap().contiguous, 6);
+}
+
 /// Racing claims on threads: every one-time prekey goes to exactly one claimant (REQ-E2E-002).
 fn key_directory(engine: Engine) {
     let (_d, store) = open(engine);
@@ -319,6 +387,8 @@ every_engine!(
     groups_unread_and_recent,
     recent_orders_by_activity_and_pages,
     legacy_unread_total_is_taken_over,
+    ledger_is_a_bounded_ring,
+    legacy_ledger_is_moved_into_the_ring,
     retention,
     durable_after_flush_and_reopen,
     queued_commits_from_many_senders,
