@@ -5,6 +5,9 @@
 # alternating the brokers within each round, RUNS rounds, and prints medians, ranges and the
 # Tern/peer ratios (raw JSON lines go to $OUT/results.jsonl). The `native-*` modes run Tern's own
 # protocol (exactly once, durable) and only against Tern: no MQTT broker offers that path.
+# The `floor` "broker" (`tern-bench floor-broker`) runs only the fan-out modes: it forwards each
+# PUBLISH to every subscriber with one write each and does nothing else, so its figures are what
+# this machine's loopback TCP and the generator allow any broker.
 # Installs what it needs: Debian's mosquitto, and builds Tern, tern-bench and the rumqttd host
 # program (bench/peers/rumqttd-host).
 #
@@ -12,6 +15,7 @@
 #   RUNS=5 CONNECTIONS=19000 SOURCES=8 bench/compare.sh
 #   MODES="fanout-1k fanout-10k" bench/compare.sh   # a subset of the scenarios
 #   BROKERS="tern mosquitto" bench/compare.sh       # a subset of the brokers
+#   BROKERS="tern floor" MODES=fanout-10k bench/compare.sh   # Tern beside the machine's floor
 #
 # Modes: clean persistent p2p-closed p2p-rate p2p-512 p2p-1000 p2p-stored-qos2
 #        fanout-1k fanout-10k native-closed native-rate-1k native-rate-10k native-group-read
@@ -24,7 +28,7 @@ RATE=${RATE:-20000}
 # Source addresses of the connection scenarios (127.0.0.1 … 127.0.0.SOURCES).
 SOURCES=${SOURCES:-8}
 MODES=${MODES:-clean persistent p2p-closed p2p-rate p2p-512 p2p-1000 p2p-stored-qos2 fanout-1k fanout-10k native-closed native-rate-1k native-rate-10k native-group-read}
-BROKERS=${BROKERS:-tern mosquitto rumqttd}
+BROKERS=${BROKERS:-tern mosquitto rumqttd floor}
 OUT=${OUT:-target/compare}
 mkdir -p "$OUT"
 ulimit -n 20000
@@ -59,6 +63,8 @@ start_broker() { # name -> sets PID
       mosquitto -c "$dir/mosquitto.conf" >"$dir/log" 2>&1 & ;;
     rumqttd)
       $RUMQTTD 127.0.0.1:$PORT >"$dir/log" 2>&1 & ;;
+    floor)
+      $BENCH floor-broker --listen 127.0.0.1:$PORT --threads 2 >"$dir/log" 2>&1 & ;;
   esac
   PID=$!
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && return 0; sleep 0.1; done
@@ -76,6 +82,7 @@ for run in $(seq "$RUNS"); do
     for mode in $MODES; do
       # Tern's native protocol has no counterpart in the MQTT brokers.
       if [[ $mode == native-* && $b != tern ]]; then continue; fi
+      if [[ $b == floor && $mode != fanout-* ]]; then continue; fi
       start_broker "$b"
       auth=(); [ "$b" = tern ] && auth=(--data-dir "$OUT/tern-data")
       target=(--addr 127.0.0.1:$PORT --broker "$b")
@@ -183,16 +190,18 @@ metrics = [
     ("fanout-10k", "all_reached_us.p99", "fan-out to 10k: µs for one message to reach all, p99", 0),
     ("fanout-10k", "incomplete_messages", "fan-out to 10k: messages that missed a subscriber", 0),
     ("fanout-10k", "broker_cpu_us_per_delivery", "fan-out to 10k: broker CPU µs per delivery", 2),
+    ("fanout-10k", "generator_cpu_us_per_delivery", "fan-out to 10k: generator CPU µs per delivery", 2),
 ]
-brokers = ["tern", "mosquitto", "rumqttd"]
-print("| metric (median, range) | " + " | ".join(brokers) + " | tern/mosquitto | tern/rumqttd |")
-print("|---|" + "---|" * (len(brokers) + 2))
+brokers = ["tern", "mosquitto", "rumqttd"] + (["floor"] if any(r["broker"] == "floor" for r in rows) else [])
+peers = [b for b in brokers if b != "tern"]
+print("| metric (median, range) | " + " | ".join(brokers) + " | " + " | ".join(f"tern/{p}" for p in peers) + " |")
+print("|---|" + "---|" * (len(brokers) + len(peers)))
 for mode, key, label, d in metrics:
     if not any(r.get("mode") == mode for r in rows):
         continue
     cells = [fmt(pick(b, mode, key), d, b, mode) for b in brokers]
     ratios = []
-    for peer in ["mosquitto", "rumqttd"]:
+    for peer in peers:
         t, p = pick("tern", mode, key), pick(peer, mode, key)
         ratios.append(f"{statistics.median(t) / statistics.median(p):.2f}" if t and p and statistics.median(p) else "–")
     print(f"| {label} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")

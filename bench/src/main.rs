@@ -10,8 +10,10 @@
 //! Tern only, `group_read.rs`), and for any MQTT 3.1.1 broker
 //! `mqtt-p2p` (pairs, QoS 1; `mqtt_p2p.rs`), `mqtt-fanout` (one topic, M subscribers;
 //! `mqtt_fanout.rs`) and `mqtt-connections` (idle connections, accept rate, reconnect storm;
-//! `mqtt_connections.rs`).
+//! `mqtt_connections.rs`). `floor-broker` is not a load but a minimal fan-out server, the
+//! machine's floor for `mqtt-fanout` (`floor_broker.rs`).
 
+mod floor_broker;
 mod group_read;
 mod mqtt_connections;
 mod mqtt_fanout;
@@ -62,6 +64,9 @@ enum Scenario {
     /// Tern only: a group above the read fan-out threshold (NOTIFY, then SYNC by its online
     /// members), senders publishing to it.
     GroupRead(group_read::Args),
+    /// Not a load: the least an MQTT broker can do for `mqtt-fanout` (forward each PUBLISH to
+    /// every subscriber, one write each, nothing else), to show this machine's floor.
+    FloorBroker(floor_broker::Args),
 }
 
 /// CPU time of a process in nanoseconds: the sum of its threads' `schedstat` (the process-level
@@ -136,6 +141,8 @@ fn main() -> anyhow::Result<()> {
                 mqtt_p2p::run(args, tokens).await
             }
             Scenario::GroupRead(args) => group_read::run(args).await,
+            // Its own threads and blocking I/O; nothing else runs on this runtime meanwhile.
+            Scenario::FloorBroker(args) => floor_broker::run(args),
             Scenario::MqttConnections(args) => {
                 let tokens = tokens(args.target.provision_cmd.clone(), args.target.data_dir.clone())?;
                 mqtt_connections::run(args, tokens).await

@@ -7,9 +7,8 @@
 //! On Tern the subscribers are M devices of one user and the topic is that user's telemetry
 //! (`device/{user}/pub/t`, the live path); the peers see the same topic string.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
-use std::rc::Rc;
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
@@ -17,10 +16,9 @@ use bytes::BytesMut;
 use hdrhistogram::Histogram;
 use rumqttc::mqttbytes::{v4, QoS};
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 
-use crate::mqtt_wire::{encode, next_packet};
+use crate::mqtt_wire::{encode, next_packet, read_available, take_packet};
 use crate::{cpu_ns, token, Tokens};
 
 /// Command-line parameters.
@@ -56,23 +54,38 @@ struct Stats {
     delivered: u64,
     /// When the last delivery arrived (ns since the start).
     last_delivery_ns: u64,
-    measuring: bool,
     /// Per message number sent while measuring: how many subscribers have it, and the longest
     /// send-to-delivery time among them.
     messages: HashMap<u64, Message>,
 }
 
-/// A connected, optionally subscribed client.
+impl Stats {
+    /// A PUBLISH reached a subscriber.
+    fn delivered(&mut self, p: &v4::Publish, now_ns: u64) {
+        let (Some(sent), Some(n)) = (p.payload.get(..8), p.payload.get(8..16)) else { return };
+        let sent_ns = u64::from_be_bytes(sent.try_into().unwrap_or_default());
+        let n = u64::from_be_bytes(n.try_into().unwrap_or_default());
+        // Only messages sent while measuring count (a warm-up message may arrive after it).
+        let Some(m) = self.messages.get_mut(&n) else { return };
+        let took = now_ns.saturating_sub(sent_ns);
+        m.received += 1;
+        m.last_ns = m.last_ns.max(took);
+        self.delivered += 1;
+        self.last_delivery_ns = now_ns;
+        let _ = self.latency_us.record(took / 1000);
+    }
+}
+
+/// A connected, optionally subscribed client (its socket and what it read past the acks).
 async fn client(
     args: &Args,
     user: &str,
     id: &str,
     password: Option<String>,
     filter: Option<&str>,
-) -> anyhow::Result<(OwnedReadHalf, tokio::net::tcp::OwnedWriteHalf, BytesMut)> {
-    let stream = TcpStream::connect(args.target.addr).await?;
+) -> anyhow::Result<(TcpStream, BytesMut)> {
+    let mut stream = TcpStream::connect(args.target.addr).await?;
     stream.set_nodelay(true)?;
-    let (mut rd, mut wr) = stream.into_split();
     let mut c = v4::Connect::new(id);
     c.keep_alive = 300;
     c.login = password.map(|p| v4::Login::new(user, p));
@@ -83,83 +96,138 @@ async fn client(
         s.pkid = 1;
         encode(v4::Packet::Subscribe(s), &mut out)?;
     }
-    wr.write_all(&out).await?;
+    stream.write_all(&out).await?;
     let mut input = BytesMut::new();
-    match next_packet(&mut rd, &mut input).await? {
+    match next_packet(&mut stream, &mut input).await? {
         v4::Packet::ConnAck(a) if a.code == v4::ConnectReturnCode::Success => {}
         other => bail!("{id}: {other:?}"),
     }
     if filter.is_some() {
-        match next_packet(&mut rd, &mut input).await? {
+        match next_packet(&mut stream, &mut input).await? {
             v4::Packet::SubAck(a)
                 if a.return_codes.iter().all(|c| matches!(c, v4::SubscribeReasonCode::Success(_))) => {}
             other => bail!("{id}: SUBACK {other:?}"),
         }
     }
-    Ok((rd, wr, input))
+    Ok((stream, input))
 }
 
 /// Runs the scenario and prints one JSON line.
 pub(crate) async fn run(args: Args, tokens: Option<Tokens>) -> anyhow::Result<()> {
     anyhow::ensure!(args.payload >= 16, "--payload must be at least 16 bytes");
     let user = format!("{}-u", args.prefix);
-    let topic = format!("device/{user}/pub/t");
     let pw = |device: &str| -> anyhow::Result<Option<String>> {
         tokens.as_ref().map(|t| token(t, &user, device)).transpose()
     };
+    eprintln!("connecting {} subscribers …", args.members);
+    let mut subscribers = Vec::with_capacity(args.members);
+    for i in 0..args.members {
+        let id = format!("{}-m{i}", args.prefix);
+        subscribers.push(client(&args, &user, &id, pw(&id)?, Some(&format!("device/{user}/+/t"))).await?);
+    }
+    let pub_id = "pub".to_string();
+    let publisher = client(&args, &user, &pub_id, pw(&pub_id)?, None).await?;
+    // From here on one poll loop on this thread does all the I/O: a task per subscriber cost
+    // the generator as much CPU per delivery as the broker spent on it.
+    let into_mio = |(s, input): (TcpStream, BytesMut)| {
+        Ok::<_, anyhow::Error>((mio::net::TcpStream::from_std(s.into_std()?), input))
+    };
+    let subscribers = subscribers.into_iter().map(into_mio).collect::<anyhow::Result<Vec<_>>>()?;
+    let result = measure(&args, &user, subscribers, into_mio(publisher)?)?;
+    println!("{result}");
+    std::process::exit(0)
+}
+
+/// The measured phase: sends at the rate, reads every subscriber, returns the result line.
+fn measure(
+    args: &Args,
+    user: &str,
+    mut subscribers: Vec<(mio::net::TcpStream, BytesMut)>,
+    (mut publisher, _): (mio::net::TcpStream, BytesMut),
+) -> anyhow::Result<serde_json::Value> {
+    let topic = format!("device/{user}/pub/t");
     let start = Instant::now();
-    let stats = Rc::new(RefCell::new(Stats {
+    let mut stats = Stats {
         latency_us: Histogram::new_with_bounds(1, 60_000_000, 3)?,
         delivered: 0,
         last_delivery_ns: 0,
-        measuring: false,
         messages: HashMap::new(),
-    }));
-    eprintln!("connecting {} subscribers …", args.members);
-    let mut writers = Vec::with_capacity(args.members);
-    for i in 0..args.members {
-        let id = format!("{}-m{i}", args.prefix);
-        let (rd, wr, input) = client(&args, &user, &id, pw(&id)?, Some(&format!("device/{user}/+/t"))).await?;
-        writers.push(wr);
-        tokio::task::spawn_local(receive(rd, input, stats.clone(), start));
+    };
+    let mut poll = mio::Poll::new()?;
+    let mut events = mio::Events::with_capacity(1024);
+    for (i, (s, _)) in subscribers.iter_mut().enumerate() {
+        poll.registry().register(s, mio::Token(i), mio::Interest::READABLE)?;
     }
-    let pub_id = "pub".to_string();
-    let (mut prd, mut pwr, mut pinput) = client(&args, &user, &pub_id, pw(&pub_id)?, None).await?;
-    // PUBACKs are read and dropped.
-    tokio::task::spawn_local(async move { while next_packet(&mut prd, &mut pinput).await.is_ok() {} });
+    let pub_token = mio::Token(subscribers.len());
+    poll.registry().register(&mut publisher, pub_token, mio::Interest::READABLE | mio::Interest::WRITABLE)?;
+    let mut scratch = vec![0u8; 64 * 1024];
+    let (mut pub_in, mut pub_out) = (BytesMut::new(), BytesMut::new());
+
     let every = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
     let total = (args.duration + 1) * args.rate.max(1);
     let measure_from = args.rate.max(1);
-    let t_start = tokio::time::Instant::now();
     let pid = args.target.broker_pid.map(|p| p.to_string());
-    let (mut broker0, mut self0, mut t0) = (None, None, Instant::now());
-    for n in 0..total {
-        tokio::time::sleep_until(t_start + every * u32::try_from(n).unwrap_or(u32::MAX)).await;
-        if n == measure_from {
-            // Warm-up over: measure from here.
-            let mut s = stats.borrow_mut();
-            s.latency_us.reset();
-            s.delivered = 0;
-            s.measuring = true;
-            (broker0, self0, t0) = (pid.as_deref().and_then(cpu_ns), cpu_ns("self"), Instant::now());
+    let (mut broker0, mut self0, mut t0) = (None, None, start);
+    let mut n = 0u64;
+    // Sending ends after `total` messages; reading goes on for a second to let the last arrive.
+    let mut end = None;
+    loop {
+        let now = Instant::now();
+        let next_send = (n < total).then(|| start + every * u32::try_from(n).unwrap_or(u32::MAX));
+        if next_send.is_some_and(|due| due <= now) {
+            if n == measure_from {
+                // Warm-up over: measure from here.
+                (broker0, self0, t0) = (pid.as_deref().and_then(cpu_ns), cpu_ns("self"), now);
+            }
+            let mut body = vec![0u8; args.payload];
+            let sent_ns = start.elapsed().as_nanos() as u64;
+            body.get_mut(..8).unwrap_or_default().copy_from_slice(&sent_ns.to_be_bytes());
+            body.get_mut(8..16).unwrap_or_default().copy_from_slice(&n.to_be_bytes());
+            if n >= measure_from {
+                stats.messages.insert(n, Message::default());
+            }
+            let mut p = v4::Publish::new(topic.as_str(), QoS::AtLeastOnce, body);
+            p.pkid = u16::try_from(n % 65000 + 1).unwrap_or(1);
+            encode(v4::Packet::Publish(p), &mut pub_out)?;
+            flush(&mut publisher, &mut pub_out)?;
+            n += 1;
+            if n == total {
+                end = Some(Instant::now() + Duration::from_secs(1));
+            }
+            continue;
         }
-        let mut body = vec![0u8; args.payload];
-        let sent_ns = start.elapsed().as_nanos() as u64;
-        body.get_mut(..8).unwrap_or_default().copy_from_slice(&sent_ns.to_be_bytes());
-        body.get_mut(8..16).unwrap_or_default().copy_from_slice(&n.to_be_bytes());
-        if n >= measure_from {
-            stats.borrow_mut().messages.insert(n, Message::default());
+        let wake_at = match (next_send, end) {
+            (Some(t), _) | (None, Some(t)) => t,
+            (None, None) => now,
+        };
+        if end.is_some_and(|e| e <= now) {
+            break;
         }
-        let mut p = v4::Publish::new(topic.as_str(), QoS::AtLeastOnce, body);
-        p.pkid = u16::try_from(n % 65000 + 1).unwrap_or(1);
-        let mut out = BytesMut::new();
-        encode(v4::Packet::Publish(p), &mut out)?;
-        pwr.write_all(&out).await?;
+        poll.poll(&mut events, Some(wake_at.saturating_duration_since(now)))?;
+        for event in events.iter() {
+            if event.token() == pub_token {
+                // PUBACKs are read and dropped; a full send buffer is flushed when it drains.
+                if read_available(&mut publisher, &mut pub_in, &mut scratch)? {
+                    bail!("the broker closed the publisher's connection");
+                }
+                while take_packet(&mut pub_in)?.is_some() {}
+                flush(&mut publisher, &mut pub_out)?;
+                continue;
+            }
+            let Some((socket, input)) = subscribers.get_mut(event.token().0) else { continue };
+            if read_available(socket, input, &mut scratch)? {
+                bail!("the broker closed subscriber {}'s connection", event.token().0);
+            }
+            let now_ns = start.elapsed().as_nanos() as u64;
+            while let Some(p) = take_packet(input)? {
+                if let v4::Packet::Publish(p) = p {
+                    stats.delivered(&p, now_ns);
+                }
+            }
+        }
     }
-    // Let the last message arrive, then stop counting.
-    tokio::time::sleep(Duration::from_secs(1)).await;
     let (broker1, self1) = (pid.as_deref().and_then(cpu_ns), cpu_ns("self"));
-    let s = stats.borrow();
+    let s = &stats;
     // From the first measured send to the last delivery.
     let t0_ns = u64::try_from(t0.duration_since(start).as_nanos()).unwrap_or(0);
     let elapsed = s.last_delivery_ns.saturating_sub(t0_ns) as f64 / 1e9;
@@ -177,7 +245,7 @@ pub(crate) async fn run(args: Args, tokens: Option<Tokens>) -> anyhow::Result<()
         (Some(a), Some(b)) if s.delivered > 0 => Some((b - a) as f64 / 1000.0 / s.delivered as f64),
         _ => None,
     };
-    let result = serde_json::json!({
+    Ok(serde_json::json!({
         "scenario": "mqtt-fanout", "broker": args.target.broker, "members": args.members, "rate": args.rate,
         "payload": args.payload, "seconds": elapsed, "delivered": s.delivered,
         "deliveries_per_sec": s.delivered as f64 / elapsed,
@@ -188,36 +256,21 @@ pub(crate) async fn run(args: Args, tokens: Option<Tokens>) -> anyhow::Result<()
         "messages": s.messages.len(), "incomplete_messages": incomplete,
         "broker_cpu_us_per_delivery": per_msg(broker0, broker1),
         "generator_cpu_us_per_delivery": per_msg(self0, self1),
-    });
-    println!("{result}");
-    drop(writers);
-    std::process::exit(0)
+    }))
 }
 
-async fn receive(
-    mut rd: OwnedReadHalf,
-    mut input: BytesMut,
-    stats: Rc<RefCell<Stats>>,
-    start: Instant,
-) -> anyhow::Result<()> {
-    loop {
-        if let v4::Packet::Publish(p) = next_packet(&mut rd, &mut input).await? {
-            let (Some(sent), Some(n)) = (p.payload.get(..8), p.payload.get(8..16)) else { continue };
-            let sent_ns = u64::from_be_bytes(sent.try_into()?);
-            let n = u64::from_be_bytes(n.try_into()?);
-            let now_ns = start.elapsed().as_nanos() as u64;
-            let took = now_ns.saturating_sub(sent_ns);
-            let mut s = stats.borrow_mut();
-            if !s.measuring {
-                continue;
+/// Writes what the socket takes now; the rest waits for its next writable event.
+fn flush(socket: &mut mio::net::TcpStream, out: &mut BytesMut) -> anyhow::Result<()> {
+    while !out.is_empty() {
+        match socket.write(out) {
+            Ok(0) => bail!("the broker closed the publisher's connection"),
+            Ok(n) => {
+                let _ = out.split_to(n);
             }
-            s.delivered += 1;
-            s.last_delivery_ns = now_ns;
-            let _ = s.latency_us.record(took / 1000);
-            if let Some(m) = s.messages.get_mut(&n) {
-                m.received += 1;
-                m.last_ns = m.last_ns.max(took);
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
         }
     }
+    Ok(())
 }

@@ -38,13 +38,44 @@ pub(crate) fn encode(p: v4::Packet, out: &mut BytesMut) -> anyhow::Result<()> {
 /// Reads from `rd` into `input` until a whole packet is there.
 pub(crate) async fn next_packet<R: AsyncRead + Unpin>(rd: &mut R, input: &mut BytesMut) -> anyhow::Result<v4::Packet> {
     loop {
-        match v4::Packet::read(input, 1 << 20) {
-            Ok(p) => return Ok(p),
-            Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
-            Err(e) => bail!("{e}"),
+        if let Some(p) = take_packet(input)? {
+            return Ok(p);
         }
         if rd.read_buf(input).await? == 0 {
             bail!("connection closed");
         }
+    }
+}
+
+/// Reads what a readable non-blocking socket holds into `input`, with as few reads as possible:
+/// a read shorter than `scratch` emptied the socket, so the next one would only say WouldBlock
+/// (an edge-triggered poller reports the next arrival anyway). Returns whether the peer closed.
+pub(crate) fn read_available(
+    socket: &mut impl std::io::Read,
+    input: &mut BytesMut,
+    scratch: &mut [u8],
+) -> std::io::Result<bool> {
+    loop {
+        match socket.read(scratch) {
+            Ok(0) => return Ok(true),
+            Ok(n) => {
+                input.extend_from_slice(scratch.get(..n).unwrap_or_default());
+                if n < scratch.len() {
+                    return Ok(false);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Takes the next whole packet out of `input`, if there is one.
+pub(crate) fn take_packet(input: &mut BytesMut) -> anyhow::Result<Option<v4::Packet>> {
+    match v4::Packet::read(input, 1 << 20) {
+        Ok(p) => Ok(Some(p)),
+        Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
+        Err(e) => bail!("{e}"),
     }
 }

@@ -25,3 +25,54 @@ fn p2p_reports_deliveries_latency_and_cpu() {
     assert!(report["generator_cpu_us_per_msg"].as_f64().unwrap() > 0.0, "{report}");
     drop(broker);
 }
+
+/// The figures of one `mqtt-fanout` run of `rate` msgs/s for one measured second to `members`.
+fn fanout(addr: &str, broker: &str, extra: &[&str], members: u64, rate: u64) -> serde_json::Value {
+    let (members, rate) = (members.to_string(), rate.to_string());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tern-bench"))
+        .args(["mqtt-fanout", "--addr", addr, "--broker", broker, "--members", &members, "--rate", &rate])
+        .args(["--duration", "1"])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn mqtt_fanout_counts_every_delivery_to_every_subscriber() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let mut options = BrokerOptions::new("127.0.0.1:0".parse().unwrap(), dir.path().to_path_buf());
+    options.mqtt_listen = Some("127.0.0.1:0".parse().unwrap());
+    let broker = runtime.block_on(Broker::start(options)).unwrap();
+    let addr = broker.mqtt_addr().unwrap().to_string();
+    let pid = std::process::id().to_string();
+    let report = fanout(&addr, "tern", &["--data-dir", dir.path().to_str().unwrap(), "--broker-pid", &pid], 30, 20);
+    // One measured second at 20 msgs/s: 20 messages, each to all 30 subscribers.
+    assert_eq!(report["messages"], 20, "{report}");
+    assert_eq!(report["incomplete_messages"], 0, "{report}");
+    assert_eq!(report["delivered"], 600, "{report}");
+    assert!(report["all_reached_us"]["p99"].as_u64().unwrap() > 0, "{report}");
+    assert!(report["broker_cpu_us_per_delivery"].as_f64().unwrap() > 0.0, "{report}");
+    drop(broker);
+}
+
+#[test]
+fn floor_broker_forwards_each_publish_to_every_subscriber() {
+    use std::io::BufRead;
+    let mut floor = std::process::Command::new(env!("CARGO_BIN_EXE_tern-bench"))
+        .args(["floor-broker", "--listen", "127.0.0.1:0", "--threads", "2"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(floor.stderr.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.trim().rsplit(' ').next().unwrap().to_string();
+    let report = fanout(&addr, "floor", &[], 25, 20);
+    floor.kill().unwrap();
+    let _ = floor.wait();
+    assert_eq!(report["messages"], 20, "{report}");
+    assert_eq!(report["incomplete_messages"], 0, "{report}");
+    assert_eq!(report["delivered"], 500, "{report}");
+}
