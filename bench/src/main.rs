@@ -13,6 +13,7 @@
 //! `mqtt_connections.rs`). `floor-broker` is not a load but a minimal fan-out server, the
 //! machine's floor for `mqtt-fanout` (`floor_broker.rs`).
 
+mod disk_floor;
 mod floor_broker;
 mod group_read;
 mod mqtt_connections;
@@ -67,6 +68,9 @@ enum Scenario {
     /// Not a load: the least an MQTT broker can do for `mqtt-fanout` (forward each PUBLISH to
     /// every subscriber, one write each, nothing else), to show this machine's floor.
     FloorBroker(floor_broker::Args),
+    /// Not a load: group commit (append, fdatasync) at a fixed rate on the disk alone, the floor
+    /// for a durable broker's send-to-ack latency on this machine.
+    DiskFloor(disk_floor::Args),
 }
 
 /// CPU time of a process in nanoseconds: the sum of its threads' `schedstat` (the process-level
@@ -143,6 +147,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::GroupRead(args) => group_read::run(args).await,
             // Its own threads and blocking I/O; nothing else runs on this runtime meanwhile.
             Scenario::FloorBroker(args) => floor_broker::run(args),
+            Scenario::DiskFloor(args) => disk_floor::run(&args),
             Scenario::MqttConnections(args) => {
                 let tokens = tokens(args.target.provision_cmd.clone(), args.target.data_dir.clone())?;
                 mqtt_connections::run(args, tokens).await

@@ -6,7 +6,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tern_broker::client::{Client, ClientOptions, Incoming};
+use tern_broker::client::{Client, ClientError, ClientOptions, Incoming};
 
 use crate::pairs::{measure, print_result, stamped, Load, Stats};
 use crate::{token, Tokens};
@@ -57,10 +57,18 @@ pub(crate) fn start_sender(
             let (client, topic, stats) = (client.clone(), topic.clone(), stats.clone());
             async move {
                 let sent = Instant::now();
-                let ack = client.publish(&topic, stamped(payload, start)).await.ok()?;
+                let result = client.publish(&topic, stamped(payload, start)).await;
                 let mut stats = stats.borrow_mut();
-                stats.acked(sent);
-                stats.count(if ack.reason == 0 { "sends_acked" } else { "sends_refused" });
+                match result {
+                    Ok(ack) => {
+                        stats.acked(sent);
+                        stats.count(if ack.reason == 0 { "sends_acked" } else { "sends_refused" });
+                    }
+                    // Refused (over the broker's rate limit, say): counted, and the lane goes on.
+                    Err(ClientError::Rejected(_)) => stats.count("sends_refused"),
+                    // The connection is gone: this lane ends.
+                    Err(_) => return None,
+                }
                 Some(())
             }
         }

@@ -26,6 +26,27 @@ fn p2p_reports_deliveries_latency_and_cpu() {
     drop(broker);
 }
 
+#[test]
+fn p2p_goes_on_through_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let mut options = BrokerOptions::new("127.0.0.1:0".parse().unwrap(), dir.path().to_path_buf());
+    // 20 PUBLISHes per second per connection: the warm-up second spends the burst.
+    options.publish_rate = (20.0, 20.0);
+    let broker = runtime.block_on(Broker::start(options)).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tern-bench"))
+        .args(["p2p", "--addr", &broker.local_addr().to_string(), "--data-dir", dir.path().to_str().unwrap()])
+        .args(["--pairs", "2", "--window", "2", "--duration", "1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Refused sends are counted and their senders keep sending: the refill still gets through.
+    assert!(report["events"]["sends_refused_per_sec"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(report["delivered"].as_u64().unwrap() > 0, "{report}");
+    drop(broker);
+}
+
 /// The figures of one `mqtt-fanout` run of `rate` msgs/s for one measured second to `members`.
 fn fanout(addr: &str, broker: &str, extra: &[&str], members: u64, rate: u64) -> serde_json::Value {
     let (members, rate) = (members.to_string(), rate.to_string());
@@ -75,4 +96,24 @@ fn floor_broker_forwards_each_publish_to_every_subscriber() {
     assert_eq!(report["messages"], 20, "{report}");
     assert_eq!(report["incomplete_messages"], 0, "{report}");
     assert_eq!(report["delivered"], 500, "{report}");
+}
+
+#[test]
+fn disk_floor_commits_every_record_at_the_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tern-bench"))
+        .args(["disk-floor", "--dir", dir.path().to_str().unwrap(), "--rate", "400", "--duration", "1"])
+        .args(["--background-mb-per-sec", "4", "--table-mib", "1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // One measured second at 400/s: every record arrived and was made durable.
+    assert_eq!(report["records"], 400, "{report}");
+    let groups = report["groups"].as_u64().unwrap();
+    assert!((1..=400).contains(&groups), "{report}");
+    assert!(report["latency_us"]["p50"].as_u64().unwrap() > 0, "{report}");
+    assert!(report["fdatasync_us"]["p50"].as_u64().unwrap() > 0, "{report}");
+    // The journal and the background files are removed.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "{report}");
 }
