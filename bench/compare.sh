@@ -5,9 +5,11 @@
 # alternating the brokers within each round, RUNS rounds, and prints medians, ranges and the
 # Tern/peer ratios (raw JSON lines go to $OUT/results.jsonl). The `native-*` modes run Tern's own
 # protocol (exactly once, durable) and only against Tern: no MQTT broker offers that path.
-# The `floor` "broker" (`tern-bench floor-broker`) runs only the fan-out modes: it forwards each
-# PUBLISH to every subscriber with one write each and does nothing else, so its figures are what
-# this machine's loopback TCP and the generator allow any broker.
+# The `floor` "broker" runs only the fan-out and native-rate modes. For fan-out it is
+# `tern-bench floor-broker`: each PUBLISH forwarded to every subscriber with one write each and
+# nothing else, what this machine's loopback TCP and the generator allow any broker. For
+# native-rate it is `tern-bench disk-floor`: the offered rate into a bare append-and-fdatasync
+# group commit, what this disk allows any broker that syncs before it acknowledges.
 # Installs what it needs: Debian's mosquitto, and builds Tern, tern-bench and the rumqttd host
 # program (bench/peers/rumqttd-host).
 #
@@ -81,8 +83,18 @@ for run in $(seq "$RUNS"); do
   for b in "${order[@]}"; do
     for mode in $MODES; do
       # Tern's native protocol has no counterpart in the MQTT brokers.
-      if [[ $mode == native-* && $b != tern ]]; then continue; fi
-      if [[ $b == floor && $mode != fanout-* ]]; then continue; fi
+      if [[ $mode == native-* && $b != tern && !( $b == floor && $mode == native-rate-* ) ]]; then continue; fi
+      if [[ $b == floor && $mode != fanout-* && $mode != native-rate-* ]]; then continue; fi
+      if [[ $b == floor && $mode == native-rate-* ]]; then
+        # The durable floor: the same offered rate into a bare group commit on this disk, each
+        # record as many bytes as Tern wrote to disk per message at 10,000/s (journal and tables).
+        rate=${mode#native-rate-}; rate=${rate%k}000
+        echo "round $run: floor, $mode" >&2
+        mkdir -p "$OUT/floor-data"
+        line=$($BENCH disk-floor --dir "$OUT/floor-data" --rate "$rate" --record 1200 --duration 10 | tail -1)
+        echo "$line" | python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); d["broker"]="floor"; d["run"]=int(sys.argv[1]); d["mode"]=sys.argv[2]; print(json.dumps(d))' "$run" "$mode" >> "$OUT/results.jsonl"
+        continue
+      fi
       start_broker "$b"
       auth=(); [ "$b" = tern ] && auth=(--data-dir "$OUT/tern-data")
       target=(--addr 127.0.0.1:$PORT --broker "$b")
@@ -140,8 +152,9 @@ def pick(broker, mode, key):
     return vals
 def fmt(vals, digits=0, broker=None, mode=None):
     if not vals:
-        ran = any(r["broker"] == broker and r.get("mode") == mode for r in rows)
-        return "failed" if ran else "–"
+        # A metric a broker does not report (the floors report fewer) is "–", not a failure.
+        failed = any(r["broker"] == broker and r.get("mode") == mode and r.get("failed") for r in rows)
+        return "failed" if failed else "–"
     return f"{statistics.median(vals):,.{digits}f} ({min(vals):,.{digits}f}–{max(vals):,.{digits}f})"
 metrics = [
     ("clean", "connections_per_sec", "connections accepted per second (clean sessions)", 0),
@@ -177,6 +190,7 @@ metrics = [
     ("native-rate-10k", "ack_latency_us.p50", "Tern native at 10,000/s: send to PUBACK p50 µs", 0),
     ("native-rate-10k", "ack_latency_us.p99", "Tern native at 10,000/s: send to PUBACK p99 µs", 0),
     ("native-rate-10k", "broker_cpu_us_per_msg", "Tern native at 10,000/s: broker CPU µs per message", 2),
+    ("native-rate-10k", "fdatasync_us.p99", "disk floor at 10,000/s: fdatasync p99 µs", 0),
     ("native-group-read", "events.sends_acked_per_sec", "Tern group of 100k (2k online), read fan-out: sends per second", 1),
     ("native-group-read", "msgs_per_sec", "Tern group of 100k: messages pulled by members per second", 0),
     ("native-group-read", "events.notifies_per_sec", "Tern group of 100k: NOTIFYs per second", 0),

@@ -20,7 +20,7 @@ fn p2p_reports_deliveries_latency_and_cpu() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["scenario"], "p2p");
     assert!(report["delivered"].as_u64().unwrap() > 0, "{report}");
-    assert!(report["latency_us"]["p50"].as_u64().unwrap() > 0, "{report}");
+    assert!(report["ack_latency_us"]["p50"].as_u64().unwrap() > 0, "{report}");
     assert!(report["broker_cpu_us_per_msg"].as_f64().unwrap() > 0.0, "{report}");
     assert!(report["generator_cpu_us_per_msg"].as_f64().unwrap() > 0.0, "{report}");
     drop(broker);
@@ -112,7 +112,7 @@ fn disk_floor_commits_every_record_at_the_rate() {
     assert_eq!(report["records"], 400, "{report}");
     let groups = report["groups"].as_u64().unwrap();
     assert!((1..=400).contains(&groups), "{report}");
-    assert!(report["latency_us"]["p50"].as_u64().unwrap() > 0, "{report}");
+    assert!(report["ack_latency_us"]["p50"].as_u64().unwrap() > 0, "{report}");
     assert!(report["fdatasync_us"]["p50"].as_u64().unwrap() > 0, "{report}");
     // The journal and the background files are removed.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "{report}");
