@@ -181,6 +181,7 @@ impl Conn {
                 // Cancel-safe: mpsc::recv keeps unreceived messages in the channel.
                 Some(cmd) = rx.recv() => match cmd {
                     ToConnection::Deliver(d) => { self.deliver(*d); }
+                    ToConnection::Live(l) => { self.deliver(l.deliver.clone()); }
                     ToConnection::Close(reason) => self.machine.close(reason, ""),
                     ToConnection::HandOver(to) => {
                         self.handover = Some(to);

@@ -13,13 +13,13 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use base64::Engine as _;
 use bytes::BytesMut;
 use rumqttc::v5::mqttbytes::v5::DisconnectReasonCode;
 use tern_codec::ids::topic_matches;
 use tern_codec::proto;
 use tern_codec::ReasonCode;
 
+use super::outgoing::{live_match, pkid_for, presence_publish, publish_out, v4_live_publish};
 use super::packets::{
     self, AckReason, ConnAckInfo, ConnectIn, ConnectOutcome, DecodeError, Incoming, Outgoing, PublishIn, PublishOut,
     Version, Will,
@@ -27,10 +27,9 @@ use super::packets::{
 use super::topics::{check_filter, refusal, FilterKind, Subscription};
 use super::{Mailbox, MqttIo};
 use crate::connection::{
-    is_ephemeral, publish_ephemeral, route, subscribe_ephemeral, unsubscribe_ephemeral, Ephemeral, EphemeralFilter,
-    PublishBudget,
+    is_ephemeral, publish_ephemeral, route, subscribe_ephemeral, unsubscribe_ephemeral, Ephemeral, PublishBudget,
 };
-use crate::server::{Live, Outbox, Shared, ToConnection};
+use crate::server::{Live, LiveDeliver, Outbox, Shared, ToConnection};
 use crate::store::{MqttSessionRecord, NewMessage};
 
 /// Unacknowledged deliveries at once when the device names no Receive Maximum.
@@ -39,12 +38,6 @@ const DEFAULT_WINDOW: u16 = 32;
 const MAX_WINDOW: u16 = 1024;
 /// Inbox messages read from the store at a time.
 const READ_BATCH: usize = 64;
-
-/// The packet identifier of the delivery of inbox seq `seq` (spec 15.3): the same after a
-/// reconnect or a restart, unique among at most 65535 unacknowledged deliveries.
-pub(crate) fn pkid_for(seq: u64) -> u16 {
-    u16::try_from(seq.saturating_sub(1) % 65535 + 1).unwrap_or(1)
-}
 
 /// A delivery of a stored message not yet acknowledged (or done, behind one that is not).
 struct Inflight {
@@ -729,7 +722,8 @@ impl Conn {
         }
         for m in queue {
             match m {
-                ToConnection::Deliver(d) => self.deliver_live(&d),
+                ToConnection::Deliver(d) => self.deliver_live(&d, None),
+                ToConnection::Live(l) => self.deliver_live(&l.deliver, Some(&l)),
                 ToConnection::Close(reason) => {
                     let code = match reason {
                         ReasonCode::SessionTakenOver => DisconnectReasonCode::SessionTakenOver,
@@ -771,18 +765,25 @@ impl Conn {
         self.send(Outgoing::Publish(Box::new(out)));
     }
 
-    /// A room or telemetry message: QoS 0 to each matching presentation (raw, envelope).
-    fn deliver_live(&mut self, d: &proto::Deliver) {
+    /// A room or telemetry message: QoS 0 to each matching presentation (raw, envelope). A
+    /// 3.1.1 device's raw PUBLISH is the same for all its subscribers: `shared` holds it.
+    fn deliver_live(&mut self, d: &proto::Deliver, shared: Option<&LiveDeliver>) {
         let raw =
             self.subs.iter().any(|s| !s.envelope && matches!(s.kind, FilterKind::Ephemeral(_)) && live_match(s, d));
         let env =
             self.subs.iter().any(|s| s.envelope && matches!(s.kind, FilterKind::Ephemeral(_)) && live_match(s, d));
-        if raw {
-            let out = self.publish_out(d, 0, false);
+        if let (true, Version::V4, Some(shared)) = (raw, self.version, shared) {
+            let bytes = shared.encoded(v4_live_publish);
+            // Over the device's Maximum Packet Size: not sent, as in `send_publish`.
+            if bytes.len() <= usize::try_from(self.max_out).unwrap_or(usize::MAX) {
+                self.wbuf.extend_from_slice(bytes);
+            }
+        } else if raw {
+            let out = publish_out(self.version, d, 0, false);
             self.send_publish(out);
         }
         if env {
-            let out = self.publish_out(d, 0, true);
+            let out = publish_out(self.version, d, 0, true);
             self.send_publish(out);
         }
     }
@@ -826,7 +827,7 @@ impl Conn {
         let Some(qos) = qos.filter(|_| !d.payload_omitted) else {
             return self.inflight_done(d.seq);
         };
-        let out = self.publish_out(d, qos, envelope);
+        let out = publish_out(self.version, d, qos, envelope);
         if !self.send_publish(out) || qos == 0 {
             return self.inflight_done(d.seq);
         }
@@ -869,52 +870,6 @@ impl Conn {
             if let Err(e) = self.shared.store.advance_cursor(&me.user, &me.device, position) {
                 tracing::error!(error = %e, "cursor update failed");
             }
-        }
-    }
-
-    /// The PUBLISH of a message; MQTT 5 metadata in properties (spec 15.5).
-    fn publish_out(&self, d: &proto::Deliver, qos: u8, envelope: bool) -> PublishOut {
-        let stored = d.msg_id != 0;
-        if envelope {
-            let json = serde_json::json!({
-                "topic": d.topic,
-                "sender_user": d.sender_user,
-                "sender_device": d.sender_device,
-                "msg_id": d.msg_id,
-                "conversation_id": if stored { d.conversation_id } else { 0 },
-                "seq": if stored { d.conversation_seq } else { 0 },
-                "server_time_ms": d.server_time_ms,
-                "content_type": d.content_type,
-                "payload_base64": base64::engine::general_purpose::STANDARD.encode(&d.payload),
-            });
-            return PublishOut {
-                qos,
-                pkid: pkid_for(d.seq),
-                topic: format!("{}{}", super::topics::ENVELOPE_PREFIX, d.topic),
-                payload: bytes::Bytes::from(json.to_string().into_bytes()),
-                content_type: "application/json".into(),
-                ..Default::default()
-            };
-        }
-        // Properties exist only in MQTT 5: a 3.1.1 device's deliveries build none.
-        let mut props = Vec::new();
-        if self.version == Version::V5 {
-            props.push(("tern-sender".to_owned(), format!("{}/{}", d.sender_user, d.sender_device)));
-        }
-        if stored && self.version == Version::V5 {
-            props.push(("tern-msg-id".into(), d.msg_id.to_string()));
-            props.push(("tern-conversation".into(), d.conversation_id.to_string()));
-            props.push(("tern-seq".into(), d.conversation_seq.to_string()));
-            props.push(("tern-time-ms".into(), d.server_time_ms.to_string()));
-        }
-        PublishOut {
-            qos,
-            dup: false,
-            pkid: pkid_for(d.seq),
-            topic: d.topic.clone(),
-            payload: d.payload.clone(),
-            content_type: d.content_type.clone(),
-            user_properties: props,
         }
     }
 
@@ -975,45 +930,6 @@ impl Conn {
         if let Some(me) = self.me.as_deref() {
             tracing::debug!(user = %me.user, device = %me.device, "MQTT session closed");
         }
-    }
-}
-
-fn live_match(s: &Subscription, d: &proto::Deliver) -> bool {
-    match &s.kind {
-        FilterKind::Ephemeral(EphemeralFilter::Room(conv)) => *conv == d.conversation_id,
-        FilterKind::Ephemeral(EphemeralFilter::Telemetry(_)) => topic_matches(&s.matcher, &d.topic),
-        _ => false,
-    }
-}
-
-/// A presence change as MQTT sees it (spec 15.6).
-fn presence_publish(sub: &Subscription, p: &proto::Presence) -> PublishOut {
-    let status = match proto::PresenceStatus::try_from(p.status) {
-        Ok(proto::PresenceStatus::Online) => "online",
-        Ok(proto::PresenceStatus::Away) => "away",
-        _ => "offline",
-    };
-    let json = serde_json::json!({"user": p.user_id, "device": p.device_id, "status": status, "since_ms": p.since_ms});
-    let prefix = if sub.envelope { super::topics::ENVELOPE_PREFIX } else { "" };
-    PublishOut {
-        qos: 0,
-        topic: format!("{prefix}presence/{}", p.user_id),
-        payload: bytes::Bytes::from(json.to_string().into_bytes()),
-        content_type: "application/json".into(),
-        ..Default::default()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::pkid_for;
-
-    #[test]
-    fn packet_identifiers_follow_the_inbox_seq_and_skip_zero() {
-        assert_eq!(pkid_for(1), 1);
-        assert_eq!(pkid_for(65535), 65535);
-        assert_eq!(pkid_for(65536), 1);
-        assert_ne!(pkid_for(0), 0);
     }
 }
 

@@ -10,6 +10,7 @@
 //! and once it has been quiet a while it has no task either (`park`).
 
 mod conn;
+mod outgoing;
 mod packets;
 #[cfg(unix)]
 mod park;
