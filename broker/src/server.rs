@@ -330,7 +330,7 @@ impl Router {
         // A set, not a list: a user's telemetry can have 10k subscribers (a linear search here
         // cost 50M comparisons per message at 10k, under the router lock).
         let mut sent: HashSet<u64> = HashSet::with_capacity(subs.len());
-        // Subscribers mostly share a filter: match each distinct one once, not per subscriber.
+        // Subscribers mostly share one filter: a run of equal filters is matched once.
         let mut last_match: Option<(String, bool)> = None;
         subs.retain(|(conn_id, filter, tx)| {
             let matches = match &last_match {

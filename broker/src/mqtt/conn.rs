@@ -773,11 +773,8 @@ impl Conn {
         let env =
             self.subs.iter().any(|s| s.envelope && matches!(s.kind, FilterKind::Ephemeral(_)) && live_match(s, d));
         if let (true, Version::V4, Some(shared)) = (raw, self.version, shared) {
-            let bytes = shared.encoded(v4_live_publish);
-            // Over the device's Maximum Packet Size: not sent, as in `send_publish`.
-            if bytes.len() <= usize::try_from(self.max_out).unwrap_or(usize::MAX) {
-                self.wbuf.extend_from_slice(bytes);
-            }
+            // 3.1.1 has no Maximum Packet Size to check (`send_publish` checks MQTT 5's).
+            self.wbuf.extend_from_slice(shared.encoded(v4_live_publish));
         } else if raw {
             let out = publish_out(self.version, d, 0, false);
             self.send_publish(out);
