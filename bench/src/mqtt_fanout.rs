@@ -1,6 +1,6 @@
 //! Scenario `mqtt-fanout`, the same for every MQTT 3.1.1 broker: M subscribers of one topic and
-//! one publisher sending at a fixed rate (QoS 1 PUBLISH, QoS 0 subscriptions, so every broker
-//! delivers at QoS 0). Reports deliveries per second (from the first measured send to the last
+//! one publisher sending at a fixed rate, or closed loop with `--window` messages on their way
+//! at most (QoS 1 PUBLISH, QoS 0 subscriptions, so every broker delivers at QoS 0). Reports deliveries per second (from the first measured send to the last
 //! delivery), delivery latency percentiles, and the time for one message to reach all M
 //! (percentiles over the messages that did; those that did not are counted).
 //!
@@ -32,6 +32,10 @@ pub(crate) struct Args {
     /// Messages per second from the publisher.
     #[arg(long, default_value_t = 10)]
     rate: u64,
+    /// Closed loop instead of a rate: the publisher sends whenever fewer than this many of its
+    /// messages are still on their way to some subscriber (saturation).
+    #[arg(long)]
+    window: Option<usize>,
     /// Payload bytes (at least 16: send time and message number).
     #[arg(long, default_value_t = 64)]
     payload: usize,
@@ -60,21 +64,27 @@ struct Stats {
 }
 
 impl Stats {
-    /// A PUBLISH reached a subscriber.
-    fn delivered(&mut self, p: &v4::Publish, now_ns: u64) {
-        let (Some(sent), Some(n)) = (p.payload.get(..8), p.payload.get(8..16)) else { return };
+    /// A PUBLISH reached a subscriber: counted if it was sent while measuring. Returns its
+    /// message number.
+    fn delivered(&mut self, p: &v4::Publish, now_ns: u64) -> Option<u64> {
+        let (Some(sent), Some(n)) = (p.payload.get(..8), p.payload.get(8..16)) else { return None };
         let sent_ns = u64::from_be_bytes(sent.try_into().unwrap_or_default());
         let n = u64::from_be_bytes(n.try_into().unwrap_or_default());
         // Only messages sent while measuring count (a warm-up message may arrive after it).
-        let Some(m) = self.messages.get_mut(&n) else { return };
+        let Some(m) = self.messages.get_mut(&n) else { return Some(n) };
         let took = now_ns.saturating_sub(sent_ns);
         m.received += 1;
         m.last_ns = m.last_ns.max(took);
         self.delivered += 1;
         self.last_delivery_ns = now_ns;
         let _ = self.latency_us.record(took / 1000);
+        Some(n)
     }
 }
+
+/// How long a closed-loop message may take to reach every subscriber before its slot is freed
+/// (it then counts as incomplete).
+const SLOT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A connected, optionally subscribed client (its socket and what it read past the acks).
 async fn client(
@@ -164,45 +174,59 @@ fn measure(
     let (mut pub_in, mut pub_out) = (BytesMut::new(), BytesMut::new());
 
     let every = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
-    let total = (args.duration + 1) * args.rate.max(1);
-    let measure_from = args.rate.max(1);
+    let measure_at = start + Duration::from_secs(1);
+    let send_until = measure_at + Duration::from_secs(args.duration);
+    // Closed loop: messages not yet at every subscriber, with when they were sent.
+    let mut in_flight: HashMap<u64, (Instant, usize)> = HashMap::new();
     let pid = args.target.broker_pid.map(|p| p.to_string());
     let (mut broker0, mut self0, mut t0) = (None, None, start);
+    let mut measuring = false;
     let mut n = 0u64;
-    // Sending ends after `total` messages; reading goes on for a second to let the last arrive.
+    // Sending ends at `send_until`; reading goes on for a second to let the last arrive.
     let mut end = None;
     loop {
         let now = Instant::now();
-        let next_send = (n < total).then(|| start + every * u32::try_from(n).unwrap_or(u32::MAX));
-        if next_send.is_some_and(|due| due <= now) {
-            if n == measure_from {
+        let next_send = match args.window {
+            _ if end.is_some() => None,
+            None => Some(start + every * u32::try_from(n).unwrap_or(u32::MAX)),
+            Some(window) => {
+                // A message some subscriber never gets (a broker that drops) frees its slot.
+                in_flight.retain(|_, (sent, _)| now.duration_since(*sent) < SLOT_TIMEOUT);
+                (in_flight.len() < window.max(1)).then_some(now)
+            }
+        };
+        if let Some(due) = next_send.filter(|due| *due <= now) {
+            if due >= send_until {
+                end = Some(now + Duration::from_secs(1));
+                continue;
+            }
+            if !measuring && due >= measure_at {
                 // Warm-up over: measure from here.
+                measuring = true;
                 (broker0, self0, t0) = (pid.as_deref().and_then(cpu_ns), cpu_ns("self"), now);
             }
             let mut body = vec![0u8; args.payload];
             let sent_ns = start.elapsed().as_nanos() as u64;
             body.get_mut(..8).unwrap_or_default().copy_from_slice(&sent_ns.to_be_bytes());
             body.get_mut(8..16).unwrap_or_default().copy_from_slice(&n.to_be_bytes());
-            if n >= measure_from {
+            if measuring {
                 stats.messages.insert(n, Message::default());
+            }
+            if args.window.is_some() {
+                in_flight.insert(n, (now, 0));
             }
             let mut p = v4::Publish::new(topic.as_str(), QoS::AtLeastOnce, body);
             p.pkid = u16::try_from(n % 65000 + 1).unwrap_or(1);
             encode(v4::Packet::Publish(p), &mut pub_out)?;
             flush(&mut publisher, &mut pub_out)?;
             n += 1;
-            if n == total {
-                end = Some(Instant::now() + Duration::from_secs(1));
-            }
             continue;
         }
-        let wake_at = match (next_send, end) {
-            (Some(t), _) | (None, Some(t)) => t,
-            (None, None) => now,
-        };
         if end.is_some_and(|e| e <= now) {
             break;
         }
+        let oldest_slot = in_flight.values().map(|(sent, _)| *sent + SLOT_TIMEOUT).min();
+        let wake_at = [next_send, end, oldest_slot, Some(send_until)].into_iter().flatten().min().unwrap_or(now);
         poll.poll(&mut events, Some(wake_at.saturating_duration_since(now)))?;
         for event in events.iter() {
             if event.token() == pub_token {
@@ -220,8 +244,13 @@ fn measure(
             }
             let now_ns = start.elapsed().as_nanos() as u64;
             while let Some(p) = take_packet(input)? {
-                if let v4::Packet::Publish(p) = p {
-                    stats.delivered(&p, now_ns);
+                let v4::Packet::Publish(p) = p else { continue };
+                let Some(n) = stats.delivered(&p, now_ns) else { continue };
+                if let Some((_, received)) = in_flight.get_mut(&n) {
+                    *received += 1;
+                    if *received == args.members {
+                        in_flight.remove(&n);
+                    }
                 }
             }
         }
@@ -246,7 +275,8 @@ fn measure(
         _ => None,
     };
     Ok(serde_json::json!({
-        "scenario": "mqtt-fanout", "broker": args.target.broker, "members": args.members, "rate": args.rate,
+        "scenario": "mqtt-fanout", "broker": args.target.broker, "members": args.members,
+        "rate": if args.window.is_some() { None } else { Some(args.rate) }, "window": args.window,
         "payload": args.payload, "seconds": elapsed, "delivered": s.delivered,
         "deliveries_per_sec": s.delivered as f64 / elapsed,
         "latency_us": { "p50": s.latency_us.value_at_quantile(0.5), "p99": s.latency_us.value_at_quantile(0.99),

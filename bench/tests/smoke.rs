@@ -79,8 +79,8 @@ fn mqtt_fanout_counts_every_delivery_to_every_subscriber() {
     drop(broker);
 }
 
-#[test]
-fn floor_broker_forwards_each_publish_to_every_subscriber() {
+/// A floor broker on a free port, and its address.
+fn floor_broker() -> (std::process::Child, String) {
     use std::io::BufRead;
     let mut floor = std::process::Command::new(env!("CARGO_BIN_EXE_tern-bench"))
         .args(["floor-broker", "--listen", "127.0.0.1:0", "--threads", "2"])
@@ -90,12 +90,33 @@ fn floor_broker_forwards_each_publish_to_every_subscriber() {
     let mut line = String::new();
     std::io::BufReader::new(floor.stderr.take().unwrap()).read_line(&mut line).unwrap();
     let addr = line.trim().rsplit(' ').next().unwrap().to_string();
+    (floor, addr)
+}
+
+#[test]
+fn floor_broker_forwards_each_publish_to_every_subscriber() {
+    let (mut floor, addr) = floor_broker();
     let report = fanout(&addr, "floor", &[], 25, 20);
     floor.kill().unwrap();
     let _ = floor.wait();
     assert_eq!(report["messages"], 20, "{report}");
     assert_eq!(report["incomplete_messages"], 0, "{report}");
     assert_eq!(report["delivered"], 500, "{report}");
+}
+
+#[test]
+fn mqtt_fanout_in_closed_loop_sends_as_messages_complete() {
+    let (mut floor, addr) = floor_broker();
+    let report = fanout(&addr, "floor", &["--window", "2"], 25, 1);
+    floor.kill().unwrap();
+    let _ = floor.wait();
+    assert_eq!(report["window"], 2, "{report}");
+    assert!(report["rate"].is_null(), "{report}");
+    // Far more than the 1 msg/s a rate would send; every one reached all 25.
+    let messages = report["messages"].as_u64().unwrap();
+    assert!(messages > 10, "{report}");
+    assert_eq!(report["incomplete_messages"], 0, "{report}");
+    assert_eq!(report["delivered"].as_u64().unwrap(), messages * 25, "{report}");
 }
 
 #[test]
