@@ -4,47 +4,42 @@
 
 use tern_broker::{Broker, BrokerOptions};
 
-#[test]
-fn p2p_reports_deliveries_latency_and_cpu() {
+/// The figures of one `p2p` run (2 pairs, window 2, one measured second) against an in-process
+/// broker started with `options` adjusted by `adjust`.
+fn p2p(adjust: impl FnOnce(&mut BrokerOptions)) -> serde_json::Value {
     let dir = tempfile::tempdir().unwrap();
     // The broker runs on its own runtime's worker threads while this thread waits on the tool.
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let options = BrokerOptions::new("127.0.0.1:0".parse().unwrap(), dir.path().to_path_buf());
+    let mut options = BrokerOptions::new("127.0.0.1:0".parse().unwrap(), dir.path().to_path_buf());
+    adjust(&mut options);
     let broker = runtime.block_on(Broker::start(options)).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tern-bench"))
         .args(["p2p", "--addr", &broker.local_addr().to_string(), "--data-dir", dir.path().to_str().unwrap()])
         .args(["--pairs", "2", "--window", "2", "--duration", "1", "--broker-pid", &std::process::id().to_string()])
         .output()
         .unwrap();
+    drop(broker);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn p2p_reports_deliveries_latency_and_cpu() {
+    let report = p2p(|_| {});
     assert_eq!(report["scenario"], "p2p");
     assert!(report["delivered"].as_u64().unwrap() > 0, "{report}");
     assert!(report["ack_latency_us"]["p50"].as_u64().unwrap() > 0, "{report}");
     assert!(report["broker_cpu_us_per_msg"].as_f64().unwrap() > 0.0, "{report}");
     assert!(report["generator_cpu_us_per_msg"].as_f64().unwrap() > 0.0, "{report}");
-    drop(broker);
 }
 
 #[test]
 fn p2p_goes_on_through_refusals() {
-    let dir = tempfile::tempdir().unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let mut options = BrokerOptions::new("127.0.0.1:0".parse().unwrap(), dir.path().to_path_buf());
     // 20 PUBLISHes per second per connection: the warm-up second spends the burst.
-    options.publish_rate = (20.0, 20.0);
-    let broker = runtime.block_on(Broker::start(options)).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tern-bench"))
-        .args(["p2p", "--addr", &broker.local_addr().to_string(), "--data-dir", dir.path().to_str().unwrap()])
-        .args(["--pairs", "2", "--window", "2", "--duration", "1"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = p2p(|o| o.publish_rate = (20.0, 20.0));
     // Refused sends are counted and their senders keep sending: the refill still gets through.
     assert!(report["events"]["sends_refused_per_sec"].as_f64().unwrap() > 0.0, "{report}");
     assert!(report["delivered"].as_u64().unwrap() > 0, "{report}");
-    drop(broker);
 }
 
 /// The figures of one `mqtt-fanout` run of `rate` msgs/s for one measured second to `members`.
