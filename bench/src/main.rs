@@ -73,15 +73,35 @@ enum Scenario {
     DiskFloor(disk_floor::Args),
 }
 
-/// CPU time of a process in nanoseconds: the sum of its threads' `schedstat` (the process-level
-/// file covers only the main thread). Threads that already exited are not counted.
-pub(crate) fn cpu_ns(pid: &str) -> Option<u64> {
-    let mut total = 0u64;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
-        let stat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
-        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+/// CPU time of a process's threads, read from each thread's `schedstat` (nanoseconds; the
+/// process-level file covers only the main thread).
+pub(crate) struct CpuSample(std::collections::HashMap<String, u64>);
+
+impl CpuSample {
+    /// The threads of `pid` now (`"self"`: this process); None if the process is gone.
+    pub(crate) fn of(pid: &str) -> Option<CpuSample> {
+        let mut threads = std::collections::HashMap::new();
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+            // A thread may exit between the listing and the read: it is skipped.
+            let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else { continue };
+            if let Some(ns) = stat.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()) {
+                threads.insert(task.file_name().to_string_lossy().into_owned(), ns);
+            }
+        }
+        Some(CpuSample(threads))
     }
-    Some(total)
+
+    /// CPU µs per item spent between `earlier` and `later` by the threads alive at `later`. A
+    /// thread that exited in between takes its time with it; comparing process totals instead
+    /// went negative when one did (the broker's blocking-pool threads exit when idle).
+    pub(crate) fn us_per(earlier: Option<&CpuSample>, later: Option<&CpuSample>, items: u64) -> Option<f64> {
+        let (earlier, later) = (earlier?, later?);
+        if items == 0 {
+            return None;
+        }
+        let ns: u64 = later.0.iter().map(|(tid, ns)| ns.saturating_sub(earlier.0.get(tid).copied().unwrap_or(0))).sum();
+        Some(ns as f64 / 1000.0 / items as f64)
+    }
 }
 
 /// Where tokens come from.
@@ -154,4 +174,25 @@ fn main() -> anyhow::Result<()> {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CpuSample;
+
+    fn sample(threads: &[(&str, u64)]) -> CpuSample {
+        CpuSample(threads.iter().map(|(t, ns)| ((*t).to_owned(), *ns)).collect())
+    }
+
+    #[test]
+    fn cpu_per_item_counts_the_threads_alive_at_the_end() {
+        // Thread 2 exited (its 5 ms are gone), thread 3 is new: 2,000 + 1,000 ns over 3 items.
+        let earlier = sample(&[("1", 1_000), ("2", 5_000_000)]);
+        let later = sample(&[("1", 3_000), ("3", 1_000)]);
+        assert_eq!(CpuSample::us_per(Some(&earlier), Some(&later), 3), Some(1.0));
+        assert_eq!(CpuSample::us_per(Some(&earlier), Some(&later), 0), None);
+        assert_eq!(CpuSample::us_per(None, Some(&later), 3), None);
+        // This process has at least one thread with CPU time.
+        assert!(CpuSample::of("self").is_some_and(|s| !s.0.is_empty()));
+    }
 }

@@ -19,7 +19,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::mqtt_wire::{encode, next_packet, read_available, take_packet};
-use crate::{cpu_ns, token, Tokens};
+use crate::{token, CpuSample, Tokens};
 
 /// Command-line parameters.
 #[derive(clap::Args)]
@@ -203,7 +203,7 @@ fn measure(
             if !measuring && due >= measure_at {
                 // Warm-up over: measure from here.
                 measuring = true;
-                (broker0, self0, t0) = (pid.as_deref().and_then(cpu_ns), cpu_ns("self"), now);
+                (broker0, self0, t0) = (pid.as_deref().and_then(CpuSample::of), CpuSample::of("self"), now);
             }
             let mut body = vec![0u8; args.payload];
             let sent_ns = start.elapsed().as_nanos() as u64;
@@ -255,7 +255,7 @@ fn measure(
             }
         }
     }
-    let (broker1, self1) = (pid.as_deref().and_then(cpu_ns), cpu_ns("self"));
+    let (broker1, self1) = (pid.as_deref().and_then(CpuSample::of), CpuSample::of("self"));
     let s = &stats;
     // From the first measured send to the last delivery.
     let t0_ns = u64::try_from(t0.duration_since(start).as_nanos()).unwrap_or(0);
@@ -270,10 +270,7 @@ fn measure(
             incomplete += 1;
         }
     }
-    let per_msg = |a: Option<u64>, b: Option<u64>| match (a, b) {
-        (Some(a), Some(b)) if s.delivered > 0 => Some((b - a) as f64 / 1000.0 / s.delivered as f64),
-        _ => None,
-    };
+    let per_msg = |a: &Option<CpuSample>, b: &Option<CpuSample>| CpuSample::us_per(a.as_ref(), b.as_ref(), s.delivered);
     Ok(serde_json::json!({
         "scenario": "mqtt-fanout", "broker": args.target.broker, "members": args.members,
         "rate": if args.window.is_some() { None } else { Some(args.rate) }, "window": args.window,
@@ -284,8 +281,8 @@ fn measure(
         "all_reached_us": { "p50": complete_us.value_at_quantile(0.5), "p99": complete_us.value_at_quantile(0.99),
                             "max": complete_us.max() },
         "messages": s.messages.len(), "incomplete_messages": incomplete,
-        "broker_cpu_us_per_delivery": per_msg(broker0, broker1),
-        "generator_cpu_us_per_delivery": per_msg(self0, self1),
+        "broker_cpu_us_per_delivery": per_msg(&broker0, &broker1),
+        "generator_cpu_us_per_delivery": per_msg(&self0, &self1),
     }))
 }
 

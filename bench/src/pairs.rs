@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::cpu_ns;
+use crate::CpuSample;
 
 /// The offered load.
 #[derive(clap::Args)]
@@ -108,7 +108,7 @@ pub(crate) fn stamped(len: usize, start: Instant) -> Vec<u8> {
 pub(crate) async fn measure(stats: &Rc<RefCell<Stats>>, duration: u64, broker_pid: Option<u32>) -> serde_json::Value {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let pid = broker_pid.map(|p| p.to_string());
-    let (broker0, self0) = (pid.as_deref().and_then(cpu_ns), cpu_ns("self"));
+    let (broker0, self0) = (pid.as_deref().and_then(CpuSample::of), CpuSample::of("self"));
     {
         let mut s = stats.borrow_mut();
         s.latency_us.reset();
@@ -123,12 +123,9 @@ pub(crate) async fn measure(stats: &Rc<RefCell<Stats>>, duration: u64, broker_pi
         eprintln!("{second:>3} s: {} delivered", stats.borrow().delivered);
     }
     let elapsed = t0.elapsed().as_secs_f64();
-    let (broker1, self1) = (pid.as_deref().and_then(cpu_ns), cpu_ns("self"));
+    let (broker1, self1) = (pid.as_deref().and_then(CpuSample::of), CpuSample::of("self"));
     let s = stats.borrow();
-    let per_msg = |a: Option<u64>, b: Option<u64>| match (a, b) {
-        (Some(a), Some(b)) if s.delivered > 0 => Some((b - a) as f64 / 1000.0 / s.delivered as f64),
-        _ => None,
-    };
+    let per_msg = |a: &Option<CpuSample>, b: &Option<CpuSample>| CpuSample::us_per(a.as_ref(), b.as_ref(), s.delivered);
     let mut events = serde_json::Map::new();
     for (name, n) in &s.events {
         events.insert(format!("{name}_per_sec"), serde_json::json!(*n as f64 / elapsed));
@@ -142,8 +139,8 @@ pub(crate) async fn measure(stats: &Rc<RefCell<Stats>>, duration: u64, broker_pi
         "events": events, "ack_latency_us": acks,
         "seconds": elapsed, "delivered": s.delivered, "msgs_per_sec": s.delivered as f64 / elapsed,
         "latency_us": quantiles(&s.latency_us),
-        "broker_cpu_us_per_msg": per_msg(broker0, broker1),
-        "generator_cpu_us_per_msg": per_msg(self0, self1),
+        "broker_cpu_us_per_msg": per_msg(&broker0, &broker1),
+        "generator_cpu_us_per_msg": per_msg(&self0, &self1),
     })
 }
 
