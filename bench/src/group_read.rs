@@ -14,11 +14,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use tern_broker::client::{Client, ClientOptions, Incoming};
+use tern_broker::client::{Client, ClientError, ClientOptions, Incoming};
 use tern_codec::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::pairs::{measure, print_result, Load, Stats};
+use crate::pairs::{measure, print_result, stamped, Load, Stats};
 use crate::{token, Tokens};
 
 /// Command-line parameters.
@@ -123,7 +123,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let topic = format!("group/{group}");
     for (i, s) in senders.iter().enumerate() {
         let client = Arc::new(Client::connect(ClientOptions::new(args.addr, "d", &token(&tokens, s, "d")?)).await?);
-        crate::p2p::start_sender(&client, &topic, &load, i, &stats, start);
+        start_sender(&client, &topic, &load, i, &stats, start);
     }
     let measured = measure(&stats, args.duration, args.broker_pid).await;
     let own = serde_json::json!({
@@ -175,4 +175,60 @@ async fn admin(
         bail!("{path}: {status} {json}");
     }
     Ok(serde_json::from_str(json)?)
+}
+
+/// Starts sender `i` of `load` publishing to `topic`: closed loop (`window` lanes, each
+/// publishing again once its PUBACK is in) or open loop at its share of the fixed rate. PUBACKs
+/// are counted as `sends_acked` / `sends_refused` events, and timed from the send.
+pub(crate) fn start_sender(
+    client: &Arc<Client>,
+    topic: &str,
+    load: &Load,
+    i: usize,
+    stats: &Rc<RefCell<Stats>>,
+    start: Instant,
+) {
+    let payload = load.payload;
+    let publish = {
+        let (client, topic, stats) = (client.clone(), topic.to_owned(), stats.clone());
+        move || {
+            let (client, topic, stats) = (client.clone(), topic.clone(), stats.clone());
+            async move {
+                let sent = Instant::now();
+                let result = client.publish(&topic, stamped(payload, start)).await;
+                let mut stats = stats.borrow_mut();
+                match result {
+                    Ok(ack) => {
+                        stats.acked(sent);
+                        stats.count(if ack.reason == 0 { "sends_acked" } else { "sends_refused" });
+                    }
+                    // Refused (over the broker's rate limit, say): counted, and the lane goes on.
+                    Err(ClientError::Rejected(_)) => stats.count("sends_refused"),
+                    // The connection is gone: this lane ends.
+                    Err(_) => return None,
+                }
+                Some(())
+            }
+        }
+    };
+    match load.schedule(i) {
+        None => {
+            for _ in 0..load.window.max(1) {
+                let publish = publish.clone();
+                tokio::task::spawn_local(async move { while publish().await.is_some() {} });
+            }
+        }
+        // Open loop: one PUBLISH every interval, whether or not the earlier ones are
+        // acknowledged (each awaits its PUBACK in its own task), the first after the stagger.
+        Some((every, first)) => {
+            tokio::task::spawn_local(async move {
+                let mut next = tokio::time::Instant::now() + first;
+                loop {
+                    tokio::time::sleep_until(next).await;
+                    next += every;
+                    tokio::task::spawn_local(publish());
+                }
+            });
+        }
+    }
 }

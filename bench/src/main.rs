@@ -154,7 +154,7 @@ fn main() -> anyhow::Result<()> {
                 let Some(tokens) = tokens(provision_cmd, data_dir)? else {
                     bail!("give --provision-cmd or --data-dir")
                 };
-                p2p::run(addr, tokens, load, broker_pid, prefix).await
+                p2p::run(addr, tokens, load, broker_pid, prefix)
             }
             Scenario::MqttFanout(args) => {
                 let tokens = tokens(args.target.provision_cmd.clone(), args.target.data_dir.clone())?;

@@ -1,104 +1,313 @@
 //! Scenario `p2p`: N sender/receiver pairs over Tern's native protocol, QoS 2 (exactly once,
 //! durable), closed loop (`--window` messages in flight per sender) or a fixed total rate.
+//!
+//! One poll loop on this thread does all the I/O. Each connection is the codec's sans-IO client
+//! machine (`ClientSession`) beside a non-blocking socket: what the socket holds is fed to the
+//! machine, and what the machine has to send waits in the connection's buffer until the end of
+//! the loop's turn, so a turn that handles many events writes once per connection. (With a
+//! tokio task and channels per client, the generator spent 41–45 µs of CPU per message at
+//! 10,000/s, taking from the two cores it shares with the broker.)
 
-use std::cell::RefCell;
-use std::rc::Rc;
-use std::sync::Arc;
-use std::time::Instant;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
-use tern_broker::client::{Client, ClientError, ClientOptions, Incoming};
+use anyhow::{anyhow, bail};
+use bytes::{Bytes, BytesMut};
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use tern_codec::session::{ClientConfig, ClientEvent, ClientSession};
+use tern_codec::ReasonCode;
 
-use crate::pairs::{measure, print_result, stamped, Load, Stats};
+use crate::pairs::{print_result, stamped, Load, Stats, Window};
 use crate::{token, Tokens};
 
+/// How long the pairs may take to connect.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The `p2p` scenario.
-pub(crate) async fn run(
-    addr: std::net::SocketAddr,
+pub(crate) fn run(
+    addr: SocketAddr,
     cmd: Tokens,
     load: Load,
     broker_pid: Option<u32>,
     prefix: String,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(load.payload >= 8, "--payload must be at least 8 bytes (the send time)");
-    let start = Instant::now();
-    let stats = Stats::shared()?;
     eprintln!("connecting {} pairs …", load.pairs);
-    let mut senders = Vec::with_capacity(load.pairs);
+    let mut conns = Vec::with_capacity(2 * load.pairs);
     for i in 0..load.pairs {
         let (s, r) = (format!("{prefix}-s{i}"), format!("{prefix}-r{i}"));
-        let receiver = Client::connect(ClientOptions::new(addr, "d", &token(&cmd, &r, "d")?)).await?;
-        let sender = Client::connect(ClientOptions::new(addr, "d", &token(&cmd, &s, "d")?)).await?;
-        tokio::task::spawn_local(receive(receiver, stats.clone(), start));
-        senders.push((Arc::new(sender), format!("user/{r}")));
+        // Receiver 2i, sender 2i + 1.
+        conns.push(Conn::open(addr, &token(&cmd, &r, "d")?, None)?);
+        conns.push(Conn::open(addr, &token(&cmd, &s, "d")?, Some(format!("user/{r}")))?);
     }
-    for (i, (sender, topic)) in senders.iter().enumerate() {
-        start_sender(sender, topic, &load, i, &stats, start);
-    }
-    let measured = measure(&stats, load.duration, broker_pid).await;
-    print_result(&[serde_json::json!({"scenario": "p2p", "broker": "tern", "qos": 2}), load.fields(), measured]);
+    let mut pairs = Pairs::new(conns, load, Stats::new()?)?;
+    pairs.wait_connected()?;
+    let measured = pairs.load(broker_pid)?;
+    print_result(&[serde_json::json!({"scenario": "p2p", "broker": "tern", "qos": 2}), pairs.load.fields(), measured]);
     std::process::exit(0)
 }
 
-/// Starts sender `i` of `load` publishing to `topic`: closed loop (`window` lanes, each
-/// publishing again once its PUBACK is in) or open loop at its share of the fixed rate. PUBACKs
-/// are counted as `sends_acked` / `sends_refused` events, and timed from the send.
-pub(crate) fn start_sender(
-    client: &Arc<Client>,
-    topic: &str,
-    load: &Load,
-    i: usize,
-    stats: &Rc<RefCell<Stats>>,
-    start: Instant,
-) {
-    let payload = load.payload;
-    let publish = {
-        let (client, topic, stats) = (client.clone(), topic.to_owned(), stats.clone());
-        move || {
-            let (client, topic, stats) = (client.clone(), topic.clone(), stats.clone());
-            async move {
-                let sent = Instant::now();
-                let result = client.publish(&topic, stamped(payload, start)).await;
-                let mut stats = stats.borrow_mut();
-                match result {
-                    Ok(ack) => {
-                        stats.acked(sent);
-                        stats.count(if ack.reason == 0 { "sends_acked" } else { "sends_refused" });
+/// One client: its machine, its socket, and what waits to be written.
+struct Conn {
+    socket: mio::net::TcpStream,
+    session: ClientSession,
+    out: BytesMut,
+    /// A sender's topic (its receiver's inbox).
+    topic: Option<String>,
+    /// A sender's unacknowledged cids with their send times.
+    sent: HashMap<u64, Instant>,
+    connected: bool,
+}
+
+impl Conn {
+    /// Connects (blocking) and queues CONNECT.
+    fn open(addr: SocketAddr, token: &str, topic: Option<String>) -> anyhow::Result<Conn> {
+        let socket = std::net::TcpStream::connect(addr)?;
+        socket.set_nodelay(true)?;
+        socket.set_nonblocking(true)?;
+        let seed = token.bytes().fold(0u64, |h, b| h.rotate_left(5) ^ u64::from(b));
+        let config = ClientConfig::new("d", Bytes::copy_from_slice(token.as_bytes()));
+        let mut session = ClientSession::new(config, Box::new(ChaCha8Rng::seed_from_u64(seed)));
+        session.connect(Instant::now()).map_err(|e| anyhow!("{e}"))?;
+        let mut conn = Conn {
+            socket: mio::net::TcpStream::from_std(socket),
+            session,
+            out: BytesMut::new(),
+            topic,
+            sent: HashMap::new(),
+            connected: false,
+        };
+        conn.take_transmit();
+        Ok(conn)
+    }
+
+    /// Moves what the machine has to send into the write buffer.
+    fn take_transmit(&mut self) {
+        while let Some(bytes) = self.session.poll_transmit() {
+            self.out.extend_from_slice(&bytes);
+        }
+    }
+
+    /// Writes what the socket takes now; the rest waits for its next writable event.
+    fn flush(&mut self) -> std::io::Result<()> {
+        while !self.out.is_empty() {
+            match self.socket.write(&self.out) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    let _ = self.out.split_to(n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Feeds the machine everything the socket holds. Returns whether the broker closed it.
+    fn read(&mut self, scratch: &mut [u8], now: Instant) -> std::io::Result<bool> {
+        loop {
+            match self.socket.read(scratch) {
+                Ok(0) => return Ok(true),
+                Ok(n) => {
+                    self.session.handle_bytes(now, scratch.get(..n).unwrap_or_default());
+                    // A short read emptied the socket (the poller is edge-triggered and will
+                    // report the next arrival), so another read would only say WouldBlock.
+                    if n < scratch.len() {
+                        return Ok(false);
                     }
-                    // Refused (over the broker's rate limit, say): counted, and the lane goes on.
-                    Err(ClientError::Rejected(_)) => stats.count("sends_refused"),
-                    // The connection is gone: this lane ends.
-                    Err(_) => return None,
                 }
-                Some(())
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
-        }
-    };
-    match load.schedule(i) {
-        None => {
-            for _ in 0..load.window.max(1) {
-                let publish = publish.clone();
-                tokio::task::spawn_local(async move { while publish().await.is_some() {} });
-            }
-        }
-        // Open loop: one PUBLISH every interval, whether or not the earlier ones are
-        // acknowledged (each awaits its PUBACK in its own task), the first after the stagger.
-        Some((every, first)) => {
-            tokio::task::spawn_local(async move {
-                let mut next = tokio::time::Instant::now() + first;
-                loop {
-                    tokio::time::sleep_until(next).await;
-                    next += every;
-                    tokio::task::spawn_local(publish());
-                }
-            });
         }
     }
 }
 
-async fn receive(mut client: Client, stats: Rc<RefCell<Stats>>, start: Instant) {
-    while let Some(event) = client.next().await {
-        if let Incoming::Message(m) = event {
-            stats.borrow_mut().delivered(&m.payload, start);
+/// The pairs and the loop that drives them.
+struct Pairs {
+    conns: Vec<Conn>,
+    load: Load,
+    stats: Stats,
+    poll: mio::Poll,
+    events: mio::Events,
+    /// Connections with bytes to write at the end of this turn.
+    dirty: Vec<usize>,
+    scratch: Vec<u8>,
+    /// The send times in payloads are nanoseconds since this instant.
+    start: Instant,
+    /// Closed loop: senders publish again as their PUBACKs come in.
+    refill: bool,
+}
+
+impl Pairs {
+    fn new(mut conns: Vec<Conn>, load: Load, stats: Stats) -> anyhow::Result<Pairs> {
+        let poll = mio::Poll::new()?;
+        for (i, c) in conns.iter_mut().enumerate() {
+            poll.registry().register(
+                &mut c.socket,
+                mio::Token(i),
+                mio::Interest::READABLE | mio::Interest::WRITABLE,
+            )?;
         }
+        let dirty = (0..conns.len()).collect();
+        Ok(Pairs {
+            conns,
+            load,
+            stats,
+            poll,
+            events: mio::Events::with_capacity(1024),
+            dirty,
+            scratch: vec![0u8; 64 * 1024],
+            start: Instant::now(),
+            refill: false,
+        })
+    }
+
+    /// Turns the loop until every session is up.
+    fn wait_connected(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + CONNECT_TIMEOUT;
+        while !self.conns.iter().all(|c| c.connected) {
+            if Instant::now() >= deadline {
+                bail!("the pairs did not connect within {CONNECT_TIMEOUT:?}");
+            }
+            self.turn(deadline)?;
+        }
+        Ok(())
+    }
+
+    /// One second of warm-up, then the measured window, with progress on stderr.
+    fn load(&mut self, broker_pid: Option<u32>) -> anyhow::Result<serde_json::Value> {
+        let origin = Instant::now();
+        let every = self.load.rate.map(|r| 1.0 / r.max(1) as f64);
+        if every.is_none() {
+            self.refill = true;
+            for i in 0..self.load.pairs {
+                for _ in 0..self.load.window.max(1) {
+                    self.publish(2 * i + 1, origin)?;
+                }
+            }
+        }
+        // Once a second: the machines' timers, then the window opens (after the warm-up) or
+        // progress is shown.
+        let mut next_tick = origin + Duration::from_secs(1);
+        let (mut window, mut second, mut n) = (None::<Window>, 0u64, 0u64);
+        loop {
+            let now = Instant::now();
+            // Fixed rate: send n goes out at origin + n / rate, from sender n mod pairs (each
+            // sender at its share of the rate, the senders evenly staggered).
+            let next_send = every.map(|e| origin + Duration::from_secs_f64(e * n as f64));
+            if next_send.is_some_and(|due| due <= now) {
+                let sender = 2 * (n % self.load.pairs.max(1) as u64) as usize + 1;
+                self.publish(sender, now)?;
+                n += 1;
+                continue;
+            }
+            if now >= next_tick {
+                next_tick += Duration::from_secs(1);
+                self.timers(now);
+                if window.is_none() {
+                    window = Some(Window::open(&mut self.stats, broker_pid));
+                } else {
+                    second += 1;
+                    eprintln!("{second:>3} s: {} delivered", self.stats.delivered_count());
+                    if second >= self.load.duration {
+                        break;
+                    }
+                }
+            }
+            self.turn(next_send.map_or(next_tick, |s| s.min(next_tick)))?;
+        }
+        let window = window.ok_or_else(|| anyhow!("the measured window never opened"))?;
+        Ok(window.close(&self.stats))
+    }
+
+    /// Runs the machines' due timers (keepalive, retransmission, periodic sync).
+    fn timers(&mut self, now: Instant) {
+        for (i, c) in self.conns.iter_mut().enumerate() {
+            if c.session.poll_timeout().is_some_and(|t| t <= now) {
+                c.session.handle_timeout(now);
+                c.take_transmit();
+                self.dirty.push(i);
+            }
+        }
+    }
+
+    /// Publishes one message from sender `i` at `now`.
+    fn publish(&mut self, i: usize, now: Instant) -> anyhow::Result<()> {
+        let payload = Bytes::from(stamped(self.load.payload, self.start));
+        let Some(c) = self.conns.get_mut(i) else { bail!("no connection {i}") };
+        let Some(topic) = &c.topic else { bail!("connection {i} is not a sender") };
+        if let Some(cid) = c.session.publish(now, topic, payload, 2).map_err(|e| anyhow!("{e}"))? {
+            c.sent.insert(cid.0, now);
+        }
+        c.take_transmit();
+        self.dirty.push(i);
+        Ok(())
+    }
+
+    /// Writes what is waiting, waits for the sockets until `wake_at` at most, and handles what
+    /// they bring.
+    fn turn(&mut self, wake_at: Instant) -> anyhow::Result<()> {
+        for i in std::mem::take(&mut self.dirty) {
+            if let Some(c) = self.conns.get_mut(i) {
+                c.flush()?;
+            }
+        }
+        let timeout = wake_at.saturating_duration_since(Instant::now());
+        self.poll.poll(&mut self.events, Some(timeout))?;
+        let now = Instant::now();
+        let ready: Vec<usize> = self.events.iter().map(|e| e.token().0).collect();
+        for i in ready {
+            let Some(c) = self.conns.get_mut(i) else { continue };
+            if c.read(&mut self.scratch, now)? {
+                bail!("the broker closed connection {i}");
+            }
+            self.handle_events(i, now)?;
+            if let Some(c) = self.conns.get_mut(i) {
+                c.take_transmit();
+            }
+            self.dirty.push(i);
+        }
+        Ok(())
+    }
+
+    /// Handles what connection `i`'s machine has to tell.
+    fn handle_events(&mut self, i: usize, now: Instant) -> anyhow::Result<()> {
+        let mut resend = 0;
+        let Some(c) = self.conns.get_mut(i) else { return Ok(()) };
+        while let Some(event) = c.session.poll_event() {
+            match event {
+                ClientEvent::Connected { .. } => c.connected = true,
+                ClientEvent::Disconnected { reason, .. } => bail!("connection {i} ended: {reason:?}"),
+                ClientEvent::Acked(ack) => {
+                    if let Some(sent) = c.sent.remove(&ack.cid) {
+                        self.stats.acked(sent);
+                    }
+                    let stored =
+                        matches!(ReasonCode::from_u32(ack.reason), Some(ReasonCode::Success | ReasonCode::Duplicate));
+                    // A refusal (over the broker's rate limit, say) is counted and the lane goes on.
+                    self.stats.count(if stored { "sends_acked" } else { "sends_refused" });
+                    resend += 1;
+                }
+                ClientEvent::CidsRenumbered { offset } => {
+                    c.sent = c.sent.drain().map(|(cid, t)| (cid + offset, t)).collect();
+                }
+                // A sender gets its own copy too (its user's other devices would): only the
+                // receivers' deliveries count.
+                ClientEvent::Message(d) if c.topic.is_none() => self.stats.delivered(&d.payload, self.start),
+                _ => {}
+            }
+        }
+        if self.refill {
+            for _ in 0..resend {
+                self.publish(i, now)?;
+            }
+        }
+        Ok(())
     }
 }

@@ -59,14 +59,23 @@ pub(crate) struct Stats {
 }
 
 impl Stats {
-    pub(crate) fn shared() -> anyhow::Result<Rc<RefCell<Stats>>> {
-        Ok(Rc::new(RefCell::new(Stats {
+    pub(crate) fn new() -> anyhow::Result<Stats> {
+        Ok(Stats {
             latency_us: Histogram::new_with_bounds(1, 60_000_000, 3)?,
             ack_latency_us: Histogram::new_with_bounds(1, 60_000_000, 3)?,
             delivered: 0,
             measuring: false,
             events: std::collections::BTreeMap::new(),
-        })))
+        })
+    }
+
+    pub(crate) fn shared() -> anyhow::Result<Rc<RefCell<Stats>>> {
+        Ok(Rc::new(RefCell::new(Stats::new()?)))
+    }
+
+    /// Messages delivered in the measured window so far.
+    pub(crate) fn delivered_count(&self) -> u64 {
+        self.delivered
     }
 
     /// Counts one `event` if the measured window is open.
@@ -107,41 +116,58 @@ pub(crate) fn stamped(len: usize, start: Instant) -> Vec<u8> {
 /// throughput, latency and CPU-per-message fields of the result line.
 pub(crate) async fn measure(stats: &Rc<RefCell<Stats>>, duration: u64, broker_pid: Option<u32>) -> serde_json::Value {
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let pid = broker_pid.map(|p| p.to_string());
-    let (broker0, self0) = (pid.as_deref().and_then(CpuSample::of), CpuSample::of("self"));
-    {
-        let mut s = stats.borrow_mut();
-        s.latency_us.reset();
-        s.ack_latency_us.reset();
-        s.delivered = 0;
-        s.events.clear();
-        s.measuring = true;
-    }
-    let t0 = Instant::now();
+    let window = Window::open(&mut stats.borrow_mut(), broker_pid);
     for second in 1..=duration {
-        tokio::time::sleep_until((t0 + Duration::from_secs(second)).into()).await;
+        tokio::time::sleep_until((window.t0 + Duration::from_secs(second)).into()).await;
         eprintln!("{second:>3} s: {} delivered", stats.borrow().delivered);
     }
-    let elapsed = t0.elapsed().as_secs_f64();
-    let (broker1, self1) = (pid.as_deref().and_then(CpuSample::of), CpuSample::of("self"));
-    let s = stats.borrow();
-    let per_msg = |a: &Option<CpuSample>, b: &Option<CpuSample>| CpuSample::us_per(a.as_ref(), b.as_ref(), s.delivered);
-    let mut events = serde_json::Map::new();
-    for (name, n) in &s.events {
-        events.insert(format!("{name}_per_sec"), serde_json::json!(*n as f64 / elapsed));
+    window.close(&stats.borrow())
+}
+
+/// The measured window: opened after the warm-up, closed into the result fields.
+pub(crate) struct Window {
+    pub(crate) t0: Instant,
+    pid: Option<String>,
+    broker0: Option<CpuSample>,
+    self0: Option<CpuSample>,
+}
+
+impl Window {
+    /// Starts measuring now: the counters restart, CPU is sampled.
+    pub(crate) fn open(stats: &mut Stats, broker_pid: Option<u32>) -> Window {
+        let pid = broker_pid.map(|p| p.to_string());
+        let (broker0, self0) = (pid.as_deref().and_then(CpuSample::of), CpuSample::of("self"));
+        stats.latency_us.reset();
+        stats.ack_latency_us.reset();
+        stats.delivered = 0;
+        stats.events.clear();
+        stats.measuring = true;
+        Window { t0: Instant::now(), pid, broker0, self0 }
     }
-    let quantiles = |h: &Histogram<u64>| {
-        serde_json::json!({ "p50": h.value_at_quantile(0.5), "p99": h.value_at_quantile(0.99),
-                            "p999": h.value_at_quantile(0.999), "max": h.max() })
-    };
-    let acks = (!s.ack_latency_us.is_empty()).then(|| quantiles(&s.ack_latency_us));
-    serde_json::json!({
-        "events": events, "ack_latency_us": acks,
-        "seconds": elapsed, "delivered": s.delivered, "msgs_per_sec": s.delivered as f64 / elapsed,
-        "latency_us": quantiles(&s.latency_us),
-        "broker_cpu_us_per_msg": per_msg(&broker0, &broker1),
-        "generator_cpu_us_per_msg": per_msg(&self0, &self1),
-    })
+
+    /// Ends the window now: the throughput, latency and CPU-per-message fields.
+    pub(crate) fn close(self, s: &Stats) -> serde_json::Value {
+        let elapsed = self.t0.elapsed().as_secs_f64();
+        let (broker1, self1) = (self.pid.as_deref().and_then(CpuSample::of), CpuSample::of("self"));
+        let per_msg =
+            |a: &Option<CpuSample>, b: &Option<CpuSample>| CpuSample::us_per(a.as_ref(), b.as_ref(), s.delivered);
+        let mut events = serde_json::Map::new();
+        for (name, n) in &s.events {
+            events.insert(format!("{name}_per_sec"), serde_json::json!(*n as f64 / elapsed));
+        }
+        let quantiles = |h: &Histogram<u64>| {
+            serde_json::json!({ "p50": h.value_at_quantile(0.5), "p99": h.value_at_quantile(0.99),
+                                "p999": h.value_at_quantile(0.999), "max": h.max() })
+        };
+        let acks = (!s.ack_latency_us.is_empty()).then(|| quantiles(&s.ack_latency_us));
+        serde_json::json!({
+            "events": events, "ack_latency_us": acks,
+            "seconds": elapsed, "delivered": s.delivered, "msgs_per_sec": s.delivered as f64 / elapsed,
+            "latency_us": quantiles(&s.latency_us),
+            "broker_cpu_us_per_msg": per_msg(&self.broker0, &broker1),
+            "generator_cpu_us_per_msg": per_msg(&self.self0, &self1),
+        })
+    }
 }
 
 /// Prints one JSON line made of `parts` (objects, merged left to right).

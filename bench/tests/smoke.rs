@@ -4,9 +4,9 @@
 
 use tern_broker::{Broker, BrokerOptions};
 
-/// The figures of one `p2p` run (2 pairs, window 2, one measured second) against an in-process
-/// broker started with `options` adjusted by `adjust`.
-fn p2p(adjust: impl FnOnce(&mut BrokerOptions)) -> serde_json::Value {
+/// The figures of one `p2p` run (2 pairs, one measured second, closed loop with window 2 unless
+/// `load` says otherwise) against an in-process broker started with `options` adjusted by `adjust`.
+fn p2p(load: &[&str], adjust: impl FnOnce(&mut BrokerOptions)) -> serde_json::Value {
     let dir = tempfile::tempdir().unwrap();
     // The broker runs on its own runtime's worker threads while this thread waits on the tool.
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -16,6 +16,7 @@ fn p2p(adjust: impl FnOnce(&mut BrokerOptions)) -> serde_json::Value {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tern-bench"))
         .args(["p2p", "--addr", &broker.local_addr().to_string(), "--data-dir", dir.path().to_str().unwrap()])
         .args(["--pairs", "2", "--window", "2", "--duration", "1", "--broker-pid", &std::process::id().to_string()])
+        .args(load)
         .output()
         .unwrap();
     drop(broker);
@@ -25,9 +26,14 @@ fn p2p(adjust: impl FnOnce(&mut BrokerOptions)) -> serde_json::Value {
 
 #[test]
 fn p2p_reports_deliveries_latency_and_cpu() {
-    let report = p2p(|_| {});
+    let report = p2p(&[], |_| {});
     assert_eq!(report["scenario"], "p2p");
     assert!(report["delivered"].as_u64().unwrap() > 0, "{report}");
+    // Every stored message counts once, at its receiver (the sender's own copy does not): the
+    // counts differ only by what was in flight at the window's two edges (2 pairs × 2 each).
+    let acked = report["events"]["sends_acked_per_sec"].as_f64().unwrap() * report["seconds"].as_f64().unwrap();
+    let delivered = report["delivered"].as_f64().unwrap();
+    assert!((delivered - acked).abs() <= 8.5, "{report}");
     assert!(report["ack_latency_us"]["p50"].as_u64().unwrap() > 0, "{report}");
     assert!(report["broker_cpu_us_per_msg"].as_f64().unwrap() > 0.0, "{report}");
     assert!(report["generator_cpu_us_per_msg"].as_f64().unwrap() > 0.0, "{report}");
@@ -36,10 +42,22 @@ fn p2p_reports_deliveries_latency_and_cpu() {
 #[test]
 fn p2p_goes_on_through_refusals() {
     // 20 PUBLISHes per second per connection: the warm-up second spends the burst.
-    let report = p2p(|o| o.publish_rate = (20.0, 20.0));
+    let report = p2p(&[], |o| o.publish_rate = (20.0, 20.0));
     // Refused sends are counted and their senders keep sending: the refill still gets through.
     assert!(report["events"]["sends_refused_per_sec"].as_f64().unwrap() > 0.0, "{report}");
     assert!(report["delivered"].as_u64().unwrap() > 0, "{report}");
+}
+
+#[test]
+fn p2p_at_a_fixed_rate_sends_no_more_than_the_rate() {
+    let report = p2p(&["--rate", "100"], |_| {});
+    assert_eq!(report["mode"], "fixed-rate");
+    let seconds = report["seconds"].as_f64().unwrap();
+    let delivered = report["delivered"].as_f64().unwrap();
+    // 100 per second offered: what the window counts cannot exceed that (plus the one or two
+    // sent just before it opened), however fast or slow the broker was.
+    assert!(delivered > 0.0 && delivered <= 100.0 * seconds + 2.0, "{report}");
+    assert!(report["ack_latency_us"]["p99"].as_u64().unwrap() > 0, "{report}");
 }
 
 /// The figures of one `mqtt-fanout` run of `rate` msgs/s for one measured second to `members`.
