@@ -35,6 +35,10 @@ use crate::server::{Live, Parked, Shared, ToConnection};
 /// Most inbox messages pushed at connect; beyond them the client is told by NOTIFY and pulls.
 const CONNECT_PUSH: usize = 256;
 
+/// Commands from the rest of the broker handled before one write to the link (a bound, so a
+/// busy link still reads and answers its own device in between).
+const COMMANDS_PER_WRITE: usize = 64;
+
 fn now() -> std::time::Instant {
     tokio::time::Instant::now().into_std()
 }
@@ -179,17 +183,19 @@ impl Conn {
                     }
                 },
                 // Cancel-safe: mpsc::recv keeps unreceived messages in the channel.
-                Some(cmd) = rx.recv() => match cmd {
-                    ToConnection::Deliver(d) => { self.deliver(*d); }
-                    ToConnection::Live(l) => { self.deliver(l.deliver.clone()); }
-                    ToConnection::Close(reason) => self.machine.close(reason, ""),
-                    ToConnection::HandOver(to) => {
-                        self.handover = Some(to);
-                        self.machine.close(ReasonCode::SessionTakenOver, "");
+                Some(cmd) = rx.recv() => {
+                    self.command(cmd);
+                    // What else is already queued goes out in the same write: a sender's
+                    // group commit pushes its messages one by one, and a write per message
+                    // cost a system call each on the receiver's link.
+                    for _ in 1..COMMANDS_PER_WRITE {
+                        if self.machine.is_closed() {
+                            break;
+                        }
+                        let Ok(cmd) = rx.try_recv() else { break };
+                        self.command(cmd);
                     }
-                    ToConnection::Notify { conversation_id } => self.notify(conversation_id),
-                    ToConnection::Frame(frame) => { let _ = self.machine.send(&frame); }
-                },
+                }
                 // Cancel-safe: a sleep can be dropped and recreated.
                 _ = crate::sleep_until(deadline) => self.machine.handle_timeout(now()),
                 _ = crate::sleep_until(notify_due) => {
@@ -203,6 +209,23 @@ impl Conn {
                     stopping = true;
                     self.machine.close(ReasonCode::ServerShuttingDown, "shutting down");
                 }
+            }
+        }
+    }
+
+    /// Applies one command from the rest of the broker.
+    fn command(&mut self, cmd: ToConnection) {
+        match cmd {
+            ToConnection::Deliver(d) => self.deliver(*d),
+            ToConnection::Live(l) => self.deliver(l.deliver.clone()),
+            ToConnection::Close(reason) => self.machine.close(reason, ""),
+            ToConnection::HandOver(to) => {
+                self.handover = Some(to);
+                self.machine.close(ReasonCode::SessionTakenOver, "");
+            }
+            ToConnection::Notify { conversation_id } => self.notify(conversation_id),
+            ToConnection::Frame(frame) => {
+                let _ = self.machine.send(&frame);
             }
         }
     }
