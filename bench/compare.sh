@@ -20,7 +20,7 @@
 #   BROKERS="tern floor" MODES=fanout-10k bench/compare.sh   # Tern beside the machine's floor
 #
 # Modes: clean persistent p2p-closed p2p-rate p2p-512 p2p-1000 p2p-stored-qos2
-#        fanout-1k fanout-10k fanout-10k-closed native-closed native-rate-1k native-rate-10k native-group-read
+#        fanout-1k fanout-10k fanout-10k-closed native-closed native-closed-60s native-rate-1k native-rate-10k native-group-read
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
@@ -29,7 +29,7 @@ PAIRS=${PAIRS:-100}
 RATE=${RATE:-20000}
 # Source addresses of the connection scenarios (127.0.0.1 … 127.0.0.SOURCES).
 SOURCES=${SOURCES:-8}
-MODES=${MODES:-clean persistent p2p-closed p2p-rate p2p-512 p2p-1000 p2p-stored-qos2 fanout-1k fanout-10k fanout-10k-closed native-closed native-rate-1k native-rate-10k native-group-read}
+MODES=${MODES:-clean persistent p2p-closed p2p-rate p2p-512 p2p-1000 p2p-stored-qos2 fanout-1k fanout-10k fanout-10k-closed native-closed native-closed-60s native-rate-1k native-rate-10k native-group-read}
 BROKERS=${BROKERS:-tern mosquitto rumqttd floor}
 OUT=${OUT:-target/compare}
 mkdir -p "$OUT"
@@ -124,6 +124,9 @@ for run in $(seq "$RUNS"); do
         # Tern's native protocol: QoS 2, exactly once, durable (fsync'd group commit before PUBACK).
         native-closed) args=(p2p --pairs "$PAIRS" --window 8 --duration 10)
           target=(--addr 127.0.0.1:$NATIVE_PORT) ;;
+        # The same for a minute: the store grows, so compaction's share is nearer its steady state.
+        native-closed-60s) args=(p2p --pairs "$PAIRS" --window 8 --duration 60)
+          target=(--addr 127.0.0.1:$NATIVE_PORT) ;;
         native-rate-1k) args=(p2p --pairs "$PAIRS" --rate 1000 --duration 10); target=(--addr 127.0.0.1:$NATIVE_PORT) ;;
         native-rate-10k) args=(p2p --pairs "$PAIRS" --rate 10000 --duration 10); target=(--addr 127.0.0.1:$NATIVE_PORT) ;;
         # A 100,000-member group in read fan-out, 2,000 members online pulling, 10 senders.
@@ -188,6 +191,10 @@ metrics = [
     ("p2p-stored-qos2", "broker_cpu_us_per_msg", "p2p QoS 2 (Tern durable): broker CPU µs per message", 2),
     ("native-closed", "msgs_per_sec", "Tern native QoS 2, durable, closed loop: messages per second", 0),
     ("native-closed", "broker_cpu_us_per_msg", "Tern native closed loop: broker CPU µs per message", 2),
+    ("native-closed", "generator_cpu_us_per_msg", "Tern native closed loop: generator CPU µs per message", 2),
+    ("native-closed-60s", "msgs_per_sec", "Tern native closed loop, 60 s: messages per second", 0),
+    ("native-closed-60s", "broker_cpu_us_per_msg", "Tern native closed loop, 60 s: broker CPU µs per message", 2),
+    ("native-closed-60s", "generator_cpu_us_per_msg", "Tern native closed loop, 60 s: generator CPU µs per message", 2),
     ("native-rate-1k", "latency_us.p50", "Tern native at 1,000/s: latency p50 µs", 0),
     ("native-rate-1k", "latency_us.p99", "Tern native at 1,000/s: latency p99 µs", 0),
     ("native-rate-1k", "ack_latency_us.p99", "Tern native at 1,000/s: send to PUBACK p99 µs", 0),
@@ -197,6 +204,7 @@ metrics = [
     ("native-rate-10k", "ack_latency_us.p50", "Tern native at 10,000/s: send to PUBACK p50 µs", 0),
     ("native-rate-10k", "ack_latency_us.p99", "Tern native at 10,000/s: send to PUBACK p99 µs", 0),
     ("native-rate-10k", "broker_cpu_us_per_msg", "Tern native at 10,000/s: broker CPU µs per message", 2),
+    ("native-rate-10k", "generator_cpu_us_per_msg", "Tern native at 10,000/s: generator CPU µs per message", 2),
     ("native-rate-10k", "fdatasync_us.p99", "disk floor at 10,000/s: fdatasync p99 µs", 0),
     ("native-group-read", "events.sends_acked_per_sec", "Tern group of 100k (2k online), read fan-out: sends per second", 1),
     ("native-group-read", "msgs_per_sec", "Tern group of 100k: messages pulled by members per second", 0),

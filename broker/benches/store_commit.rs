@@ -35,9 +35,12 @@ fn env(name: &str, default: usize) -> usize {
 }
 
 /// Commits `messages` 1:1 messages from `pairs` senders with `window` commits each per round;
-/// returns messages per second and
-/// CPU µs per message (every thread of the process: caller, committer, fjall's flushes).
-async fn run(pairs: usize, window: usize, messages: usize) -> (f64, Option<f64>) {
+/// returns messages per second,
+/// CPU µs per message (every thread of the process: caller, committer, fjall's flushes), and
+/// then the wall µs per inbox entry of reading every receiver's inbox back in pages of 100 (a
+/// range scan and one point read of the message per entry, as a device's sync does), right
+/// after the writes, with whatever tables the engine has at that moment.
+async fn run(pairs: usize, window: usize, messages: usize) -> (f64, Option<f64>, f64) {
     let dir = tempfile::tempdir().unwrap();
     let engine = std::env::var("TERN_BENCH_STORE").ok().map_or(Ok(Default::default()), |e| e.parse()).unwrap();
     let store = Store::open_with(dir.path(), engine).unwrap();
@@ -76,7 +79,19 @@ async fn run(pairs: usize, window: usize, messages: usize) -> (f64, Option<f64>)
         p.await.unwrap();
     }
     let cpu_us = cpu.zip(cpu_seconds()).map(|(a, b)| (b - a) * 1e6 / committed as f64);
-    (committed as f64 / start.elapsed().as_secs_f64(), cpu_us)
+    let rate = committed as f64 / start.elapsed().as_secs_f64();
+    let (read_start, mut read) = (Instant::now(), 0usize);
+    for i in 0..pairs {
+        let mut after = 0;
+        loop {
+            let page = store.inbox_after(&format!("r{i}"), after, 100).unwrap();
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            read += page.len();
+        }
+    }
+    assert!(read >= committed, "read {read} of {committed} inbox entries");
+    (rate, cpu_us, read_start.elapsed().as_secs_f64() * 1e6 / read as f64)
 }
 
 fn main() {
@@ -86,17 +101,22 @@ fn main() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let (pairs, window) = (env("TERN_BENCH_PAIRS", 100), env("TERN_BENCH_WINDOW", 8));
     let messages = env("TERN_BENCH_MESSAGES", 300_000);
-    let mut runs: Vec<(f64, Option<f64>)> = (0..3).map(|_| rt.block_on(run(pairs, window, messages))).collect();
+    let mut runs: Vec<(f64, Option<f64>, f64)> = (0..3).map(|_| rt.block_on(run(pairs, window, messages))).collect();
     runs.sort_by(|a, b| a.0.total_cmp(&b.0));
     let mut cpu: Vec<f64> = runs.iter().filter_map(|r| r.1).collect();
     cpu.sort_by(f64::total_cmp);
     let cpu = cpu.get(cpu.len() / 2).map_or("not measured here".into(), |c| format!("{c:.1} µs"));
+    let mut reads: Vec<f64> = runs.iter().map(|r| r.2).collect();
+    reads.sort_by(f64::total_cmp);
     println!(
         "store commit, {pairs} senders × {window}, {messages} messages: {:.0} msgs/s median ({:.0}–{:.0}), \
-         {:.2} µs wall and {cpu} CPU per message",
+         {:.2} µs wall and {cpu} CPU per message; inbox read back: {:.2} µs per entry median ({:.2}–{:.2})",
         runs[1].0,
         runs[0].0,
         runs[2].0,
-        1e6 / runs[1].0
+        1e6 / runs[1].0,
+        reads[1],
+        reads[0],
+        reads[2]
     );
 }
