@@ -5,6 +5,7 @@
 //!
 //! The generator runs on one thread (a current-thread runtime) so that it competes with the
 //! broker for as little of the machine as possible; its own CPU is reported beside every figure.
+//! `p2p` and `mqtt-fanout` drive all their sockets from one hand-rolled mio poll loop.
 //!
 //! Scenarios: `p2p` (Tern's native protocol, `p2p.rs`), `group-read` (a group in read fan-out,
 //! Tern only, `group_read.rs`), and for any MQTT 3.1.1 broker
