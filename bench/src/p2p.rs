@@ -35,6 +35,7 @@ pub(crate) fn run(
     prefix: String,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(load.payload >= 8, "--payload must be at least 8 bytes (the send time)");
+    anyhow::ensure!(load.pairs >= 1, "--pairs must be at least 1");
     eprintln!("connecting {} pairs …", load.pairs);
     let mut conns = Vec::with_capacity(2 * load.pairs);
     for i in 0..load.pairs {
