@@ -84,6 +84,17 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
         "/healthz" => respond(&mut stream, "200 OK", "text/plain", "ok\n").await,
         "/metrics" => {
             let mut body = shared.metrics.render(shared.gauge.count.load(Ordering::Relaxed));
+            let timings = shared.store.commit_timings();
+            timings.apply_seconds.render(
+                "tern_store_group_apply_seconds",
+                "One group commit's transaction (every queued write applied to the engine).",
+                &mut body,
+            );
+            timings.sync_seconds.render(
+                "tern_store_sync_seconds",
+                "One store flush (fdatasync) that a commit waited for.",
+                &mut body,
+            );
             body.push_str(&format!(
                 "# HELP tern_store_bytes Store size on disk.\n# TYPE tern_store_bytes gauge\ntern_store_bytes {}\n",
                 shared.store.size_on_disk()

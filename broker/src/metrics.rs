@@ -33,7 +33,8 @@ impl Histogram {
         self.sum_micros.fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
-    fn render(&self, name: &str, help: &str, out: &mut String) {
+    /// Appends the histogram in the Prometheus text format.
+    pub(crate) fn render(&self, name: &str, help: &str, out: &mut String) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         for (bucket, count) in BUCKETS.iter().zip(&self.counts) {
             let _ = writeln!(out, "{name}_bucket{{le=\"{bucket}\"}} {}", count.load(Ordering::Relaxed));

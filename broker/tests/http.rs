@@ -49,6 +49,9 @@ async fn health_metrics_and_dispatch() {
     assert_eq!(metric(&after, "tern_messages_stored_total"), 1);
     assert_eq!(metric(&after, "tern_connections"), 2);
     assert_eq!(metric(&after, "tern_store_commit_seconds_count"), 1);
+    // The publish's group was applied and synced (sessions' own writes may add more groups).
+    assert!(metric(&after, "tern_store_group_apply_seconds_count") >= 1);
+    assert!(metric(&after, "tern_store_sync_seconds_count") >= 1);
     assert_eq!(metric(&after, "tern_deliver_seconds_count"), 2);
     assert_eq!(metric(&after, "tern_frames_received_total{type=\"PUBLISH\"}"), 1);
     assert_eq!(metric(&after, "tern_frames_sent_total{type=\"PUBACK\"}"), 1);

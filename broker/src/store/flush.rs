@@ -9,9 +9,11 @@
 
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
+
+use crate::metrics::Histogram;
 
 use super::kv::{Kv, Tx};
 use super::{Committed, StoreError};
@@ -57,6 +59,17 @@ struct Queue {
 struct Shared {
     queue: Mutex<Queue>,
     wake: Condvar,
+    timings: CommitTimings,
+}
+
+/// Where a group commit's time goes: applying the group's writes (CPU) and the flush that makes
+/// them durable (the disk), so a slow commit can be told apart (`/metrics`).
+#[derive(Debug, Default)]
+pub struct CommitTimings {
+    /// One group's transaction: every queued write and commit applied to the engine.
+    pub apply_seconds: Histogram,
+    /// One flush (fdatasync) that someone waited for.
+    pub sync_seconds: Histogram,
 }
 
 /// The committer; dropping the last handle stops the thread after it has answered every job.
@@ -93,7 +106,7 @@ impl GroupCommit {
         let thread = std::thread::Builder::new().name("tern-committer".into()).spawn(move || {
             loop {
                 match s.next() {
-                    Next::Jobs(jobs) => run(&kv, jobs),
+                    Next::Jobs(jobs) => run(&kv, jobs, &s.timings),
                     // Transactions run outside the queue too (on connection tasks): whatever
                     // was committed and not flushed is flushed once the queue is quiet.
                     Next::Idle if kv.dirty() => {
@@ -118,6 +131,11 @@ impl GroupCommit {
         let (tx, rx) = oneshot::channel();
         self.shared.push(Job::Commit(job, tx));
         PendingCommit(rx)
+    }
+
+    /// How long group commits spent applying and syncing.
+    pub(super) fn timings(&self) -> &CommitTimings {
+        &self.shared.timings
     }
 
     /// Queues a write that nobody waits for.
@@ -191,7 +209,7 @@ impl Shared {
 /// Commits every job's messages and applies the queued writes (one transaction for all of
 /// them; if that fails, one per job so a failing job cannot take the others down), flushes once
 /// if anyone waits for it, then answers.
-fn run(kv: &Kv, jobs: Vec<Job>) {
+fn run(kv: &Kv, jobs: Vec<Job>, timings: &CommitTimings) {
     let mut commits = Vec::new();
     let mut later = Vec::new();
     for job in &jobs {
@@ -203,6 +221,7 @@ fn run(kv: &Kv, jobs: Vec<Job>) {
     }
     let mut outcomes: Vec<Result<Vec<Committed>, StoreError>> = Vec::with_capacity(commits.len());
     if !commits.is_empty() || !later.is_empty() {
+        let applying = Instant::now();
         let together = kv.transaction(|tx| {
             later.iter().try_for_each(|w| w(tx))?;
             commits.iter().map(|c| c(tx)).collect::<Result<Vec<_>, _>>()
@@ -218,6 +237,7 @@ fn run(kv: &Kv, jobs: Vec<Job>) {
                 outcomes.extend(commits.iter().map(|c| kv.transaction(|tx| c(tx))));
             }
         }
+        timings.apply_seconds.observe(applying.elapsed());
     }
     let mut waiting = Vec::with_capacity(jobs.len());
     for job in jobs {
@@ -234,7 +254,9 @@ fn run(kv: &Kv, jobs: Vec<Job>) {
         // close).
         return;
     }
+    let syncing = Instant::now();
     let flushed = kv.flush().map_err(|e| e.to_string());
+    timings.sync_seconds.observe(syncing.elapsed());
     let failed = |e: &String| StoreError::Engine(format!("flush failed: {e}"));
     let mut outcomes = outcomes.into_iter();
     for job in waiting {

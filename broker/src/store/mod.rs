@@ -26,6 +26,7 @@
 //! - `q/...` → MQTT sessions and QoS 2 packet identifiers (`mqtt.rs`)
 
 mod flush;
+pub use flush::CommitTimings;
 mod groups;
 mod keys;
 mod kv;
@@ -235,6 +236,11 @@ impl Store {
     pub fn commit_durable(&self, sender: &str, device: &str, messages: Vec<NewMessage>, now_ms: u64) -> PendingCommit {
         let (sender, device) = (sender.to_owned(), device.to_owned());
         self.group_commit.commit(Box::new(move |tx| commit_in(tx, &sender, &device, &messages, now_ms)))
+    }
+
+    /// How long group commits spent applying their writes and syncing them.
+    pub fn commit_timings(&self) -> &CommitTimings {
+        self.group_commit.timings()
     }
 
     /// Highest seq of a user's inbox.
