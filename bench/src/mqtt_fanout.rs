@@ -8,17 +8,16 @@
 //! (`device/{user}/pub/t`, the live path); the peers see the same topic string.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use bytes::BytesMut;
 use hdrhistogram::Histogram;
 use rumqttc::mqttbytes::{v4, QoS};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::mqtt_wire::{encode, next_packet, read_available, take_packet};
+use crate::mqtt_wire::{encode, next_packet, read_available, take_packet, write_available};
 use crate::{token, CpuSample, Tokens};
 
 /// Command-line parameters.
@@ -218,7 +217,7 @@ fn measure(
             let mut p = v4::Publish::new(topic.as_str(), QoS::AtLeastOnce, body);
             p.pkid = u16::try_from(n % 65000 + 1).unwrap_or(1);
             encode(v4::Packet::Publish(p), &mut pub_out)?;
-            flush(&mut publisher, &mut pub_out)?;
+            write_available(&mut publisher, &mut pub_out).context("writing to the publisher's connection")?;
             n += 1;
             continue;
         }
@@ -235,7 +234,7 @@ fn measure(
                     bail!("the broker closed the publisher's connection");
                 }
                 while take_packet(&mut pub_in)?.is_some() {}
-                flush(&mut publisher, &mut pub_out)?;
+                write_available(&mut publisher, &mut pub_out).context("writing to the publisher's connection")?;
                 continue;
             }
             let Some((socket, input)) = subscribers.get_mut(event.token().0) else { continue };
@@ -284,20 +283,4 @@ fn measure(
         "broker_cpu_us_per_delivery": per_msg(&broker0, &broker1),
         "generator_cpu_us_per_delivery": per_msg(&self0, &self1),
     }))
-}
-
-/// Writes what the socket takes now; the rest waits for its next writable event.
-fn flush(socket: &mut mio::net::TcpStream, out: &mut BytesMut) -> anyhow::Result<()> {
-    while !out.is_empty() {
-        match socket.write(out) {
-            Ok(0) => bail!("the broker closed the publisher's connection"),
-            Ok(n) => {
-                let _ = out.split_to(n);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
 }

@@ -1,5 +1,6 @@
 //! What the MQTT scenarios share: the broker they target and the MQTT 3.1.1 packet I/O (the
-//! `mqttbytes` codec, the same one Tern's MQTT listener uses).
+//! `mqttbytes` codec, the same one Tern's MQTT listener uses); and the non-blocking socket reads
+//! and writes of every poll loop in the generator (`p2p` uses them too).
 
 use std::net::SocketAddr;
 
@@ -69,6 +70,23 @@ pub(crate) fn read_available(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Writes what a non-blocking socket takes now; the rest of `out` waits for its next writable
+/// event.
+pub(crate) fn write_available(socket: &mut impl std::io::Write, out: &mut BytesMut) -> std::io::Result<()> {
+    while !out.is_empty() {
+        match socket.write(out) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                let _ = out.split_to(n);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Takes the next whole packet out of `input`, if there is one.

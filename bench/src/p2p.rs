@@ -9,17 +9,17 @@
 //! 10,000/s, taking from the two cores it shares with the broker.)
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail};
+use anyhow::{anyhow, bail, Context};
 use bytes::{Bytes, BytesMut};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tern_codec::session::{ClientConfig, ClientEvent, ClientSession};
 use tern_codec::ReasonCode;
 
+use crate::mqtt_wire::{read_available, write_available};
 use crate::pairs::{print_result, stamped, Load, Stats, Window};
 use crate::{token, Tokens};
 
@@ -91,42 +91,6 @@ impl Conn {
             self.out.extend_from_slice(&bytes);
         }
     }
-
-    /// Writes what the socket takes now; the rest waits for its next writable event.
-    fn flush(&mut self) -> std::io::Result<()> {
-        while !self.out.is_empty() {
-            match self.socket.write(&self.out) {
-                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    let _ = self.out.split_to(n);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
-    /// Feeds the machine everything the socket holds. Returns whether the broker closed it.
-    fn read(&mut self, scratch: &mut [u8], now: Instant) -> std::io::Result<bool> {
-        loop {
-            match self.socket.read(scratch) {
-                Ok(0) => return Ok(true),
-                Ok(n) => {
-                    self.session.handle_bytes(now, scratch.get(..n).unwrap_or_default());
-                    // A short read emptied the socket (the poller is edge-triggered and will
-                    // report the next arrival), so another read would only say WouldBlock.
-                    if n < scratch.len() {
-                        return Ok(false);
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
 }
 
 /// The pairs and the loop that drives them.
@@ -139,6 +103,8 @@ struct Pairs {
     /// Connections with bytes to write at the end of this turn.
     dirty: Vec<usize>,
     scratch: Vec<u8>,
+    /// What one connection's socket held, on its way to its machine.
+    input: BytesMut,
     /// The send times in payloads are nanoseconds since this instant.
     start: Instant,
     /// Closed loop: senders publish again as their PUBACKs come in.
@@ -164,6 +130,7 @@ impl Pairs {
             events: mio::Events::with_capacity(1024),
             dirty,
             scratch: vec![0u8; 64 * 1024],
+            input: BytesMut::new(),
             start: Instant::now(),
             refill: false,
         })
@@ -256,7 +223,7 @@ impl Pairs {
     fn turn(&mut self, wake_at: Instant) -> anyhow::Result<()> {
         for i in std::mem::take(&mut self.dirty) {
             if let Some(c) = self.conns.get_mut(i) {
-                c.flush()?;
+                write_available(&mut c.socket, &mut c.out).with_context(|| format!("writing to connection {i}"))?;
             }
         }
         let timeout = wake_at.saturating_duration_since(Instant::now());
@@ -265,7 +232,10 @@ impl Pairs {
         let ready: Vec<usize> = self.events.iter().map(|e| e.token().0).collect();
         for i in ready {
             let Some(c) = self.conns.get_mut(i) else { continue };
-            if c.read(&mut self.scratch, now)? {
+            let closed = read_available(&mut c.socket, &mut self.input, &mut self.scratch)?;
+            c.session.handle_bytes(now, &self.input);
+            self.input.clear();
+            if closed {
                 bail!("the broker closed connection {i}");
             }
             self.handle_events(i, now)?;
