@@ -182,7 +182,7 @@ impl Pairs {
                     window = Some(Window::open(&mut self.stats, broker_pid));
                 } else {
                     second += 1;
-                    eprintln!("{second:>3} s: {} delivered", self.stats.delivered_count());
+                    eprintln!("{}", self.stats.progress(second));
                     if second >= self.load.duration {
                         break;
                     }
@@ -213,6 +213,7 @@ impl Pairs {
         if let Some(cid) = c.session.publish(now, topic, payload, 2).map_err(|e| anyhow!("{e}"))? {
             c.sent.insert(cid.0, now);
         }
+        self.stats.count("sends");
         c.take_transmit();
         self.dirty.push(i);
         Ok(())

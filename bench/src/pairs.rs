@@ -53,6 +53,8 @@ pub(crate) struct Stats {
     /// Send to PUBACK, where the scenario records it (the durable path's bar is on this).
     ack_latency_us: Histogram<u64>,
     delivered: u64,
+    /// The slowest PUBACK since the last progress line (µs): shows when a tail happens.
+    slowest_ack_us: u64,
     measuring: bool,
     /// Other events a scenario counts (NOTIFYs, SYNCs, PUBACKs, …), reported per second.
     events: std::collections::BTreeMap<&'static str, u64>,
@@ -64,6 +66,7 @@ impl Stats {
             latency_us: Histogram::new_with_bounds(1, 60_000_000, 3)?,
             ack_latency_us: Histogram::new_with_bounds(1, 60_000_000, 3)?,
             delivered: 0,
+            slowest_ack_us: 0,
             measuring: false,
             events: std::collections::BTreeMap::new(),
         })
@@ -73,9 +76,15 @@ impl Stats {
         Ok(Rc::new(RefCell::new(Stats::new()?)))
     }
 
-    /// Messages delivered in the measured window so far.
-    pub(crate) fn delivered_count(&self) -> u64 {
-        self.delivered
+    /// One progress line: messages delivered in the measured window so far, and the slowest
+    /// PUBACK since the previous line (where the scenario records PUBACKs).
+    pub(crate) fn progress(&mut self, second: u64) -> String {
+        let slowest = std::mem::take(&mut self.slowest_ack_us);
+        let mut line = format!("{second:>3} s: {} delivered", self.delivered);
+        if slowest > 0 {
+            line.push_str(&format!(", slowest PUBACK {:.1} ms", slowest as f64 / 1000.0));
+        }
+        line
     }
 
     /// Counts one `event` if the measured window is open.
@@ -88,7 +97,9 @@ impl Stats {
     /// A PUBACK for a PUBLISH sent at `sent`.
     pub(crate) fn acked(&mut self, sent: Instant) {
         if self.measuring {
-            let _ = self.ack_latency_us.record(u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX));
+            let us = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+            self.slowest_ack_us = self.slowest_ack_us.max(us);
+            let _ = self.ack_latency_us.record(us);
         }
     }
 
@@ -119,7 +130,7 @@ pub(crate) async fn measure(stats: &Rc<RefCell<Stats>>, duration: u64, broker_pi
     let window = Window::open(&mut stats.borrow_mut(), broker_pid);
     for second in 1..=duration {
         tokio::time::sleep_until((window.t0 + Duration::from_secs(second)).into()).await;
-        eprintln!("{second:>3} s: {} delivered", stats.borrow().delivered);
+        eprintln!("{}", stats.borrow_mut().progress(second));
     }
     window.close(&stats.borrow())
 }

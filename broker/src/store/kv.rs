@@ -569,6 +569,8 @@ struct FjallEngine {
     /// Serialises transactions: a transaction's reads see every earlier commit and no other
     /// writer runs between its reads and its batch.
     writer: Mutex<()>,
+    /// Frees flushed memtables where no commit waits for it (see `reclaim.rs`).
+    memtables: super::reclaim::Reclaimer,
 }
 
 /// The size at which fjall writes a memtable out (see [`FjallEngine::open`]).
@@ -606,7 +608,8 @@ impl FjallEngine {
             ))
         };
         let keyspace = db.keyspace("tern", options).map_err(fjall_err)?;
-        Ok(FjallEngine { db, keyspace, writer: Mutex::new(()) })
+        let memtables = super::reclaim::Reclaimer::start().map_err(|e| StoreError::Engine(e.to_string()))?;
+        Ok(FjallEngine { db, keyspace, writer: Mutex::new(()), memtables })
     }
 }
 
@@ -637,7 +640,9 @@ impl KvEngine for FjallEngine {
         let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let tx = FjallTx { batch: RefCell::new(self.db.batch()), keyspace: &self.keyspace };
         f(&tx)?;
-        tx.batch.into_inner().commit().map_err(fjall_err)
+        tx.batch.into_inner().commit().map_err(fjall_err)?;
+        self.memtables.observe(fjall::AbstractTree::active_memtable(&self.keyspace.tree));
+        Ok(())
     }
 
     fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {

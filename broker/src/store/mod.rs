@@ -34,6 +34,7 @@ mod ledger;
 #[cfg(feature = "mqtt")]
 mod mqtt;
 mod reads;
+mod reclaim;
 mod retention;
 #[cfg(test)]
 mod suite;
