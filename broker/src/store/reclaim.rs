@@ -6,7 +6,7 @@
 //! memtable takes the memtable with it: freeing a 16 MiB skip list (some 150k nodes) took
 //! ~30 ms on the benchmark machine, and every group commit waited behind it. At 10,000 durable
 //! messages per second that was a stall a second, and most of the tail of send-to-PUBACK
-//! latency (BENCHMARKS.md, "The stall behind the version lock").
+//! latency (BENCHMARKS.md, "Durable path: the stall behind fjall's version lock").
 //!
 //! The engine keeps one more reference to every memtable it has seen active. Once that reference
 //! is the only one left, fjall is done with the memtable, and a thread of the store's own frees
