@@ -11,6 +11,9 @@
 //! The engine keeps one more reference to every memtable it has seen active. Once that reference
 //! is the only one left, fjall is done with the memtable, and a thread of the store's own frees
 //! it, holding no lock anyone waits for.
+//!
+//! This reads fjall's public but undocumented `Keyspace::tree` (`AbstractTree::active_memtable`);
+//! a fjall release that frees superseded versions after releasing the lock makes it unneeded.
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
