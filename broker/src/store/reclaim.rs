@@ -62,12 +62,9 @@ impl Reclaimer {
         // The newest is the active one, which the engine holds; older ones are released in turn.
         while held.first().is_some_and(|h| h.is_last()) {
             let released = held.remove(0);
-            match &self.to_free {
-                Some(to_free) => {
-                    // A thread that is gone leaves the value to be freed here.
-                    let _ = to_free.send(released);
-                }
-                None => drop(released),
+            if let Some(to_free) = &self.to_free {
+                // A thread that is gone leaves the value to be freed here.
+                let _ = to_free.send(released);
             }
         }
     }
