@@ -379,3 +379,135 @@ impl Drop for GroupCommit {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::mpsc::{self, Receiver, Sender};
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Waker};
+    use std::time::Duration;
+
+    use super::{GroupCommit, PendingCommit};
+    use crate::store::kv::{Entry, Kv, KvEngine, KvTx};
+    use crate::store::StoreError;
+
+    /// Long enough that only a hang reaches it: a watchdog, not a timing bound.
+    const WATCHDOG: Duration = Duration::from_secs(60);
+
+    #[derive(Debug, PartialEq)]
+    enum Event {
+        /// A transaction committed these keys.
+        Applied(Vec<Vec<u8>>),
+        /// A flush began; it holds until the test releases it.
+        FlushBegan,
+    }
+
+    /// An in-memory engine that reports what it does and whose flushes wait for the test.
+    struct GatedEngine {
+        data: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
+        events: Sender<Event>,
+        /// One message releases one flush; once the sender is gone, flushes pass.
+        release: Mutex<Receiver<()>>,
+    }
+
+    struct Staged<'a>(&'a GatedEngine, std::cell::RefCell<BTreeMap<Vec<u8>, Option<Vec<u8>>>>);
+
+    impl KvTx for Staged<'_> {
+        fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            match self.1.borrow().get(k) {
+                Some(v) => Ok(v.clone()),
+                None => self.0.get(k),
+            }
+        }
+        fn insert(&self, k: &[u8], v: &[u8]) -> Result<(), StoreError> {
+            self.1.borrow_mut().insert(k.to_vec(), Some(v.to_vec()));
+            Ok(())
+        }
+        fn remove(&self, k: &[u8]) -> Result<(), StoreError> {
+            self.1.borrow_mut().insert(k.to_vec(), None);
+            Ok(())
+        }
+    }
+
+    impl KvEngine for GatedEngine {
+        fn transact(&self, f: &mut dyn FnMut(&dyn KvTx) -> Result<(), StoreError>) -> Result<(), StoreError> {
+            let staged = Staged(self, Default::default());
+            f(&staged)?;
+            let writes = staged.1.into_inner();
+            let mut data = self.data.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (k, v) in &writes {
+                match v {
+                    Some(v) => data.insert(k.clone(), v.clone()),
+                    None => data.remove(k),
+                };
+            }
+            let _ = self.events.send(Event::Applied(writes.into_keys().collect()));
+            Ok(())
+        }
+        fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            Ok(self.data.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(k).cloned())
+        }
+        fn range(&self, _: &[u8], _: Option<&[u8]>, _: bool, _: usize) -> Result<Vec<Entry>, StoreError> {
+            Err(StoreError::Engine("not needed by the committer".into()))
+        }
+        fn flush(&self) -> Result<(), StoreError> {
+            let _ = self.events.send(Event::FlushBegan);
+            let _ = self.release.lock().unwrap_or_else(std::sync::PoisonError::into_inner).recv();
+            Ok(())
+        }
+        fn size_on_disk(&self) -> u64 {
+            0
+        }
+    }
+
+    fn insert(group: &GroupCommit, key: &'static [u8]) -> PendingCommit {
+        group.commit(Box::new(move |tx| tx.insert(key, b"v").map(|()| Vec::new())))
+    }
+
+    #[allow(clippy::unwrap_used)]
+    fn next(events: &Receiver<Event>) -> Event {
+        events.recv_timeout(WATCHDOG).expect("the committer stalled")
+    }
+
+    fn answered(pending: &mut PendingCommit) -> bool {
+        Pin::new(pending).poll(&mut Context::from_waker(Waker::noop())).is_ready()
+    }
+
+    /// The committer applies the next commit while the last one's flush is still on the disk,
+    /// and neither is answered before a flush that began after it was committed has ended.
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn the_next_group_is_applied_during_a_flush_and_answered_after_its_own() {
+        let (report, events) = mpsc::channel();
+        let (release, gate) = mpsc::channel();
+        let engine = GatedEngine { data: Mutex::default(), events: report, release: Mutex::new(gate) };
+        let group = GroupCommit::start(Arc::new(Kv::new(Box::new(engine)))).unwrap();
+        // Declared after the committer so that it goes first if the test fails: dropping the
+        // committer waits for a held flush.
+        let release = release;
+
+        let mut first = insert(&group, b"first");
+        assert_eq!(next(&events), Event::Applied(vec![b"first".to_vec()]));
+        assert_eq!(next(&events), Event::FlushBegan);
+        // The first flush is held: the second commit must still be applied.
+        let mut second = insert(&group, b"second");
+        assert_eq!(next(&events), Event::Applied(vec![b"second".to_vec()]));
+        assert!(!answered(&mut first), "answered before its flush ended");
+        assert!(!answered(&mut second), "answered before its flush ended");
+
+        release.send(()).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let wait = |pending| {
+            runtime.block_on(async { tokio::time::timeout(WATCHDOG, pending).await }).expect("never answered")
+        };
+        assert!(wait(first).unwrap().is_empty());
+        // The flush that ended began before the second commit was applied: it does not count.
+        assert_eq!(next(&events), Event::FlushBegan);
+        assert!(!answered(&mut second), "answered by a flush that began before it was applied");
+        drop(release);
+        assert!(wait(second).unwrap().is_empty());
+    }
+}
