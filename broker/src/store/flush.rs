@@ -467,7 +467,6 @@ mod tests {
         group.commit(Box::new(move |tx| tx.insert(key, b"v").map(|()| Vec::new())))
     }
 
-    #[allow(clippy::unwrap_used)]
     fn next(events: &Receiver<Event>) -> Event {
         events.recv_timeout(WATCHDOG).expect("the committer stalled")
     }
