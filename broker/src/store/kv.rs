@@ -1,9 +1,8 @@
-//! The two embedded key-value engines behind [`super::Store`]: sled and redb. Both give
+//! The embedded key-value engines behind [`super::Store`]: fjall, sled and redb. All give
 //! ordered byte keys, serialisable transactions and an explicit durability point; the store's
 //! logic is written once against this module.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -11,6 +10,12 @@ use redb::{ReadableTable, TableDefinition};
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
 use super::StoreError;
+
+/// The maps a commit keeps its keys in ([`WriteSet`], [`HotValues`]). Hashing was a tenth of the
+/// group committer's time with std's SipHash (BENCHMARKS.md, "Durable path"); foldhash is seeded
+/// at random per process and per map as SipHash is, so keys a client chooses (user names) cannot
+/// be made to collide without learning the seed, and it hashes short keys several times faster.
+type KeyMap<V> = std::collections::HashMap<Vec<u8>, V, foldhash::fast::RandomState>;
 
 const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tern");
 
@@ -150,8 +155,8 @@ pub(super) struct Kv {
 /// the newer fills up the older is dropped (an approximate least-recently-used).
 #[derive(Default)]
 pub(super) struct HotValues {
-    young: HashMap<Vec<u8>, Option<Vec<u8>>>,
-    old: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    young: KeyMap<Option<Vec<u8>>>,
+    old: KeyMap<Option<Vec<u8>>>,
 }
 
 /// Keys per generation of [`HotValues`] (about 100 bytes each with their values: ~6 MB for both
@@ -182,7 +187,7 @@ impl HotValues {
     }
 
     /// After a commit: what the transaction read is kept; what it wrote replaces what is held.
-    fn learn(&mut self, keys: HashMap<Vec<u8>, Seen>) {
+    fn learn(&mut self, keys: KeyMap<Seen>) {
         for (k, (v, written, read)) in keys {
             if read || (written && self.holds(&k)) {
                 self.old.remove(&k);
@@ -222,7 +227,7 @@ impl Tx<'_> {
 struct WriteSet<'a> {
     engine: &'a dyn KvTx,
     hot: Option<RefCell<&'a mut HotValues>>,
-    keys: RefCell<HashMap<Vec<u8>, Seen>>,
+    keys: RefCell<KeyMap<Seen>>,
 }
 
 /// A key's current value in a transaction (`None`: absent), whether the transaction wrote it,
@@ -232,7 +237,7 @@ type Seen = (Option<Vec<u8>>, bool, bool);
 impl WriteSet<'_> {
     /// Hands the writes to the engine; whether there were any, and every key seen (for the
     /// hot values, once the engine has committed).
-    fn apply(self) -> Result<(bool, HashMap<Vec<u8>, Seen>), StoreError> {
+    fn apply(self) -> Result<(bool, KeyMap<Seen>), StoreError> {
         let keys = self.keys.into_inner();
         // In key order: consecutive inserts into the engine's memtable (a skip list) then walk
         // nearby nodes, which are still in the CPU's cache.
@@ -322,7 +327,7 @@ impl Kv {
     pub(super) fn transaction<R>(&self, f: impl Fn(&Tx<'_>) -> Result<R, StoreError>) -> Result<R, StoreError> {
         let mut out = None;
         let mut wrote = false;
-        let mut seen = HashMap::new();
+        let mut seen = KeyMap::default();
         let mut hot = self.hot.lock().unwrap_or_else(PoisonError::into_inner);
         let done = self.engine.transact(&mut |tx| {
             // A fresh buffer for every try (an engine may retry after a conflict).

@@ -1,6 +1,6 @@
 //! The embedded store: conversations, messages, inboxes, sync points and the upstream dedup
-//! ledger. The logic is written once against the [`KvEngine`] trait; sled and redb implement it
-//! ([`Engine`] picks one), and a clustered backend can implement it later.
+//! ledger. The logic is written once against the [`KvEngine`] trait; fjall, sled and redb
+//! implement it ([`Engine`] picks one), and a clustered backend can implement it later.
 //!
 //! Everything lives in one ordered keyspace under prefixed big-endian keys, so one transaction can
 //! commit a message (or a whole package) together with its inbox entries and the sender's
