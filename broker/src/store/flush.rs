@@ -22,6 +22,7 @@ use tokio::sync::oneshot;
 
 use crate::metrics::Histogram;
 
+use super::held::{write_advances, HeldAdvances, SYNC_POINT_HOLD};
 use super::kv::{Kv, Tx};
 use super::{Committed, StoreError};
 
@@ -30,15 +31,10 @@ use super::{Committed, StoreError};
 /// the group's transaction failed).
 pub(super) type CommitFn = Box<dyn Fn(&Tx<'_>) -> Result<Vec<Committed>, StoreError> + Send>;
 
-/// A write nobody waits for (a device's sync point, say): applied in the next group's
-/// transaction, durable with the next flush; it may run more than once (engine retries).
-pub(super) type LaterWrite = Box<dyn Fn(&Tx<'_>) -> Result<(), StoreError> + Send>;
-
 enum Job {
     Commit(CommitFn, oneshot::Sender<Result<Vec<Committed>, StoreError>>),
     /// Everything committed before the request was queued is durable when it is answered.
     Flush(oneshot::Sender<Result<(), StoreError>>),
-    Later(LaterWrite),
     /// Answered once every job queued before it is applied (readable), durable or not.
     Applied(oneshot::Sender<()>),
 }
@@ -48,7 +44,6 @@ impl std::fmt::Debug for Job {
         f.write_str(match self {
             Job::Commit(..) => "Commit",
             Job::Flush(_) => "Flush",
-            Job::Later(_) => "Later",
             Job::Applied(_) => "Applied",
         })
     }
@@ -67,6 +62,8 @@ struct Shared {
     queue: Mutex<Queue>,
     wake: Condvar,
     timings: CommitTimings,
+    /// Sync-point advances the committer writes in batches (`held.rs`).
+    held: HeldAdvances,
 }
 
 /// Where a group commit's time goes: applying the group's writes (CPU) and the flush that makes
@@ -86,11 +83,11 @@ pub(super) struct GroupCommit {
     thread: Option<JoinHandle<()>>,
 }
 
-/// How long the committer lets writes nobody waited for (sync points, MQTT session positions)
-/// stay unflushed when no other flush comes (sled flushed on its own every 500 ms; fjall, with
-/// manual journal persistence, never does). Such a write queued while the committer is idle is
-/// applied when this wait ends and flushed one wait later, so a crash takes back at most about
-/// twice this of them.
+/// How long the committer lets writes nobody waited for (held sync points, transactions run
+/// outside the queue) stay unapplied or unflushed when no other flush comes (sled flushed on its
+/// own every 500 ms; fjall, with manual journal persistence, never does). A sync point held while
+/// the committer is idle is written when this wait ends and flushed one wait later, so a crash
+/// takes back at most about twice this of them.
 pub(super) const IDLE_FLUSH: Duration = Duration::from_millis(200);
 
 /// What the committer does next.
@@ -108,6 +105,11 @@ fn stopped() -> StoreError {
 impl GroupCommit {
     /// Starts the committer and syncer threads for `kv`.
     pub(super) fn start(kv: Arc<Kv>) -> std::io::Result<GroupCommit> {
+        GroupCommit::holding(kv, SYNC_POINT_HOLD)
+    }
+
+    /// Starts the committer, which writes held sync points once the oldest has waited `hold`.
+    fn holding(kv: Arc<Kv>, hold: Duration) -> std::io::Result<GroupCommit> {
         let shared = Arc::new(Shared::default());
         let syncer = Syncer::start(kv.clone(), shared.clone())?;
         let s = shared.clone();
@@ -115,14 +117,28 @@ impl GroupCommit {
             loop {
                 match s.next() {
                     Next::Jobs(jobs) => {
-                        if let Some(group) = apply(&kv, jobs, &s.timings) {
+                        // Whoever waits for applied or durable writes waits for held ones too.
+                        let urgent = jobs.iter().any(|j| matches!(j, Job::Flush(_) | Job::Applied(_)));
+                        let advances = if urgent || s.held.due(hold) { s.held.take() } else { Vec::new() };
+                        let group = apply(&kv, jobs, &advances, &s.timings);
+                        s.held.written();
+                        if let Some(group) = group {
                             syncer.push(group);
                         }
                     }
                     // Transactions run outside the queue too (on connection tasks): whatever
-                    // was committed and not flushed is flushed once the queue is quiet.
-                    Next::Idle => syncer.flush_if_dirty(),
-                    Next::Closed => break,
+                    // was committed and not flushed is flushed once the queue is quiet, with
+                    // the sync points held meanwhile.
+                    Next::Idle => {
+                        apply(&kv, Vec::new(), &s.held.take(), &s.timings);
+                        s.held.written();
+                        syncer.flush_if_dirty();
+                    }
+                    Next::Closed => {
+                        apply(&kv, Vec::new(), &s.held.take(), &s.timings);
+                        s.held.written();
+                        break;
+                    }
                 }
             }
             // The syncer answers what it holds, then makes the queued writes nobody waited for
@@ -144,9 +160,16 @@ impl GroupCommit {
         &self.shared.timings
     }
 
-    /// Queues a write that nobody waits for.
-    pub(super) fn later(&self, write: LaterWrite) {
-        self.shared.push(Job::Later(write));
+    /// Holds a sync point's advance to `seq` (never backwards); nobody waits for it, and the
+    /// committer writes it within [`SYNC_POINT_HOLD`] (`held.rs`).
+    pub(super) fn advance(&self, key: Vec<u8>, seq: u64) {
+        self.shared.held.advance(key, seq);
+    }
+
+    /// The highest advance held for the sync point under `key` and not yet readable from the
+    /// engine (perhaps it is already), if any.
+    pub(super) fn held(&self, key: &[u8]) -> Option<u64> {
+        self.shared.held.get(key)
     }
 
     /// Waits until every write queued before this call is applied (readable; not necessarily
@@ -180,13 +203,8 @@ impl std::future::Future for PendingCommit {
 impl Shared {
     fn push(&self, job: Job) {
         let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-        // A write nobody waits for does not wake the committer: it joins the next group, or is
-        // taken when the committer's idle wait ends (within IDLE_FLUSH). Waking the thread for
-        // each one (a delivered message's acknowledgement moving a sync point, say) cost a
-        // transaction and a journal write per acknowledgement at moderate rates.
-        let urgent = !matches!(job, Job::Later(_));
         q.jobs.push(job);
-        if q.idle && urgent {
+        if q.idle {
             q.idle = false;
             self.wake.notify_one();
         }
@@ -219,33 +237,30 @@ struct Unsynced {
     waiting: Vec<Job>,
 }
 
-/// Commits every job's messages and applies the queued writes (one transaction for all of
-/// them; if that fails, one per job so a failing job cannot take the others down) and answers
-/// those waiting only for the writes to be applied. Returns what waits for the flush, if any.
-fn apply(kv: &Kv, jobs: Vec<Job>, timings: &CommitTimings) -> Option<Unsynced> {
-    let mut commits = Vec::new();
-    let mut later = Vec::new();
-    for job in &jobs {
-        match job {
-            Job::Commit(c, _) => commits.push(c),
-            Job::Later(w) => later.push(w),
-            Job::Flush(_) | Job::Applied(_) => {}
-        }
-    }
+/// Commits every job's messages and writes the held sync points taken for this group (one
+/// transaction for all of them; if that fails, one per job so a failing job cannot take the
+/// others down) and answers those waiting only for the writes to be applied. Returns what
+/// waits for the flush, if any.
+fn apply(kv: &Kv, jobs: Vec<Job>, advances: &[(Vec<u8>, u64)], timings: &CommitTimings) -> Option<Unsynced> {
+    let commits: Vec<&CommitFn> = jobs
+        .iter()
+        .filter_map(|job| match job {
+            Job::Commit(c, _) => Some(c),
+            Job::Flush(_) | Job::Applied(_) => None,
+        })
+        .collect();
     let mut outcomes: Vec<Result<Vec<Committed>, StoreError>> = Vec::with_capacity(commits.len());
-    if !commits.is_empty() || !later.is_empty() {
+    if !commits.is_empty() || !advances.is_empty() {
         let applying = Instant::now();
         let together = kv.transaction(|tx| {
-            later.iter().try_for_each(|w| w(tx))?;
+            write_advances(tx, advances)?;
             commits.iter().map(|c| c(tx)).collect::<Result<Vec<_>, _>>()
         });
         match together {
             Ok(all) => outcomes.extend(all.into_iter().map(Ok)),
             Err(_) => {
-                for w in &later {
-                    if let Err(e) = kv.transaction(|tx| w(tx)) {
-                        tracing::error!(error = %e, "queued store write failed");
-                    }
+                if let Err(e) = kv.transaction(|tx| write_advances(tx, advances)) {
+                    tracing::error!(error = %e, "held sync points not written");
                 }
                 outcomes.extend(commits.iter().map(|c| kv.transaction(|tx| c(tx))));
             }
@@ -258,7 +273,6 @@ fn apply(kv: &Kv, jobs: Vec<Job>, timings: &CommitTimings) -> Option<Unsynced> {
             Job::Applied(reply) => {
                 let _ = reply.send(());
             }
-            Job::Later(_) => {}
             other => waiting.push(other),
         }
     }
@@ -359,7 +373,7 @@ fn sync_and_answer(kv: &Kv, groups: Vec<Unsynced>, timings: &CommitTimings) {
                 Job::Flush(reply) => {
                     let _ = reply.send(flushed.as_ref().map(|_| ()).map_err(failed));
                 }
-                Job::Later(_) | Job::Applied(_) => {}
+                Job::Applied(_) => {}
             }
         }
     }
@@ -407,7 +421,7 @@ mod tests {
 
     /// An in-memory engine that reports what it does and whose flushes wait for the test.
     struct GatedEngine {
-        data: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
+        data: Arc<Mutex<BTreeMap<Vec<u8>, Vec<u8>>>>,
         events: Sender<Event>,
         /// One message releases one flush; once the sender is gone, flushes pass.
         release: Mutex<Receiver<()>>,
@@ -482,7 +496,7 @@ mod tests {
     fn the_next_group_is_applied_during_a_flush_and_answered_after_its_own() {
         let (report, events) = mpsc::channel();
         let (release, gate) = mpsc::channel();
-        let engine = GatedEngine { data: Mutex::default(), events: report, release: Mutex::new(gate) };
+        let engine = GatedEngine { data: Arc::default(), events: report, release: Mutex::new(gate) };
         let group = GroupCommit::start(Arc::new(Kv::new(Box::new(engine)))).unwrap();
         // Declared after the committer so that it goes first if the test fails: dropping the
         // committer waits for a held flush.
@@ -508,5 +522,54 @@ mod tests {
         assert!(!answered(&mut second), "answered by a flush that began before it was applied");
         drop(release);
         assert!(wait(second).unwrap().is_empty());
+    }
+
+    /// Sync points held for `hold` are written with the next group once due, and at once when
+    /// someone waits for applied writes or the store closes.
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn held_sync_points_are_written_when_due_when_awaited_and_at_close() {
+        let data = Arc::<Mutex<BTreeMap<Vec<u8>, Vec<u8>>>>::default();
+        let start = |hold| {
+            let (report, events) = mpsc::channel();
+            // No release: every flush passes.
+            let engine = GatedEngine { data: data.clone(), events: report, release: Mutex::new(mpsc::channel().1) };
+            (GroupCommit::holding(Arc::new(Kv::new(Box::new(engine))), hold).unwrap(), events)
+        };
+        let stored = || data.lock().unwrap().get(&b"cursor"[..]).cloned();
+        // The next transaction, past the flushes (they pass here).
+        let next_applied = |events: &Receiver<Event>| loop {
+            if let Event::Applied(keys) = next(events) {
+                break keys;
+            }
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let applied = |group: &GroupCommit| {
+            runtime.block_on(async { tokio::time::timeout(WATCHDOG, group.applied()).await }).expect("never applied")
+        };
+
+        // Never due: a commit does not take the held advance, a reader waiting for it does.
+        let (group, events) = start(Duration::MAX);
+        group.advance(b"cursor".to_vec(), 7);
+        drop(insert(&group, b"x"));
+        assert_eq!(next_applied(&events), vec![b"x".to_vec()]);
+        assert_eq!(group.held(b"cursor"), Some(7));
+        assert_eq!(stored(), None);
+        applied(&group);
+        assert_eq!(stored(), Some(7u64.to_be_bytes().to_vec()), "not in the engine once applied");
+        assert_eq!(next_applied(&events), vec![b"cursor".to_vec()]);
+        // Held again, then the store closes: written before the final flush.
+        group.advance(b"cursor".to_vec(), 8);
+        drop(group);
+        let rest: Vec<Event> = events.try_iter().collect();
+        let written = rest.iter().position(|e| *e == Event::Applied(vec![b"cursor".to_vec()]));
+        let flushed = rest.iter().rposition(|e| *e == Event::FlushBegan);
+        assert!(written.is_some() && written < flushed, "not written before the final flush: {rest:?}");
+
+        // Due at once: the next commit takes it along.
+        let (group, events) = start(Duration::ZERO);
+        group.advance(b"cursor".to_vec(), 9);
+        drop(insert(&group, b"x"));
+        assert_eq!(next_applied(&events), vec![b"cursor".to_vec(), b"x".to_vec()]);
     }
 }

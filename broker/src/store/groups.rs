@@ -205,8 +205,8 @@ impl Store {
     /// The device's sync point on a conversation stream; without one, the seq at which the
     /// user joined (so a new member starts at their join, REQ-GRP-003).
     pub fn conversation_cursor(&self, user: &str, device: &str, conv: u64) -> Result<u64, StoreError> {
-        if let Some(v) = self.kv.get(device_key(user, device, &key(&[b"conv/", &be(conv)])))? {
-            return Ok(read_u64(Some(v)));
+        if let Some(seq) = self.held_sync_point(&device_key(user, device, &key(&[b"conv/", &be(conv)])))? {
+            return Ok(seq);
         }
         // No acknowledgement on the stream yet: the member has everything up to when it joined
         // and everything that reached its inbox while the group used write fan-out.
@@ -215,12 +215,8 @@ impl Store {
     }
 
     /// Advances the device's sync point on a conversation stream (never backwards), without
-    /// waiting: like [`Store::advance_cursor_later`], the write joins the next group commit.
+    /// waiting: like [`Store::advance_cursor_later`], the advance is held and written later.
     pub fn advance_conversation_cursor(&self, user: &str, device: &str, conv: u64, seq: u64) {
-        let k = device_key(user, device, &key(&[b"conv/", &be(conv)]));
-        self.group_commit.later(Box::new(move |tx| {
-            let cur = read_u64(tx.get(&k)?);
-            tx.insert(&k, be(cur.max(seq)))
-        }));
+        self.group_commit.advance(device_key(user, device, &key(&[b"conv/", &be(conv)])), seq);
     }
 }

@@ -11,11 +11,12 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 
 use super::StoreError;
 
-/// The maps a commit keeps its keys in ([`WriteSet`], [`HotValues`]). Hashing was ~12% of the
-/// group committer's time with std's SipHash (BENCHMARKS.md, "Durable path"); foldhash is seeded
-/// at random per process and per map as std's `RandomState` is, so keys a client chooses (user
-/// names) cannot be made to collide without learning the seed, and it hashes short keys faster.
-type KeyMap<V> = std::collections::HashMap<Vec<u8>, V, foldhash::fast::RandomState>;
+/// The maps a commit keeps its keys in ([`WriteSet`], [`HotValues`], held sync points). Hashing
+/// was ~12% of the group committer's time with std's SipHash (BENCHMARKS.md, "Durable path");
+/// foldhash is seeded at random per process and per map as std's `RandomState` is, so keys a
+/// client chooses (user names) cannot be made to collide without learning the seed, and it
+/// hashes short keys faster.
+pub(super) type KeyMap<V> = std::collections::HashMap<Vec<u8>, V, foldhash::fast::RandomState>;
 
 const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tern");
 

@@ -28,6 +28,7 @@
 mod flush;
 pub use flush::CommitTimings;
 mod groups;
+mod held;
 mod keys;
 mod kv;
 mod ledger;
@@ -312,8 +313,8 @@ impl Store {
     /// latest seq (spec 8.1).
     pub fn cursor(&self, user: &str, device: &str) -> Result<u64, StoreError> {
         let k = device_key(user, device, b"cursor");
-        if let Some(v) = self.kv.get(&k)? {
-            return Ok(read_u64(Some(v)));
+        if let Some(seq) = self.held_sync_point(&k)? {
+            return Ok(seq);
         }
         let latest = self.inbox_latest(user)?;
         self.kv.transaction(|tx| match tx.get(&k)? {
@@ -335,18 +336,24 @@ impl Store {
         })
     }
 
-    /// Advances the device's inbox sync point (never backwards) without waiting: the write joins
-    /// the next group commit, so the caller never blocks on the engine's writer or reads it.
+    /// Advances the device's inbox sync point (never backwards) without waiting: the advance is
+    /// held in memory, readable at once, and written by the group committer within
+    /// `SYNC_POINT_HOLD` (`held.rs`), so the caller never blocks on the engine's writer.
     pub fn advance_cursor_later(&self, user: &str, device: &str, seq: u64) {
-        let k = device_key(user, device, b"cursor");
-        self.group_commit.later(Box::new(move |tx| {
-            let cur = read_u64(tx.get(&k)?);
-            tx.insert(&k, be(cur.max(seq)))
-        }));
+        self.group_commit.advance(device_key(user, device, b"cursor"), seq);
     }
 
-    /// Waits until every write queued before this call (sync points advanced without waiting,
-    /// say) is applied and readable.
+    /// A sync point as stored, or as advanced and held not yet written (the higher); `None`
+    /// when neither has one.
+    fn held_sync_point(&self, k: &[u8]) -> Result<Option<u64>, StoreError> {
+        // Held first: an advance leaves the held ones only after it is readable from the engine.
+        let held = self.group_commit.held(k);
+        let stored = self.kv.get(k)?.map(|v| read_u64(Some(v)));
+        Ok(stored.max(held))
+    }
+
+    /// Waits until every write queued or held before this call (sync points advanced without
+    /// waiting, say) is applied and readable from the engine.
     pub async fn applied(&self) {
         self.group_commit.applied().await;
     }
