@@ -2,6 +2,7 @@
 //! ordered byte keys, serialisable transactions and an explicit durability point; the store's
 //! logic is written once against this module.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -131,6 +132,11 @@ pub trait KvTx {
     fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Writes a key.
     fn insert(&self, k: &[u8], v: &[u8]) -> Result<(), StoreError>;
+    /// Writes a key, taking what the caller owns (a key just built, an encoded record): a
+    /// transaction that keeps its writes until the end then copies neither.
+    fn insert_owned(&self, k: Cow<'_, [u8]>, v: Vec<u8>) -> Result<(), StoreError> {
+        self.insert(&k, &v)
+    }
     /// Deletes a key.
     fn remove(&self, k: &[u8]) -> Result<(), StoreError>;
 }
@@ -212,8 +218,10 @@ impl Tx<'_> {
         self.0.get(k.as_ref())
     }
 
-    pub(super) fn insert(&self, k: impl AsRef<[u8]>, v: impl AsRef<[u8]>) -> Result<(), StoreError> {
-        self.0.insert(k.as_ref(), v.as_ref())
+    /// Writes a key; owned keys and values (a key just built, an encoded record) are moved in,
+    /// and a borrowed key is copied only if the transaction has not seen it yet.
+    pub(super) fn insert<'k>(&self, k: impl Into<Cow<'k, [u8]>>, v: impl Into<Vec<u8>>) -> Result<(), StoreError> {
+        self.0.insert_owned(k.into(), v.into())
     }
 
     pub(super) fn remove(&self, k: impl AsRef<[u8]>) -> Result<(), StoreError> {
@@ -256,15 +264,15 @@ impl WriteSet<'_> {
         Ok((wrote, keys))
     }
 
-    fn write(&self, k: &[u8], v: Option<Vec<u8>>) {
+    fn write(&self, k: Cow<'_, [u8]>, v: Option<Vec<u8>>) {
         let mut keys = self.keys.borrow_mut();
-        match keys.get_mut(k) {
+        match keys.get_mut(k.as_ref()) {
             Some(seen) => {
                 seen.0 = v;
                 seen.1 = true;
             }
             None => {
-                keys.insert(k.to_vec(), (v, true, false));
+                keys.insert(k.into_owned(), (v, true, false));
             }
         }
     }
@@ -284,11 +292,15 @@ impl KvTx for WriteSet<'_> {
         Ok(v)
     }
     fn insert(&self, k: &[u8], v: &[u8]) -> Result<(), StoreError> {
-        self.write(k, Some(v.to_vec()));
+        self.write(Cow::Borrowed(k), Some(v.to_vec()));
+        Ok(())
+    }
+    fn insert_owned(&self, k: Cow<'_, [u8]>, v: Vec<u8>) -> Result<(), StoreError> {
+        self.write(k, Some(v));
         Ok(())
     }
     fn remove(&self, k: &[u8]) -> Result<(), StoreError> {
-        self.write(k, None);
+        self.write(Cow::Borrowed(k), None);
         Ok(())
     }
 }
