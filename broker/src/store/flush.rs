@@ -86,8 +86,8 @@ pub(super) struct GroupCommit {
 /// How long the committer lets writes nobody waited for (held sync points, transactions run
 /// outside the queue) stay unapplied or unflushed when no other flush comes (sled flushed on its
 /// own every 500 ms; fjall, with manual journal persistence, never does). A sync point held while
-/// the committer is idle is written when this wait ends and flushed one wait later, so a crash
-/// takes back at most about twice this of them.
+/// the committer is idle is written and flushed when this wait ends, so a crash takes back at
+/// most about this long of them.
 pub(super) const IDLE_FLUSH: Duration = Duration::from_millis(200);
 
 /// What the committer does next.
