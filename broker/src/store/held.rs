@@ -67,13 +67,9 @@ impl HeldAdvances {
     pub(super) fn take(&self) -> Vec<(Vec<u8>, u64)> {
         let mut held = self.lock();
         held.since = None;
-        let pending = std::mem::take(&mut held.pending);
-        let taken = pending.iter().map(|(k, &seq)| (k.clone(), seq)).collect();
-        for (k, seq) in pending {
-            let slot = held.applying.entry(k).or_default();
-            *slot = (*slot).max(seq);
-        }
-        taken
+        // `applying` is empty here: the committer releases each batch before it takes the next.
+        held.applying = std::mem::take(&mut held.pending);
+        held.applying.iter().map(|(k, &seq)| (k.clone(), seq)).collect()
     }
 
     /// The advances taken last are committed (or failed and were reported): readers find them
