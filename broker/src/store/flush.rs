@@ -114,6 +114,11 @@ impl GroupCommit {
         let syncer = Syncer::start(kv.clone(), shared.clone())?;
         let s = shared.clone();
         let thread = std::thread::Builder::new().name("tern-committer".into()).spawn(move || {
+            // Everything held, written in a transaction of its own (no commit waits for it).
+            let write_held = || {
+                apply(&kv, Vec::new(), &s.held.take(), &s.timings);
+                s.held.written();
+            };
             loop {
                 match s.next() {
                     Next::Jobs(jobs) => {
@@ -130,13 +135,11 @@ impl GroupCommit {
                     // was committed and not flushed is flushed once the queue is quiet, with
                     // the sync points held meanwhile.
                     Next::Idle => {
-                        apply(&kv, Vec::new(), &s.held.take(), &s.timings);
-                        s.held.written();
+                        write_held();
                         syncer.flush_if_dirty();
                     }
                     Next::Closed => {
-                        apply(&kv, Vec::new(), &s.held.take(), &s.timings);
-                        s.held.written();
+                        write_held();
                         break;
                     }
                 }
