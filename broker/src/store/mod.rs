@@ -326,11 +326,14 @@ impl Store {
         })
     }
 
-    /// Advances the device's inbox sync point (never backwards); returns the previous one.
+    /// Advances the device's inbox sync point (never backwards) and writes it at once; returns
+    /// the previous one, counting an advance held and not yet written ([`Self::cursor`]'s view).
     pub fn advance_cursor(&self, user: &str, device: &str, seq: u64) -> Result<u64, StoreError> {
         let k = device_key(user, device, b"cursor");
+        // Read before the transaction: a held advance leaves the hold only once written.
+        let held = self.group_commit.held(&k).unwrap_or(0);
         self.kv.transaction(|tx| {
-            let cur = read_u64(tx.get(&k)?);
+            let cur = read_u64(tx.get(&k)?).max(held);
             tx.insert(&k, be(cur.max(seq)))?;
             Ok(cur)
         })

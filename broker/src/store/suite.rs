@@ -67,6 +67,11 @@ fn inboxes_history_and_cursors(engine: Engine) {
     assert_eq!(store.advance_cursor("bob", "old", 7).unwrap(), 0);
     assert_eq!(store.advance_cursor("bob", "old", 3).unwrap(), 7, "never backwards");
     assert_eq!(store.cursor("bob", "old").unwrap(), 7);
+    // An advance held in memory (a native DELIVER_ACK) counts as the previous sync point of a
+    // written one (MQTT), whether or not the committer has written it yet.
+    store.advance_cursor_later("bob", "old", 20);
+    assert_eq!(store.advance_cursor("bob", "old", 10).unwrap(), 20, "a held advance is the previous sync point");
+    assert_eq!(store.cursor("bob", "old").unwrap(), 20);
     let inbox = store.inbox_after("bob", 20, 100).unwrap();
     assert_eq!(inbox.iter().map(|d| d.seq).collect::<Vec<_>>(), [21, 22, 23, 24, 25]);
     assert_eq!(&inbox[0].payload[..], b"h21");
