@@ -51,3 +51,31 @@ pub(crate) async fn sleep_until(deadline: Option<tokio::time::Instant>) {
         None => std::future::pending().await,
     }
 }
+
+/// `n` copies of `value` for `n` recipients: clones for all but the last, which gets `value`
+/// itself (a message fanned out to one recipient is never copied).
+pub(crate) fn copies<T: Clone>(value: T, n: usize) -> impl Iterator<Item = T> {
+    let mut value = Some(value);
+    (0..n).filter_map(move |i| if i + 1 == n { value.take() } else { value.clone() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::copies;
+    use std::rc::Rc;
+
+    #[test]
+    fn copies_moves_the_value_into_the_last_and_clones_for_the_others() {
+        let shared = Rc::new(());
+        let out: Vec<Rc<()>> = copies(shared.clone(), 3).collect();
+        assert_eq!(out.len(), 3);
+        // The three copies and our own handle: the one passed in was moved, not cloned again.
+        assert_eq!(Rc::strong_count(&shared), 4);
+        drop(out);
+        let moved: Vec<Rc<()>> = copies(shared.clone(), 1).collect();
+        assert_eq!(Rc::strong_count(&shared), 2);
+        drop(moved);
+        assert_eq!(copies(shared.clone(), 0).count(), 0);
+        assert_eq!(Rc::strong_count(&shared), 1, "nobody to receive it: dropped");
+    }
+}

@@ -159,9 +159,9 @@ impl Outbox {
     /// Hands over a message to deliver; an error means the connection is gone. An MQTT
     /// connection reads stored messages from the inbox itself, so for it an inbox message is
     /// only a wake-up.
-    pub(crate) fn deliver(&self, d: &proto::Deliver) -> Result<(), ()> {
+    pub(crate) fn deliver(&self, d: proto::Deliver) -> Result<(), ()> {
         match self {
-            Outbox::Native(tx) => tx.send(ToConnection::Deliver(Box::new(d.clone()))).map_err(|_| ()),
+            Outbox::Native(tx) => tx.send(ToConnection::Deliver(Box::new(d))).map_err(|_| ()),
             #[cfg(feature = "mqtt")]
             Outbox::Mqtt(mailbox) => mailbox.deliver(d),
         }
@@ -172,7 +172,7 @@ impl Outbox {
         match (self, live) {
             #[cfg(feature = "mqtt")]
             (Outbox::Mqtt(mailbox), Some(live)) => mailbox.send(ToConnection::Live(live.clone())),
-            _ => self.deliver(d),
+            _ => self.deliver(d.clone()),
         }
     }
 }
@@ -267,14 +267,18 @@ pub(crate) struct Router {
 impl Router {
     /// Sends a DELIVER to every live device of `user` but the connection `except` (a parked
     /// session's machine queues it for its resume).
-    pub(crate) fn push(&mut self, user: &str, except: Option<u64>, d: &proto::Deliver, now: std::time::Instant) {
+    pub(crate) fn push(&mut self, user: &str, except: Option<u64>, d: proto::Deliver, now: std::time::Instant) {
+        let live =
+            self.live.get(user).map_or(0, |devices| devices.values().filter(|l| Some(l.conn_id) != except).count());
+        let parked = self.parked.get(user).map_or(0, HashMap::len);
+        let mut copies = crate::copies(d, live + parked);
         if let Some(devices) = self.live.get(user) {
-            for live in devices.values().filter(|l| Some(l.conn_id) != except) {
+            for (live, d) in devices.values().filter(|l| Some(l.conn_id) != except).zip(copies.by_ref()) {
                 let _ = live.tx.deliver(d);
             }
         }
-        for parked in self.parked.get_mut(user).into_iter().flat_map(HashMap::values_mut) {
-            let _ = parked.machine.deliver(now, d.clone());
+        for (parked, d) in self.parked.get_mut(user).into_iter().flat_map(HashMap::values_mut).zip(copies) {
+            let _ = parked.machine.deliver(now, d);
         }
     }
 }

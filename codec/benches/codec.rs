@@ -1,5 +1,5 @@
 //! Codec benchmark: decode and encode throughput per core, bytes per second, and heap
-//! allocations per frame; plus the broker session machine's cost per PUBLISH.
+//! allocations per frame; plus the broker session machine's cost per PUBLISH and per DELIVER.
 //!
 //! `cargo bench -p tern-codec --bench codec` prints a Markdown table for BENCHMARKS.md. Each
 //! figure is the median of 7 runs; allocations are counted exactly with an instrumented
@@ -130,6 +130,28 @@ fn bench_encode(make: &MakeFrame) -> Figure {
 }
 
 /// PUBLISH in → dedup/order → event → ack_publish → PUBACK out, through the broker machine.
+/// A broker session past its handshake, with a client window of 1024.
+fn accepted_session(t0: Instant) -> BrokerSession {
+    let mut b = BrokerSession::new(t0, BrokerConfig { receive_window: 1024, ..BrokerConfig::default() });
+    let mut connect = BytesMut::new();
+    let hello =
+        proto::Connect { versions: vec![1], device_id: "bench".into(), receive_window: 1024, ..Default::default() };
+    encode_frame(&Frame::Connect(hello), &mut connect).unwrap();
+    b.handle_bytes(t0, &connect);
+    let _ = b.poll_event();
+    let accept = Accept {
+        user_id: "u".into(),
+        session_id: Bytes::from_static(b"s"),
+        ledger: LedgerSnapshot::default(),
+        inbox_acked_seq: 0,
+        server_time_ms: 0,
+    };
+    b.accept(t0, accept).unwrap();
+    let _ = b.poll_transmit();
+    b
+}
+
+/// PUBLISH in, PUBACK out: frames per second and heap allocations per frame.
 fn bench_broker_session() -> (f64, f64) {
     let t0 = Instant::now();
     let mut wire = BytesMut::new();
@@ -139,27 +161,7 @@ fn bench_broker_session() -> (f64, f64) {
     let mut rates = Vec::new();
     let mut allocs = 0;
     for _ in 0..RUNS {
-        let mut b = BrokerSession::new(t0, BrokerConfig { receive_window: 1024, ..BrokerConfig::default() });
-        let mut connect = BytesMut::new();
-        encode_frame(
-            &Frame::Connect(proto::Connect { versions: vec![1], device_id: "bench".into(), ..Default::default() }),
-            &mut connect,
-        )
-        .unwrap();
-        b.handle_bytes(t0, &connect);
-        let _ = b.poll_event();
-        b.accept(
-            t0,
-            Accept {
-                user_id: "u".into(),
-                session_id: Bytes::from_static(b"s"),
-                ledger: LedgerSnapshot::default(),
-                inbox_acked_seq: 0,
-                server_time_ms: 0,
-            },
-        )
-        .unwrap();
-        let _ = b.poll_transmit();
+        let mut b = accepted_session(t0);
         let region = Region::new(GLOBAL);
         let start = Instant::now();
         // Feed in 1400-byte reads, as a socket would deliver them.
@@ -178,6 +180,49 @@ fn bench_broker_session() -> (f64, f64) {
                 }
             }
             black_box(b.poll_transmit());
+        }
+        let took = start.elapsed();
+        allocs = region.change().allocations;
+        rates.push(FRAMES as f64 / took.as_secs_f64());
+    }
+    (median(rates), allocs as f64 / FRAMES as f64)
+}
+
+/// DELIVER out, DELIVER_ACK in, 256 at a time (within the client's window): frames per second
+/// and heap allocations per frame, the message built outside the measured region's count.
+fn bench_broker_deliver() -> (f64, f64) {
+    const BATCH: u64 = 256;
+    let t0 = Instant::now();
+    let messages: Vec<proto::Deliver> = (1..=FRAMES as u64)
+        .map(|seq| match deliver(64, seq) {
+            Frame::Deliver(d) => d,
+            _ => unreachable!(),
+        })
+        .collect();
+    let mut acks = Vec::new();
+    for first in (1..=FRAMES as u64).step_by(BATCH as usize) {
+        let mut wire = BytesMut::new();
+        for seq in first..(first + BATCH).min(FRAMES as u64 + 1) {
+            encode_frame(&ack(seq), &mut wire).unwrap();
+        }
+        acks.push(wire);
+    }
+    let mut rates = Vec::new();
+    let mut allocs = 0;
+    for _ in 0..RUNS {
+        let mut b = accepted_session(t0);
+        let mut batches = messages.clone().into_iter();
+        let region = Region::new(GLOBAL);
+        let start = Instant::now();
+        for wire in &acks {
+            for d in batches.by_ref().take(BATCH as usize) {
+                b.deliver(t0, d).unwrap();
+            }
+            black_box(b.poll_transmit());
+            b.handle_bytes(t0, wire);
+            while let Some(ev) = b.poll_event() {
+                black_box(ev);
+            }
         }
         let took = start.elapsed();
         allocs = region.change().allocations;
@@ -213,6 +258,8 @@ fn main() {
     }
     let (rate, allocs) = bench_broker_session();
     println!("| broker session: PUBLISH → PUBACK | PUBLISH 64 B payload | — | {rate:.0} | — | {allocs:.2} |");
+    let (rate, allocs) = bench_broker_deliver();
+    println!("| broker session: DELIVER → DELIVER_ACK | DELIVER 64 B payload | — | {rate:.0} | — | {allocs:.2} |");
     let (insert, fire) = bench_timer_wheel();
     println!();
     println!("| timing wheel, 1,000,000 timers over 60 s (100 ms ticks, 4096 slots) | ops/s (median of {RUNS}) |");

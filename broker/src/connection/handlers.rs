@@ -118,9 +118,9 @@ impl Conn {
                     if to == user {
                         // This device gets its own copy through its own machine, in order.
                         self.deliver(d.clone());
-                        self.shared.router().push(&to, Some(self.conn_id), &d, now());
+                        self.shared.router().push(&to, Some(self.conn_id), d, now());
                     } else {
-                        self.shared.router().push(&to, None, &d, now());
+                        self.shared.router().push(&to, None, d, now());
                     }
                 }
             }

@@ -375,14 +375,16 @@ impl Conn {
             }
         };
         let now = tokio::time::Instant::now().into_std();
-        for (c, notify) in durable.iter().flat_map(|(cs, notify)| cs.iter().map(move |c| (c, notify))) {
-            self.shared.metrics.stored(c.ack.conversation_id);
-            let mut router = self.shared.router();
-            if let Some(members) = notify {
-                router.notify(members, c.ack.conversation_id);
-            }
-            for (to, d) in &c.deliveries {
-                router.push(to, None, d, now);
+        for (committed, notify) in durable {
+            for c in committed {
+                self.shared.metrics.stored(c.ack.conversation_id);
+                let mut router = self.shared.router();
+                if let Some(members) = &notify {
+                    router.notify(members, c.ack.conversation_id);
+                }
+                for (to, d) in c.deliveries {
+                    router.push(&to, None, d, now);
+                }
             }
         }
     }

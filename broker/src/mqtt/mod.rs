@@ -96,7 +96,7 @@ impl Mailbox {
         Ok(())
     }
 
-    pub(crate) fn deliver(&self, d: &proto::Deliver) -> Result<(), ()> {
+    pub(crate) fn deliver(&self, d: proto::Deliver) -> Result<(), ()> {
         if self.closed.load(Ordering::Acquire) {
             return Err(());
         }
@@ -104,7 +104,7 @@ impl Mailbox {
             self.signal(NEWS_INBOX);
             return Ok(());
         }
-        self.send(ToConnection::Deliver(Box::new(d.clone())))
+        self.send(ToConnection::Deliver(Box::new(d)))
     }
 
     fn signal(&self, bit: u8) {

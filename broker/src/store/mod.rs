@@ -404,12 +404,10 @@ pub(crate) fn commit_one(tx: &Tx<'_>, sender: &str, m: &NewMessage, now_ms: u64)
         tx.insert(groups::write_fanout_key(conv), be(seq))?;
     }
     let mut deliveries = Vec::with_capacity(m.inboxes.len());
-    for user in &m.inboxes {
+    for (user, mut d) in m.inboxes.iter().zip(crate::copies(stored, m.inboxes.len())) {
         let inbox_seq = reads::next_inbox_seq(tx, user)?;
-        let topic = reads::topic_for(user, sender, &m.message.topic);
-        reads::touch(tx, user, sender, conv, seq, now_ms, &topic)?;
+        reads::touch(tx, user, sender, conv, seq, now_ms, &m.message.topic)?;
         tx.insert(key(&[b"u/", user.as_bytes(), b"/i/", &be(inbox_seq)]), key(&[&be(conv), &be(seq)]))?;
-        let mut d = stored.clone();
         d.stream = Some(StreamId::Inbox.to_proto());
         d.seq = inbox_seq;
         deliveries.push((user.clone(), d));

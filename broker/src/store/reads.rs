@@ -134,7 +134,7 @@ pub(super) fn touch(
     let mut new = get_uc(tx, user, conv)?.unwrap_or_default();
     new.last_ms = now_ms;
     new.last_seq = seq;
-    new.topic = topic.to_owned();
+    name_for(&mut new.topic, user, sender, topic);
     if user == sender {
         // Sending implies having read everything before it.
         add_total(tx, user, -i64::try_from(new.unread).unwrap_or(i64::MAX))?;
@@ -147,11 +147,20 @@ pub(super) fn touch(
     tx.insert(uc_key(user, conv), new.encode())
 }
 
-/// How `user` names a conversation that a message to `topic` from `sender` belongs to.
-pub(super) fn topic_for(user: &str, sender: &str, topic: &str) -> String {
+/// Sets `name` to how `user` names a conversation that a message to `topic` from `sender`
+/// belongs to (left as it is when it already says so: the usual case, with no allocation).
+fn name_for(name: &mut String, user: &str, sender: &str, topic: &str) {
     match topic.strip_prefix("user/") {
-        Some(_) if user != sender => format!("user/{sender}"),
-        _ => topic.to_owned(),
+        // A 1:1 conversation is named after the other side.
+        Some(_) if user != sender => {
+            if name.strip_prefix("user/") != Some(sender) {
+                name.clear();
+                name.push_str("user/");
+                name.push_str(sender);
+            }
+        }
+        _ if name != topic => topic.clone_into(name),
+        _ => {}
     }
 }
 
@@ -260,5 +269,26 @@ impl Store {
         }
         let next = if more { out.last().map_or(0, |s| s.last_activity_ms) } else { 0 };
         Ok((out, next))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::name_for;
+
+    #[test]
+    fn a_conversation_is_named_after_the_other_side_of_a_pair_and_after_its_topic_otherwise() {
+        let mut name = String::new();
+        name_for(&mut name, "bob", "alice", "user/bob");
+        assert_eq!(name, "user/alice", "the receiver names it after the sender");
+        name_for(&mut name, "bob", "carol", "user/bob");
+        assert_eq!(name, "user/carol", "a stale name is replaced");
+        name_for(&mut name, "alice", "alice", "user/bob");
+        assert_eq!(name, "user/bob", "the sender names it after the receiver");
+        name_for(&mut name, "bob", "alice", "group/team");
+        assert_eq!(name, "group/team");
+        let before = name.as_ptr();
+        name_for(&mut name, "carol", "alice", "group/team");
+        assert_eq!((name.as_str(), name.as_ptr()), ("group/team", before), "an unchanged name is kept as it is");
     }
 }

@@ -20,6 +20,7 @@ use crate::limits::{HEADER_LEN, MAX_BODY_LEN};
 use crate::proto;
 
 pub use validate::validate;
+pub(crate) use validate::validate_deliver;
 
 macro_rules! frame_types {
     ($($(#[$doc:meta])* $name:ident = $code:literal, $wire:literal, $msg:ty, $dir:ident;)*) => {

@@ -82,16 +82,7 @@ pub fn validate(frame: &Frame) -> Result<(), DecodeError> {
             ensure(a.cid != 0, "puback.cid", "must be non-zero", "REQ-QOS-002")?;
             check_reason("puback.reason", a.reason)
         }
-        Frame::Deliver(d) => {
-            check_stream("deliver.stream", d.stream.as_ref())?;
-            ensure(d.seq != 0, "deliver.seq", "seq starts at 1", "REQ-QOS-009")?;
-            ensure(d.qos <= 2, "deliver.qos", "qos must be 0, 1 or 2", "REQ-QOS-001")?;
-            check_topic("deliver.topic", &d.topic, TopicUse::Name)?;
-            match &d.package {
-                Some(pkg) => check_package("deliver.package", pkg, d.qos),
-                None => Ok(()),
-            }
-        }
+        Frame::Deliver(d) => validate_deliver(d),
         Frame::DeliverAck(a) => {
             check_stream("deliver_ack.stream", a.stream.as_ref())?;
             ensure(a.seq != 0, "deliver_ack.seq", "seq starts at 1", "REQ-QOS-010")
@@ -130,5 +121,17 @@ pub fn validate(frame: &Frame) -> Result<(), DecodeError> {
         }
         Frame::Request(r) => ensure(r.op.is_some(), "request.op", "must name an operation", "REQ-GRP-007"),
         Frame::Response(r) => check_reason("response.reason", r.reason),
+    }
+}
+
+/// [`validate`] for a DELIVER the broker is about to send, without wrapping it in a [`Frame`].
+pub(crate) fn validate_deliver(d: &proto::Deliver) -> Result<(), DecodeError> {
+    check_stream("deliver.stream", d.stream.as_ref())?;
+    ensure(d.seq != 0, "deliver.seq", "seq starts at 1", "REQ-QOS-009")?;
+    ensure(d.qos <= 2, "deliver.qos", "qos must be 0, 1 or 2", "REQ-QOS-001")?;
+    check_topic("deliver.topic", &d.topic, TopicUse::Name)?;
+    match &d.package {
+        Some(pkg) => check_package("deliver.package", pkg, d.qos),
+        None => Ok(()),
     }
 }

@@ -349,7 +349,13 @@ impl BrokerSession {
             return Err(ApiError::NotAwaitingOutcome(ack.cid));
         }
         let floor = self.ledger.receiver.next().saturating_sub(2 * self.ledger.window);
-        self.ledger.acks = self.ledger.acks.split_off(&floor);
+        // Forget outcomes below the floor in place (split_off would build a new tree per ack).
+        while let Some(oldest) = self.ledger.acks.first_entry() {
+            if *oldest.key() >= floor {
+                break;
+            }
+            oldest.remove();
+        }
         self.ledger.acks.insert(ack.cid, ack);
         if matches!(self.state, State::Up { .. }) {
             self.link.send(&Frame::PubAck(ack))?;
@@ -361,7 +367,7 @@ impl BrokerSession {
     /// client's window [REQ-QOS-012] and retransmitted with `dup` [REQ-QOS-013]; QoS 0 is sent
     /// once if the link is up.
     pub fn deliver(&mut self, now: Instant, d: proto::Deliver) -> Result<(), ApiError> {
-        crate::frame::validate(&Frame::Deliver(d.clone()))?;
+        crate::frame::validate_deliver(&d)?;
         if d.qos == 0 {
             if self.is_up() {
                 self.link.send(&Frame::Deliver(d))?;
@@ -418,17 +424,21 @@ impl BrokerSession {
                 continue;
             };
             self.pending_keys.remove(&(stream, d.seq));
-            if Frame::Deliver(d.clone()).body_len() > self.link.peer_max_message_size {
+            if prost::Message::encoded_len(&d) > self.link.peer_max_message_size {
                 // Too large for this device: it keeps its seq, without the payload [REQ-QOS-018].
                 d.payload = Bytes::new();
                 d.payload_omitted = true;
             }
             // Sized to the peer's limit above, so only a closed link can refuse it; the
             // DELIVER stays in flight and goes again on resume.
-            self.link.send_control(&Frame::Deliver(d.clone()));
-            let rto = self.config.rto;
-            self.streams.entry(stream).or_insert_with(|| RetransmitQueue::new(rto)).push(now, d.seq, d);
-            self.inflight += 1;
+            // Sent as a frame and moved back out (no copy) to be kept for retransmission.
+            let frame = Frame::Deliver(d);
+            self.link.send_control(&frame);
+            if let Frame::Deliver(d) = frame {
+                let rto = self.config.rto;
+                self.streams.entry(stream).or_insert_with(|| RetransmitQueue::new(rto)).push(now, d.seq, d);
+                self.inflight += 1;
+            }
         }
     }
 
