@@ -159,8 +159,11 @@ fn name_for(name: &mut String, user: &str, sender: &str, topic: &str) {
                 name.push_str(sender);
             }
         }
-        _ if name != topic => topic.clone_into(name),
-        _ => {}
+        Some(_) | None => {
+            if name != topic {
+                topic.clone_into(name);
+            }
+        }
     }
 }
 
