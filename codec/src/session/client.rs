@@ -713,15 +713,19 @@ impl ClientSession {
             let Some(p) = self.unsent.pop_front() else {
                 break;
             };
-            if self.link_send(&Frame::Publish(p.clone())).is_err() {
+            // Sent as a frame and moved back out (no copy) to be kept for retransmission.
+            let frame = Frame::Publish(p);
+            let sent = self.link_send(&frame).is_ok();
+            let Frame::Publish(p) = frame else { break };
+            let cid = p.cid;
+            self.inflight.push(now, cid, p);
+            if !sent {
                 // Only a message above the broker's (lowered) limit cannot be sent: refuse it
                 // locally rather than block everything behind it.
-                let ack = proto::PubAck { cid: p.cid, reason: wire(ReasonCode::MessageTooLarge), ..Default::default() };
-                self.inflight.push(now, p.cid, p);
+                let ack = proto::PubAck { cid, reason: wire(ReasonCode::MessageTooLarge), ..Default::default() };
                 self.on_puback(now, ack);
                 return;
             }
-            self.inflight.push(now, p.cid, p);
             self.sent(now);
         }
     }
