@@ -132,14 +132,14 @@ impl E2eeClient {
     /// Publishes this device's public keys to the directory, and refills its one-time
     /// prekeys when the directory reports the pool running low.
     pub async fn publish_keys(&mut self) -> Result<(), E2eeError> {
-        let r = self.request_ok(Op::KeyPublish(self.account.key_publish())).await?;
+        let r = self.request_ok(Op::KeyPublish(Box::new(self.account.key_publish()))).await?;
         self.account.published();
         let remaining = match r.result {
             Some(R::KeyPublished(k)) => k.one_time_prekeys_remaining,
             _ => 0,
         };
         if self.account.top_up_prekeys(remaining, &mut self.rng)? > 0 {
-            self.request_ok(Op::KeyPublish(self.account.key_publish())).await?;
+            self.request_ok(Op::KeyPublish(Box::new(self.account.key_publish()))).await?;
             self.account.published();
         }
         Ok(())
@@ -162,7 +162,7 @@ impl E2eeClient {
         }
         let op = Op::KeyClaim(proto::KeyClaim { user_id: user.into(), device_id: device.into() });
         match self.request_ok(op).await?.result {
-            Some(R::KeyBundle(b)) => Ok(Some(b)),
+            Some(R::KeyBundle(b)) => Ok(Some(*b)),
             _ => Err(E2eeError::Refused(format!("no bundle for {user}/{device}"))),
         }
     }

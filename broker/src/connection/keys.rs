@@ -54,7 +54,7 @@ impl Conn {
                     Err(ReasonCode::RateLimited)
                 } else {
                     match store.claim_bundle(&c.user_id, &c.device_id) {
-                        Ok(Ok(bundle)) => Ok(Some(R::KeyBundle(bundle))),
+                        Ok(Ok(bundle)) => Ok(Some(R::KeyBundle(Box::new(bundle)))),
                         Ok(Err(reason)) => Err(reason),
                         Err(_) => Err(ReasonCode::StoreUnavailable),
                     }

@@ -99,7 +99,7 @@ fn key_publish(cx: &Cx, user: &str, device: &str, n: u32) -> proto::KeyPublish {
 }
 
 async fn publish(cx: &Cx, p: &mut Peer, kp: proto::KeyPublish) -> Result<proto::Response, Stop> {
-    p.request(cx.prompt(), cx.request_id(), Op::KeyPublish(kp)).await
+    p.request(cx.prompt(), cx.request_id(), Op::KeyPublish(Box::new(kp))).await
 }
 
 async fn claim(cx: &Cx, p: &mut Peer, user: &str, device: &str) -> Result<proto::Response, Stop> {
