@@ -155,6 +155,13 @@ impl Conn {
         let mut buf = vec![0u8; 16 * 1024];
         let mut shutdown = self.shared.shutdown.clone();
         let mut stopping = false;
+        // One timer for the machine's deadline, moved rather than made anew each turn: a new
+        // `Sleep` registers with the runtime's timer wheel and its drop deregisters, both under
+        // the wheel's lock, and this loop turns several times per message. Moving a deadline
+        // later (the keepalive, on every frame received) is lock-free.
+        let timer = tokio::time::sleep_until(tokio::time::Instant::now());
+        tokio::pin!(timer);
+        let mut armed = None;
         loop {
             let over = self.process_events().await;
             self.shared.metrics.add_session(&self.machine.take_counters());
@@ -172,6 +179,10 @@ impl Conn {
                 return;
             }
             let deadline = self.machine.poll_timeout().map(tokio::time::Instant::from_std);
+            if let Some(d) = deadline.filter(|d| armed != Some(*d)) {
+                timer.as_mut().reset(d);
+            }
+            armed = deadline;
             let notify_due = self.notify_windows.due().map(tokio::time::Instant::from_std);
             tokio::select! {
                 // Cancel-safe: a read that loses the race has consumed nothing.
@@ -197,7 +208,11 @@ impl Conn {
                     }
                 }
                 // Cancel-safe: a sleep can be dropped and recreated.
-                _ = crate::sleep_until(deadline) => self.machine.handle_timeout(now()),
+                () = &mut timer, if armed.is_some() => {
+                    // Fired: whatever the deadline is next, the timer is set again for it.
+                    armed = None;
+                    self.machine.handle_timeout(now());
+                }
                 _ = crate::sleep_until(notify_due) => {
                     for conversation_id in self.notify_windows.take_due(std::time::Instant::now()) {
                         self.send_notify(conversation_id);
