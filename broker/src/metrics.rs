@@ -98,7 +98,11 @@ impl Metrics {
                 total.fetch_add(*n, Ordering::Relaxed);
             }
         }
-        self.retransmits.fetch_add(c.retransmits, Ordering::Relaxed);
+        // Skipped when zero, as above: these counters are shared by every connection, and an
+        // atomic add moves the cache line between cores even when it adds nothing.
+        if c.retransmits > 0 {
+            self.retransmits.fetch_add(c.retransmits, Ordering::Relaxed);
+        }
     }
 
     /// Counts a connection closed for `reason` (`none` when the transport just ended).
