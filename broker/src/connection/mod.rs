@@ -207,12 +207,13 @@ impl Conn {
                         self.command(cmd);
                     }
                 }
-                // Cancel-safe: a sleep can be dropped and recreated.
+                // Cancel-safe: the timer is polled by reference and outlives the select.
                 () = &mut timer, if armed.is_some() => {
                     // Fired: whatever the deadline is next, the timer is set again for it.
                     armed = None;
                     self.machine.handle_timeout(now());
                 }
+                // Cancel-safe: a sleep can be dropped and recreated.
                 _ = crate::sleep_until(notify_due) => {
                     for conversation_id in self.notify_windows.take_due(std::time::Instant::now()) {
                         self.send_notify(conversation_id);
