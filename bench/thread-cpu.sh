@@ -8,6 +8,7 @@
 #
 #   bench/thread-cpu.sh              # fixed rate, 10,000 msgs/s
 #   RATE=closed bench/thread-cpu.sh  # closed loop, 8 in flight per sender
+#   BENCH_ARGS="--prefix b" bench/thread-cpu.sh  # more `tern-bench p2p` options (here: short user names)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RATE=${RATE:-10000}
@@ -29,7 +30,7 @@ for _ in $(seq 100); do
 done
 [ -n "$ADDR" ] || { echo "tern did not start" >&2; cat "$DIR/log" >&2; exit 1; }
 if [ "$RATE" = closed ]; then load=(--window 8); else load=(--rate "$RATE"); fi
-"$BENCH" p2p --pairs 100 "${load[@]}" --duration 10 --addr "$ADDR" --broker-pid $PID --data-dir "$DIR" \
+"$BENCH" p2p --pairs 100 "${load[@]}" --duration 10 --addr "$ADDR" --broker-pid $PID --data-dir "$DIR" ${BENCH_ARGS:-} \
   2>"$DIR/bench.log" | tail -1 > "$DIR/result.json" &
 GEN=$!
 snapshot() { # name, CPU ticks (utime + stime), ns waiting for a core
