@@ -864,11 +864,11 @@ impl Conn {
         self.saved_cursor = position;
         let Some(me) = self.me.as_deref() else { return };
         if me.persistent.is_some() {
-            // Written at once, not queued: a session resuming right after reads it (on_connect
-            // cannot wait for the committer without growing every idle connection's future).
-            if let Err(e) = self.shared.store.advance_cursor(&me.user, &me.device, position) {
-                tracing::error!(error = %e, "cursor update failed");
-            }
+            // Held in memory and written by the group committer, as a native device's sync
+            // point is: no store transaction (and no wait for the committer's lock) on this
+            // task. A session resuming right after reads it through `Store::cursor`, which
+            // counts held advances.
+            self.shared.store.advance_cursor_later(&me.user, &me.device, position);
         }
     }
 
