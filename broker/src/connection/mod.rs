@@ -154,6 +154,10 @@ impl Conn {
         let (mut rd, mut wr) = tokio::io::split(stream);
         let mut buf = vec![0u8; 16 * 1024];
         let mut shutdown = self.shared.shutdown.clone();
+        // Made once and kept, like the timer below: a `changed()` made anew each turn joined the
+        // watch's list of waiters and left it again, under a lock every connection shares.
+        let shutdown_changed = shutdown.changed();
+        tokio::pin!(shutdown_changed);
         let mut stopping = false;
         // One timer for the machine's deadline, moved rather than made anew each turn: a new
         // `Sleep` registers with the runtime's timer wheel and its drop deregisters, both under
@@ -219,9 +223,10 @@ impl Conn {
                         self.send_notify(conversation_id);
                     }
                 }
-                // Cancel-safe: watch::changed only observes. Once seen (or once the sender is
-                // gone, when changed() returns at once) the branch is off, so it cannot spin.
-                _ = shutdown.changed(), if !stopping => {
+                // Cancel-safe: polled by reference, it outlives the select. Once seen (or once
+                // the sender is gone, when changed() returns at once) the branch is off, so a
+                // finished future is never polled again.
+                _ = &mut shutdown_changed, if !stopping => {
                     stopping = true;
                     self.machine.close(ReasonCode::ServerShuttingDown, "shutting down");
                 }
