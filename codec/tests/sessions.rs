@@ -484,6 +484,29 @@ fn a_deliver_larger_than_the_client_accepts_keeps_its_seq_without_payload() {
 }
 
 #[test]
+fn an_invalid_deliver_is_refused_and_nothing_is_sent_or_kept() {
+    let t0 = Instant::now();
+    let connect = proto::Connect { versions: vec![1], device_id: "phone".into(), ..Default::default() };
+    let mut b = broker_accepting(t0, connect);
+    let no_seq = inbox_deliver(0);
+    let mut bad_topic = inbox_deliver(1);
+    bad_topic.topic = "user/#".into();
+    let mut bad_qos = inbox_deliver(1);
+    bad_qos.qos = 3;
+    for d in [no_seq, bad_topic, bad_qos] {
+        assert!(b.deliver(t0, d.clone()).is_err(), "accepted {d:?}");
+    }
+    assert!(frames(b.poll_transmit()).is_empty(), "an invalid DELIVER went out");
+    // Nothing of them is kept for retransmission: a valid seq 1 goes out as itself.
+    b.deliver(t0, inbox_deliver(1)).unwrap();
+    let sent = frames(b.poll_transmit());
+    assert!(
+        matches!(&sent[..], [Frame::Deliver(d)] if d.seq == 1 && d.qos == 2 && d.topic == "user/alice"),
+        "{sent:?}"
+    );
+}
+
+#[test]
 fn package_members_that_disagree_on_topic_are_invalid() {
     let t0 = Instant::now();
     let mut b = accepted_broker(t0);
