@@ -555,9 +555,9 @@ mod tests {
         let (group, events) = start(Duration::MAX);
         group.advance(b"cursor".to_vec(), 7);
         drop(insert(&group, b"x"));
+        // (Not asserted: that it is still unwritten here. The idle path writes it once the
+        // queue has been quiet for IDLE_FLUSH, and a stalled test thread could see that.)
         assert_eq!(next_applied(&events), vec![b"x".to_vec()]);
-        assert_eq!(group.held(b"cursor"), Some(7));
-        assert_eq!(stored(), None);
         applied(&group);
         assert_eq!(stored(), Some(7u64.to_be_bytes().to_vec()), "not in the engine once applied");
         assert_eq!(next_applied(&events), vec![b"cursor".to_vec()]);
