@@ -102,6 +102,9 @@ pub(crate) fn broker_session(data: &[u8]) {
                             .expect("awaiting");
                     }
                 }
+                BrokerEvent::Withdrawn(cid) => {
+                    b.ack_publish(proto::PubAck { cid: cid.0, reason: 0xB0, ..Default::default() }).expect("awaiting");
+                }
                 _ => {}
             }
         }

@@ -67,13 +67,16 @@ impl Pair {
         }
     }
 
-    fn connect(&mut self) {
+    /// Connects and accepts; returns the broker's events after the accept (what the client
+    /// sent on connecting).
+    fn connect(&mut self) -> Vec<BrokerEvent> {
         self.client.connect(self.t0).unwrap();
         let (be, _) = self.pump(self.t0);
         assert!(matches!(be.as_slice(), [BrokerEvent::Connect(c)] if c.device_id == "phone"), "{be:?}");
         self.broker.accept(self.t0, accept_for("alice")).unwrap();
-        let (_, ce) = self.pump(self.t0);
+        let (be, ce) = self.pump(self.t0);
         assert_eq!(ce, vec![ClientEvent::Connected { session_present: false, user_id: "alice".into() }]);
+        be
     }
 }
 
@@ -543,4 +546,109 @@ fn sync_done_waits_for_the_delivers_held_back_by_the_window() {
     );
     let sent = frames(b.poll_transmit());
     assert!(matches!(sent.as_slice(), [Frame::Deliver(d), Frame::SyncDone(_)] if d.seq == 2), "{sent:?}");
+}
+
+/// A pair whose broker announces the smallest `max_message_size` (1396), with the client holding
+/// QoS 2 messages numbered before it heard that limit (under the 64 KiB default).
+fn pair_with_lowered_limit(payloads: &[usize]) -> (Pair, Vec<u64>) {
+    let mut p = Pair::new();
+    p.broker = BrokerSession::new(p.t0, BrokerConfig { max_message_size: 1396, ..BrokerConfig::default() });
+    let cids = payloads
+        .iter()
+        .map(|&n| p.client.publish(p.t0, "user/bob", Bytes::from(vec![b'x'; n]), 2).unwrap().unwrap().0)
+        .collect();
+    (p, cids)
+}
+
+#[test]
+fn a_message_above_a_lowered_limit_is_withdrawn_and_the_cids_after_it_are_released() {
+    let (mut p, cids) = pair_with_lowered_limit(&[5000, 2]);
+    assert_eq!(cids, vec![1, 2]);
+    let be = p.connect();
+    // The withdrawal fills cid 1's place, so cid 2 is released behind it [REQ-QOS-019].
+    let [BrokerEvent::Withdrawn(withdrawn), BrokerEvent::Publish(second)] = be.as_slice() else { panic!("{be:?}") };
+    assert_eq!((withdrawn.0, second.cid, &second.payload[..]), (1, 2, &b"xx"[..]));
+    let refused = proto::PubAck { cid: 1, reason: ReasonCode::MessageTooLarge as u32, ..Default::default() };
+    let stored = proto::PubAck { cid: 2, reason: 0, msg_id: 7, conversation_id: 5, seq: 1 };
+    p.broker.ack_publish(refused).unwrap();
+    p.broker.ack_publish(stored).unwrap();
+    let (_, ce) = p.pump(p.t0);
+    assert_eq!(ce, vec![ClientEvent::Acked(refused), ClientEvent::Acked(stored)]);
+    assert_eq!(p.client.unacknowledged(), 0);
+}
+
+#[test]
+fn a_withdrawal_carries_only_its_cid_and_is_what_the_client_retransmits() {
+    let (mut p, _) = pair_with_lowered_limit(&[5000]);
+    let be = p.connect();
+    assert!(matches!(be.as_slice(), [BrokerEvent::Withdrawn(c)] if c.0 == 1), "{be:?}");
+    // The link drops before the outcome; on resume the client sends the withdrawal again, not
+    // the message.
+    p.client.link_lost(p.t0);
+    p.client.connect(p.t0).unwrap();
+    let sent = frames(p.client.poll_transmit());
+    assert!(matches!(sent.as_slice(), [Frame::Connect(_)]), "{sent:?}");
+    let connack = proto::ConnAck { version: 1, session_present: true, max_message_size: 1396, ..Default::default() };
+    p.client.handle_bytes(p.t0, &raw(&Frame::ConnAck(connack)));
+    let sent = frames(p.client.poll_transmit());
+    let expected = proto::Publish { cid: 1, qos: 2, withdrawn: true, ..Default::default() };
+    assert_eq!(sent, vec![Frame::Publish(expected)]);
+}
+
+#[test]
+fn a_withdrawn_package_member_fails_its_package() {
+    let mut p = Pair::new();
+    p.broker = BrokerSession::new(p.t0, BrokerConfig { max_message_size: 1396, ..BrokerConfig::default() });
+    let payloads = vec![Bytes::from_static(b"small"), Bytes::from(vec![b'x'; 5000])];
+    let package = p.client.publish_package(p.t0, "user/bob", payloads, 2).unwrap();
+    let be = p.connect();
+    // The withdrawn member names no package, so the other one waits alone until it expires.
+    assert!(matches!(be.as_slice(), [BrokerEvent::Withdrawn(c)] if c.0 == 2), "{be:?}");
+    let refused = proto::PubAck { cid: 2, reason: ReasonCode::MessageTooLarge as u32, ..Default::default() };
+    p.broker.ack_publish(refused).unwrap();
+    let (_, ce) = p.pump(p.t0);
+    assert_eq!(ce, vec![ClientEvent::Acked(refused)], "the package is not done while a member is open");
+    // Time passes with the link kept alive by the client's pings, until the package expires.
+    let mut expired_cids = Vec::new();
+    let mut now = p.t0;
+    while expired_cids.is_empty() {
+        assert!(now < p.t0 + Duration::from_secs(60), "the package never expired");
+        now += Duration::from_secs(1);
+        p.client.handle_timeout(now);
+        p.broker.handle_timeout(now);
+        let (be, _) = p.pump(now);
+        for e in be {
+            if let BrokerEvent::PackageExpired { cids, .. } = e {
+                expired_cids.extend(cids);
+            }
+        }
+    }
+    assert_eq!(expired_cids, vec![tern_codec::ids::Cid(1)]);
+    let expired = proto::PubAck { cid: 1, reason: ReasonCode::PackageTimeout as u32, ..Default::default() };
+    p.broker.ack_publish(expired).unwrap();
+    let (_, ce) = p.pump(now);
+    let done = ClientEvent::PackageDone { package_id: package, reason: ReasonCode::MessageTooLarge };
+    assert_eq!(ce, vec![ClientEvent::Acked(expired), done]);
+}
+
+#[test]
+fn a_withdrawal_with_qos_0_or_any_other_field_is_an_invalid_field() {
+    let withdrawal = proto::Publish { cid: 1, qos: 2, withdrawn: true, ..Default::default() };
+    let broken = [
+        proto::Publish { cid: 0, qos: 0, ..withdrawal.clone() },
+        proto::Publish { topic: "user/bob".into(), ..withdrawal.clone() },
+        proto::Publish { payload: Bytes::from_static(b"x"), ..withdrawal.clone() },
+        proto::Publish { content_type: "text/plain".into(), ..withdrawal.clone() },
+        proto::Publish { client_time_ms: 1, ..withdrawal.clone() },
+        proto::Publish { package: Some(proto::PackageRef { package_id: 1, index: 0, count: 2 }), ..withdrawal.clone() },
+    ];
+    for publish in broken {
+        let mut b = accepted_broker(Instant::now());
+        b.handle_bytes(Instant::now(), &raw(&Frame::Publish(publish.clone())));
+        let sent = frames(b.poll_transmit());
+        assert_eq!(disconnect_reason(&sent), Some(ReasonCode::InvalidField), "{publish:?}");
+    }
+    let mut b = accepted_broker(Instant::now());
+    b.handle_bytes(Instant::now(), &raw(&Frame::Publish(withdrawal)));
+    assert!(matches!(b.poll_event(), Some(BrokerEvent::Withdrawn(c)) if c.0 == 1));
 }

@@ -297,6 +297,9 @@ impl World {
                         machine.ack_publish(ack).expect("ack");
                     }
                 }
+                BrokerEvent::Withdrawn(cid) => {
+                    panic!("the simulated broker never lowers its limit, yet {cid:?} was withdrawn")
+                }
                 BrokerEvent::StreamAcked { seq, .. } => {
                     assert_eq!(i, RECEIVER);
                     assert!(seq <= self.store.inbox.len() as u64, "acked a seq never stored");

@@ -9,6 +9,7 @@
 //! | `TERN_USER`, `TERN_DEVICE`, `TERN_TOKEN` | who to be (the runner accepts the token) |
 //! | `TERN_TOPIC`, `TERN_COUNT` | `publish`: where and how many messages (`m1`, `m2`, ...) |
 //! | `TERN_PACKAGE` | `publish`: `1` to send the messages as one package |
+//! | `TERN_PAYLOAD_BYTES` | `publish`: when set, each message (`m1`, `m2`, ...) is padded with `.` to this many bytes |
 //! | `TERN_TLS`, `TERN_CA`, `TERN_SERVER_NAME` | `TERN_TLS=1`: connect with TLS, trusting the PEM file `TERN_CA`, verifying `TERN_SERVER_NAME` |
 //!
 //! Actions: `connect` opens a session and closes it normally; `publish` publishes
@@ -44,6 +45,8 @@ pub struct ShimTask {
     pub count: u32,
     /// `TERN_PACKAGE`.
     pub package: bool,
+    /// `TERN_PAYLOAD_BYTES` (0: not set, the messages are not padded).
+    pub payload_bytes: u32,
 }
 
 /// How the shim ended.
@@ -110,6 +113,7 @@ impl Shim {
             .env("TERN_TOPIC", &task.topic)
             .env("TERN_COUNT", task.count.to_string())
             .env("TERN_PACKAGE", if task.package { "1" } else { "0" })
+            .env("TERN_PAYLOAD_BYTES", task.payload_bytes.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

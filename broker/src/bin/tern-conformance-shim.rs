@@ -66,7 +66,9 @@ async fn run(action: &str, addr: std::net::SocketAddr) -> anyhow::Result<()> {
 async fn publish(client: Client) -> anyhow::Result<()> {
     let topic = env("TERN_TOPIC");
     let count: usize = env("TERN_COUNT").parse().unwrap_or(1);
-    let payloads: Vec<Bytes> = (1..=count).map(|i| Bytes::from(format!("m{i}"))).collect();
+    let pad: usize = env("TERN_PAYLOAD_BYTES").parse().unwrap_or(0);
+    // `m1`, `m2`, ..., padded on the right with '.' to `pad` bytes.
+    let payloads: Vec<Bytes> = (1..=count).map(|i| Bytes::from(format!("{:.<pad$}", format!("m{i}")))).collect();
     let client = Arc::new(client);
     let outcome: Result<(), ClientError> = if env("TERN_PACKAGE") == "1" {
         client.publish_package(&topic, payloads).await.map(|_| ())

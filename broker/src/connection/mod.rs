@@ -264,6 +264,7 @@ impl Conn {
                 BrokerEvent::Publish(p) => self.stage_publish(vec![p], &mut staged).await,
                 BrokerEvent::Package(members) => self.stage_publish(members, &mut staged).await,
                 BrokerEvent::PackageExpired { cids, .. } => self.refuse(&cids, ReasonCode::PackageTimeout).await,
+                BrokerEvent::Withdrawn(cid) => self.refuse(&[cid], ReasonCode::MessageTooLarge).await,
                 BrokerEvent::StreamAcked { stream: StreamId::Inbox, seq } => {
                     if let Some(me) = &self.me {
                         let store = &self.shared.store;

@@ -533,6 +533,15 @@ pub(crate) fn frame_codec(pool: DescriptorPool) -> Vec<Value> {
         ),
         "INVALID_FIELD",
     );
+    // A withdrawal (06-delivery 6.2) names a cid and its qos, nothing else.
+    let withdrawal = proto::Publish { cid: 3, qos: 2, withdrawn: true, ..Default::default() };
+    t.valid("PUBLISH withdrawing cid 3", &["REQ-QOS-019"], &Frame::Publish(withdrawal.clone()));
+    t.invalid(
+        "PUBLISH withdrawing cid 3 but carrying a payload",
+        &["REQ-QOS-019"],
+        &raw(0x06, 0, &proto::Publish { payload: Bytes::from_static(b"x"), ..withdrawal }.encode_to_vec()),
+        "INVALID_FIELD",
+    );
     // Incomplete input is not an error.
     let ping = frame_bytes(&Frame::Ping(proto::Ping { nonce: 7 }));
     t.incomplete("empty input", &["REQ-FRM-009"], &[]);

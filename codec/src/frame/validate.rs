@@ -23,6 +23,17 @@ fn ensure(ok: bool, field: &'static str, why: &'static str, req: &'static str) -
     }
 }
 
+/// A withdrawal names a cid and nothing else (spec/06-delivery.md 6.2).
+fn validate_withdrawal(p: &proto::Publish) -> Result<(), DecodeError> {
+    ensure(p.qos != 0, "publish.withdrawn", "only a QoS 1/2 cid can be withdrawn", "REQ-QOS-019")?;
+    let empty = p.topic.is_empty()
+        && p.payload.is_empty()
+        && p.package.is_none()
+        && p.content_type.is_empty()
+        && p.client_time_ms == 0;
+    ensure(empty, "publish.withdrawn", "a withdrawal carries only cid and qos", "REQ-QOS-019")
+}
+
 fn check_reason(field: &'static str, reason: u32) -> Result<(), DecodeError> {
     ensure(class_of(reason) != ReasonClass::Unassigned, field, "reason code outside every class", "REQ-ERR-002")
 }
@@ -72,6 +83,9 @@ pub fn validate(frame: &Frame) -> Result<(), DecodeError> {
         Frame::Publish(p) => {
             ensure(p.qos <= 2, "publish.qos", "qos must be 0, 1 or 2", "REQ-QOS-001")?;
             ensure((p.qos == 0) == (p.cid == 0), "publish.cid", "cid is 0 exactly when qos is 0", "REQ-QOS-002")?;
+            if p.withdrawn {
+                return validate_withdrawal(p);
+            }
             check_topic("publish.topic", &p.topic, TopicUse::Name)?;
             match &p.package {
                 Some(pkg) => check_package("publish.package", pkg, p.qos),

@@ -111,6 +111,9 @@ pub enum BrokerEvent {
         /// Its members received so far (or the late member refused).
         cids: Vec<Cid>,
     },
+    /// A withdrawn cid, in cid order: record MESSAGE_TOO_LARGE for it with `ack_publish`;
+    /// store nothing [REQ-QOS-020].
+    Withdrawn(Cid),
     /// The client has everything through `seq` on `stream`: persist the sync point.
     StreamAcked {
         /// Stream.
@@ -342,8 +345,9 @@ impl BrokerSession {
     }
 
     /// Records the outcome of a PUBLISH released by [`BrokerEvent::Publish`],
-    /// [`BrokerEvent::Package`] or [`BrokerEvent::PackageExpired`], and sends the PUBACK. The
-    /// same outcome answers every retransmission of that cid [REQ-QOS-005].
+    /// [`BrokerEvent::Package`], [`BrokerEvent::PackageExpired`] or [`BrokerEvent::Withdrawn`],
+    /// and sends the PUBACK. The same outcome answers every retransmission of that cid
+    /// [REQ-QOS-005].
     pub fn ack_publish(&mut self, ack: proto::PubAck) -> Result<(), ApiError> {
         if !self.ledger.awaiting.remove(&ack.cid) {
             return Err(ApiError::NotAwaitingOutcome(ack.cid));
@@ -580,6 +584,10 @@ impl BrokerSession {
 
     fn release(&mut self, now: Instant, p: proto::Publish) -> Result<(), PeerError> {
         self.ledger.awaiting.insert(p.cid);
+        if p.withdrawn {
+            self.events.push_back(BrokerEvent::Withdrawn(Cid(p.cid)));
+            return Ok(());
+        }
         let Some(pkg) = p.package else {
             self.events.push_back(BrokerEvent::Publish(p));
             return Ok(());

@@ -360,6 +360,7 @@ impl ClientSession {
             package,
             content_type: content_type.to_owned(),
             client_time_ms: 0,
+            withdrawn: false,
         };
         // Room for the cid that is filled in below (a varint of at most 10 bytes).
         let size = prost::Message::encoded_len(&publish) + 11;
@@ -589,22 +590,28 @@ impl ClientSession {
         let reason = ReasonCode::from_u32(ack.reason).unwrap_or(ReasonCode::ProtocolError);
         self.events.push_back(ClientEvent::Acked(ack));
         if let Some(pkg) = publish.package {
-            if let Some(progress) = self.packages.get_mut(&pkg.package_id) {
-                progress.outstanding = progress.outstanding.saturating_sub(1);
-                if !matches!(reason, ReasonCode::Success | ReasonCode::Duplicate) && progress.failure.is_none() {
-                    progress.failure = Some(reason);
-                }
-                if progress.outstanding == 0 {
-                    let failure = progress.failure;
-                    self.packages.remove(&pkg.package_id);
-                    self.events.push_back(ClientEvent::PackageDone {
-                        package_id: PackageId(pkg.package_id),
-                        reason: failure.unwrap_or(ReasonCode::Success),
-                    });
-                }
-            }
+            self.package_member_done(pkg.package_id, reason);
         }
         self.flush_unsent(now);
+    }
+
+    /// One member of a package has its outcome; the package is done when all have.
+    fn package_member_done(&mut self, package_id: u64, reason: ReasonCode) {
+        let Some(progress) = self.packages.get_mut(&package_id) else {
+            return;
+        };
+        progress.outstanding = progress.outstanding.saturating_sub(1);
+        if !matches!(reason, ReasonCode::Success | ReasonCode::Duplicate) && progress.failure.is_none() {
+            progress.failure = Some(reason);
+        }
+        if progress.outstanding == 0 {
+            let failure = progress.failure;
+            self.packages.remove(&package_id);
+            self.events.push_back(ClientEvent::PackageDone {
+                package_id: PackageId(package_id),
+                reason: failure.unwrap_or(ReasonCode::Success),
+            });
+        }
     }
 
     fn on_deliver(&mut self, now: Instant, d: proto::Deliver) -> Result<(), PeerError> {
@@ -715,19 +722,30 @@ impl ClientSession {
             };
             // Sent as a frame and moved back out (no copy) to be kept for retransmission.
             let frame = Frame::Publish(p);
-            let sent = self.link_send(&frame).is_ok();
-            let Frame::Publish(p) = frame else { break };
-            let cid = p.cid;
-            self.inflight.push(now, cid, p);
-            if !sent {
-                // Only a message above the broker's (lowered) limit cannot be sent: refuse it
-                // locally rather than block everything behind it.
-                let ack = proto::PubAck { cid, reason: wire(ReasonCode::MessageTooLarge), ..Default::default() };
-                self.on_puback(now, ack);
-                return;
+            let mut sent = self.link_send(&frame);
+            let Frame::Publish(mut p) = frame else { break };
+            if matches!(sent, Err(ApiError::MessageTooLarge { .. })) {
+                // Numbered while the broker accepted it, above the limit it announces now.
+                // Skipping the cid would hold every later one at the broker (REQ-QOS-007):
+                // withdraw it instead [REQ-QOS-019].
+                p = self.withdrawal(p);
+                sent = self.link_send(&Frame::Publish(p.clone()));
             }
-            self.sent(now);
+            self.inflight.push(now, p.cid, p);
+            if sent.is_ok() {
+                self.sent(now);
+            }
         }
+    }
+
+    /// The withdrawal that takes `p`'s place: its cid and qos only. The broker answers it with
+    /// MESSAGE_TOO_LARGE, which reaches the application as the cid's outcome; a package it
+    /// belonged to is failed here, as the withdrawal no longer names it.
+    fn withdrawal(&mut self, p: proto::Publish) -> proto::Publish {
+        if let Some(pkg) = p.package {
+            self.package_member_done(pkg.package_id, ReasonCode::MessageTooLarge);
+        }
+        proto::Publish { cid: p.cid, qos: p.qos, withdrawn: true, ..Default::default() }
     }
 
     fn link_send(&mut self, frame: &Frame) -> Result<(), ApiError> {

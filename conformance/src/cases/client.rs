@@ -81,6 +81,12 @@ pub(super) const CASES: &[Case] = &[
         final_refusal,
     ),
     client(
+        "delivery.withdraw-above-lowered-limit@client",
+        &["REQ-QOS-019", "REQ-QOS-003"],
+        "messages numbered under a larger max_message_size than a later CONNACK announces are withdrawn, not skipped",
+        withdraw_above_lowered_limit,
+    ),
+    client(
         "delivery.ack-contiguous-prefix@client",
         &["REQ-QOS-010", "REQ-QOS-011", "REQ-ORD-001"],
         "the client acknowledges only its contiguous prefix, passes each seq once and in order",
@@ -113,7 +119,7 @@ pub(super) const CASES: &[Case] = &[
 ];
 
 fn task(action: &'static str, count: u32) -> ShimTask {
-    ShimTask { action, topic: "user/conformance-peer".into(), count, package: false }
+    ShimTask { action, topic: "user/conformance-peer".into(), count, ..Default::default() }
 }
 
 /// A DELIVER on the inbox stream for conversation 7.
@@ -415,6 +421,40 @@ fn final_refusal(cx: &ClientCx) -> CaseFuture<'_> {
         again.send(&puback(2, 0)).await?;
         // The application was told of the refusal: the shim's publish action fails.
         shim.expect_failure(cx.prompt(), "REQ-ERR-001").await
+    })
+}
+
+fn withdraw_above_lowered_limit(cx: &ClientCx) -> CaseFuture<'_> {
+    Box::pin(async move {
+        // Two messages of 3000 bytes: fragmented under the first CONNACK's 64 KiB limit.
+        let mut shim = cx.start(ShimTask { payload_bytes: 3000, ..task("publish", 2) }).await?;
+        let (mut p, _) = cx.accept_session(&mut shim, connack()).await?;
+        let first = next_publish(cx, &mut p, "REQ-QOS-003").await?;
+        next_publish(cx, &mut p, "REQ-QOS-003").await?;
+        check!(first.payload.len() >= 3000, "REQ-QOS-019", "the shim sent {} bytes, not 3000", first.payload.len());
+        p.shutdown().await;
+        // The broker comes back with the smallest limit: neither message can be sent now.
+        let mut again = cx.accept(&mut shim, "REQ-HSK-012").await?;
+        cx.read_connect(&mut again).await?;
+        let lowered = proto::ConnAck { session_present: true, max_message_size: 1396, ..connack() };
+        again.send(&Frame::ConnAck(lowered)).await?;
+        for cid in [1, 2] {
+            let sent = next_publish(cx, &mut again, "REQ-QOS-019").await?;
+            let withdrawal = proto::Publish { cid, qos: first.qos, withdrawn: true, ..Default::default() };
+            check!(
+                sent == withdrawal,
+                "REQ-QOS-019",
+                "expected the withdrawal of cid {cid} (only cid, qos and withdrawn), got cid {} withdrawn {} with a                  {}-byte payload on topic {:?}",
+                sent.cid,
+                sent.withdrawn,
+                sent.payload.len(),
+                sent.topic
+            );
+        }
+        again.send(&puback(1, ReasonCode::MessageTooLarge as u32)).await?;
+        again.send(&puback(2, ReasonCode::MessageTooLarge as u32)).await?;
+        // The application is told the messages were refused: the shim's publish action fails.
+        shim.expect_failure(cx.prompt(), "REQ-QOS-019").await
     })
 }
 

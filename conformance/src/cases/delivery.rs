@@ -18,6 +18,10 @@ pub(super) const CASES: &[Case] = &[
         "a PUBLISH retransmitted after a lost link is not stored twice", dedup_across_reconnect),
     broker("qos.cid-order.gap-held@broker", &["REQ-QOS-007", "REQ-ORD-002"],
         "cid 2 sent before cid 1 is held until cid 1 arrives, and seqs follow cid order", cid_order),
+    broker("qos.withdrawal.releases-later-cids@broker", &["REQ-QOS-020", "REQ-QOS-005"],
+        "a withdrawn cid is answered MESSAGE_TOO_LARGE in cid order, stores nothing, and releases the cids after it", withdrawal),
+    broker("qos.withdrawal.only-cid-and-qos@broker", &["REQ-FRM-011"],
+        "a withdrawal that also carries a payload is refused with INVALID_FIELD", withdrawal_with_payload),
     broker("qos.receive-window.exceeded@broker", &["REQ-QOS-006"],
         "a cid at lowest-unprocessed + window is refused with RECEIVE_WINDOW_EXCEEDED", window_exceeded),
     broker("delivery.redeliver-after-resume@broker", &["REQ-HSK-012", "REQ-QOS-013"],
@@ -134,6 +138,60 @@ fn cid_order(cx: &Cx) -> CaseFuture<'_> {
         );
         check!(a1.seq < a2.seq, "REQ-ORD-002", "cid 1 got seq {}, cid 2 got seq {}", a1.seq, a2.seq);
         tx.close().await
+    })
+}
+
+fn withdrawal_of(cid: u64) -> proto::Publish {
+    proto::Publish { cid, qos: 2, withdrawn: true, ..Default::default() }
+}
+
+fn withdrawal(cx: &Cx) -> CaseFuture<'_> {
+    Box::pin(async move {
+        let (s, r) = (cx.name("wd-s"), cx.name("wd-r"));
+        let (mut rx, _) = cx.session("recipient", &r, "d1").await?;
+        let (mut tx, _) = cx.session("sender", &s, "d1").await?;
+        let topic = format!("user/{r}");
+        // cid 2 first: it is held until the withdrawal of cid 1 fills the gap (REQ-QOS-007).
+        tx.send(&publish(2, &topic, b"after the withdrawal")).await?;
+        tx.send(&Frame::Publish(withdrawal_of(1))).await?;
+        let withdrawn = tx.puback(cx.prompt(), 1).await?;
+        let after = tx.puback(cx.prompt(), 2).await?;
+        let refused = proto::PubAck { cid: 1, reason: ReasonCode::MessageTooLarge as u32, ..Default::default() };
+        check!(withdrawn == refused, "REQ-QOS-020", "the withdrawal of cid 1 was answered with {withdrawn:?}");
+        check!(
+            after.reason == 0,
+            "REQ-QOS-020",
+            "cid 2, behind the withdrawal, was answered {}",
+            reason_name(after.reason)
+        );
+        tx.send(&Frame::Publish(withdrawal_of(1))).await?;
+        let again = tx.puback(cx.prompt(), 1).await?;
+        check!(
+            again == withdrawn || again.reason == ReasonCode::Duplicate as u32,
+            "REQ-QOS-005",
+            "the repeated withdrawal of cid 1 was answered {again:?}, first {withdrawn:?}"
+        );
+        // Nothing was stored for cid 1: the recipient's first message is cid 2's.
+        let d = rx.fresh_deliver(cx.prompt(), "REQ-QOS-020").await?;
+        check!(
+            d.payload == Bytes::from_static(b"after the withdrawal") && d.msg_id == after.msg_id,
+            "REQ-QOS-020",
+            "the recipient's first message is {:?} (msg {}), not cid 2's",
+            d.payload,
+            d.msg_id
+        );
+        rx.ack(d.stream.unwrap_or_default(), d.seq).await?;
+        tx.close().await?;
+        rx.close().await
+    })
+}
+
+fn withdrawal_with_payload(cx: &Cx) -> CaseFuture<'_> {
+    Box::pin(async move {
+        let (mut tx, _) = cx.session("sender", &cx.name("wd-bad"), "d1").await?;
+        let bad = proto::Publish { payload: Bytes::from_static(b"not empty"), ..withdrawal_of(1) };
+        tx.send(&Frame::Publish(bad)).await?;
+        tx.expect_close(cx.prompt(), "REQ-FRM-011", ReasonCode::InvalidField).await
     })
 }
 
