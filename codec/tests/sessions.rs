@@ -652,3 +652,19 @@ fn a_withdrawal_with_qos_0_or_any_other_field_is_an_invalid_field() {
     b.handle_bytes(Instant::now(), &raw(&Frame::Publish(withdrawal)));
     assert!(matches!(b.poll_event(), Some(BrokerEvent::Withdrawn(c)) if c.0 == 1));
 }
+
+#[test]
+fn a_withdrawn_member_answered_with_its_stored_outcome_completes_its_package() {
+    // The package was stored before the limit fell; only its PUBACK was lost. The withdrawal
+    // gets the first outcome (REQ-QOS-005), and the client settles the package with it.
+    let mut p = Pair::new();
+    p.broker = BrokerSession::new(p.t0, BrokerConfig { max_message_size: 1396, ..BrokerConfig::default() });
+    let package = p.client.publish_package(p.t0, "user/bob", vec![Bytes::from(vec![b'x'; 5000])], 2).unwrap();
+    let be = p.connect();
+    assert!(matches!(be.as_slice(), [BrokerEvent::Withdrawn(c)] if c.0 == 1), "{be:?}");
+    let stored = proto::PubAck { cid: 1, reason: 0, msg_id: 3, conversation_id: 5, seq: 9 };
+    p.broker.ack_publish(stored).unwrap();
+    let (_, ce) = p.pump(p.t0);
+    let done = ClientEvent::PackageDone { package_id: package, reason: ReasonCode::Success };
+    assert_eq!(ce, vec![ClientEvent::Acked(stored), done]);
+}

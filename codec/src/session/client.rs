@@ -590,28 +590,22 @@ impl ClientSession {
         let reason = ReasonCode::from_u32(ack.reason).unwrap_or(ReasonCode::ProtocolError);
         self.events.push_back(ClientEvent::Acked(ack));
         if let Some(pkg) = publish.package {
-            self.package_member_done(pkg.package_id, reason);
+            if let Some(progress) = self.packages.get_mut(&pkg.package_id) {
+                progress.outstanding = progress.outstanding.saturating_sub(1);
+                if !matches!(reason, ReasonCode::Success | ReasonCode::Duplicate) && progress.failure.is_none() {
+                    progress.failure = Some(reason);
+                }
+                if progress.outstanding == 0 {
+                    let failure = progress.failure;
+                    self.packages.remove(&pkg.package_id);
+                    self.events.push_back(ClientEvent::PackageDone {
+                        package_id: PackageId(pkg.package_id),
+                        reason: failure.unwrap_or(ReasonCode::Success),
+                    });
+                }
+            }
         }
         self.flush_unsent(now);
-    }
-
-    /// One member of a package has its outcome; the package is done when all have.
-    fn package_member_done(&mut self, package_id: u64, reason: ReasonCode) {
-        let Some(progress) = self.packages.get_mut(&package_id) else {
-            return;
-        };
-        progress.outstanding = progress.outstanding.saturating_sub(1);
-        if !matches!(reason, ReasonCode::Success | ReasonCode::Duplicate) && progress.failure.is_none() {
-            progress.failure = Some(reason);
-        }
-        if progress.outstanding == 0 {
-            let failure = progress.failure;
-            self.packages.remove(&package_id);
-            self.events.push_back(ClientEvent::PackageDone {
-                package_id: PackageId(package_id),
-                reason: failure.unwrap_or(ReasonCode::Success),
-            });
-        }
     }
 
     fn on_deliver(&mut self, now: Instant, d: proto::Deliver) -> Result<(), PeerError> {
@@ -720,17 +714,13 @@ impl ClientSession {
             let Some(p) = self.unsent.pop_front() else {
                 break;
             };
-            // Sent as a frame and moved back out (no copy) to be kept for retransmission.
-            let frame = Frame::Publish(p);
-            let mut sent = self.link_send(&frame);
-            let Frame::Publish(mut p) = frame else { break };
-            if matches!(sent, Err(ApiError::MessageTooLarge { .. })) {
+            let (p, sent) = match self.send_publish(p) {
                 // Numbered while the broker accepted it, above the limit it announces now.
                 // Skipping the cid would hold every later one at the broker (REQ-QOS-007):
                 // withdraw it instead [REQ-QOS-019].
-                p = self.withdrawal(p);
-                sent = self.link_send(&Frame::Publish(p.clone()));
-            }
+                (p, Err(ApiError::MessageTooLarge { .. })) => self.send_publish(withdrawal(p)),
+                sent => sent,
+            };
             self.inflight.push(now, p.cid, p);
             if sent.is_ok() {
                 self.sent(now);
@@ -738,14 +728,19 @@ impl ClientSession {
         }
     }
 
-    /// The withdrawal that takes `p`'s place: its cid and qos only. The broker answers it with
-    /// MESSAGE_TOO_LARGE, which reaches the application as the cid's outcome; a package it
-    /// belonged to is failed here, as the withdrawal no longer names it.
-    fn withdrawal(&mut self, p: proto::Publish) -> proto::Publish {
-        if let Some(pkg) = p.package {
-            self.package_member_done(pkg.package_id, ReasonCode::MessageTooLarge);
+    /// Sends a PUBLISH and gives it back, to be kept for retransmission. A withdrawal goes as
+    /// its cid and qos only; the package it keeps is for its outcome (`on_puback`).
+    fn send_publish(&mut self, p: proto::Publish) -> (proto::Publish, Result<(), ApiError>) {
+        if p.withdrawn {
+            let wire = proto::Publish { cid: p.cid, qos: p.qos, withdrawn: true, ..Default::default() };
+            let sent = self.link_send(&Frame::Publish(wire));
+            return (p, sent);
         }
-        proto::Publish { cid: p.cid, qos: p.qos, withdrawn: true, ..Default::default() }
+        // Sent as a frame and moved back out, without a copy.
+        let frame = Frame::Publish(p);
+        let sent = self.link_send(&frame);
+        let Frame::Publish(p) = frame else { unreachable!("built as a PUBLISH just above") };
+        (p, sent)
     }
 
     fn link_send(&mut self, frame: &Frame) -> Result<(), ApiError> {
@@ -779,7 +774,7 @@ impl ClientSession {
                     return;
                 }
                 for p in self.inflight.due(now) {
-                    if self.link_send(&Frame::Publish(p)).is_ok() {
+                    if self.send_publish(p).1.is_ok() {
                         self.sent(now);
                     }
                 }
@@ -835,6 +830,13 @@ fn fill(slot: &mut u32, id: u32) -> u32 {
         *slot = id;
     }
     *slot
+}
+
+/// The withdrawal that takes `p`'s place [REQ-QOS-019]: its cid and qos, and, kept here only,
+/// the package it belonged to, so the broker's answer (MESSAGE_TOO_LARGE, or the first outcome
+/// if the message was stored before the limit fell) settles that package too.
+fn withdrawal(p: proto::Publish) -> proto::Publish {
+    proto::Publish { cid: p.cid, qos: p.qos, withdrawn: true, package: p.package, ..Default::default() }
 }
 
 fn unexpected(frame: &Frame, req: &'static str) -> PeerError {

@@ -171,6 +171,14 @@ fn withdrawal(cx: &Cx) -> CaseFuture<'_> {
             "REQ-QOS-005",
             "the repeated withdrawal of cid 1 was answered {again:?}, first {withdrawn:?}"
         );
+        // cid 2 was stored: its withdrawal, come too late, gets the stored outcome.
+        tx.send(&Frame::Publish(withdrawal_of(2))).await?;
+        let late = tx.puback(cx.prompt(), 2).await?;
+        check!(
+            late == after || late.reason == ReasonCode::Duplicate as u32,
+            "REQ-QOS-005",
+            "the withdrawal of stored cid 2 was answered {late:?}, not its first outcome {after:?}"
+        );
         // Nothing was stored for cid 1: the recipient's first message is cid 2's.
         let d = rx.fresh_deliver(cx.prompt(), "REQ-QOS-020").await?;
         check!(
