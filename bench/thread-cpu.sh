@@ -9,9 +9,12 @@
 #   bench/thread-cpu.sh              # fixed rate, 10,000 msgs/s
 #   RATE=closed bench/thread-cpu.sh  # closed loop, 8 in flight per sender
 #   BENCH_ARGS="--prefix b" bench/thread-cpu.sh  # more `tern-bench p2p` options (here: short user names)
+#   RATE=closed DURATION=60 FROM=50 bench/thread-cpu.sh  # a 60-s run, threads read over seconds 50–56
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RATE=${RATE:-10000}
+DURATION=${DURATION:-10}
+FROM=${FROM:-3}
 TERN=${TERN:-target/release/tern}
 BENCH=${BENCH:-target/release/tern-bench}
 OUT=${OUT:-target/thread-cpu}
@@ -30,7 +33,7 @@ for _ in $(seq 100); do
 done
 [ -n "$ADDR" ] || { echo "tern did not start" >&2; cat "$DIR/log" >&2; exit 1; }
 if [ "$RATE" = closed ]; then load=(--window 8); else load=(--rate "$RATE"); fi
-"$BENCH" p2p --pairs 100 "${load[@]}" --duration 10 --addr "$ADDR" --broker-pid $PID --data-dir "$DIR" ${BENCH_ARGS:-} \
+"$BENCH" p2p --pairs 100 "${load[@]}" --duration "$DURATION" --addr "$ADDR" --broker-pid $PID --data-dir "$DIR" ${BENCH_ARGS:-} \
   2>"$DIR/bench.log" | tail -1 > "$DIR/result.json" &
 GEN=$!
 snapshot() { # name, CPU ticks (utime + stime), ns waiting for a core
@@ -38,7 +41,7 @@ snapshot() { # name, CPU ticks (utime + stime), ns waiting for a core
     echo "$(tr ' ' _ < "$t/comm") $(awk '{print $14 + $15}' "$t/stat") $(awk '{print $2}' "$t/schedstat")"
   done
 }
-sleep 3; snapshot > "$DIR/before"; sleep 6; snapshot > "$DIR/after"
+sleep "$FROM"; snapshot > "$DIR/before"; sleep 6; snapshot > "$DIR/after"
 wait $GEN
 python3 - "$DIR/before" "$DIR/after" "$(getconf CLK_TCK)" <<'PY'
 import collections, sys
